@@ -1,0 +1,192 @@
+"""SQLAlchemy models of the card system.
+
+Money is integer paise everywhere (`*_paise` columns); no float touches an amount.
+A card is stored by its last four digits only: the full number never enters this system.
+"""
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Date,
+    DateTime,
+    ForeignKey,
+    Integer,
+    BigInteger,
+    String,
+    Text,
+    UniqueConstraint,
+    Index,
+)
+from sqlalchemy.orm import declarative_base, relationship
+
+Base = declarative_base()
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+class Customer(Base):
+    __tablename__ = "customers"
+
+    id = Column(Integer, primary_key=True)
+    phone = Column(String(16), nullable=False, unique=True)  # E.164 digits, no "+"
+    name = Column(String(120), nullable=False)
+    date_of_birth = Column(Date, nullable=False)
+    email = Column(String(200), nullable=False)
+    language = Column(String(8), nullable=False, default="en")
+    whatsapp_opt_in = Column(Boolean, nullable=False, default=True)
+    created_at = Column(DateTime, nullable=False, default=utcnow)
+
+    cards = relationship("Card", back_populates="customer", order_by="Card.id")
+
+
+class Card(Base):
+    __tablename__ = "cards"
+
+    id = Column(Integer, primary_key=True)
+    customer_id = Column(Integer, ForeignKey("customers.id"), nullable=False, index=True)
+    last4 = Column(String(4), nullable=False)
+    product = Column(String(60), nullable=False)
+    network = Column(String(20), nullable=False)
+    status = Column(String(16), nullable=False, default="active")  # active | blocked | closed
+    credit_limit_paise = Column(BigInteger, nullable=False)
+    available_limit_paise = Column(BigInteger, nullable=False)
+    outstanding_paise = Column(BigInteger, nullable=False, default=0)
+    minimum_due_paise = Column(BigInteger, nullable=False, default=0)
+    due_date = Column(Date, nullable=True)
+    statement_day = Column(Integer, nullable=False)
+    expiry_month = Column(Integer, nullable=False)
+    expiry_year = Column(Integer, nullable=False)
+    blocked_at = Column(DateTime, nullable=True)
+    block_reason = Column(String(40), nullable=True)
+
+    customer = relationship("Customer", back_populates="cards")
+    __table_args__ = (UniqueConstraint("customer_id", "last4", name="uq_card_customer_last4"),)
+
+
+class Transaction(Base):
+    __tablename__ = "transactions"
+
+    id = Column(Integer, primary_key=True)
+    reference = Column(String(16), nullable=False, unique=True)  # public id shown to customers
+    card_id = Column(Integer, ForeignKey("cards.id"), nullable=False)
+    posted_on = Column(Date, nullable=False)
+    merchant = Column(String(80), nullable=False)
+    amount_paise = Column(BigInteger, nullable=False)  # > 0 debit, < 0 credit (payment, refund)
+    category = Column(String(30), nullable=False)
+    status = Column(String(16), nullable=False, default="posted")  # posted | pending | reversed
+
+    __table_args__ = (Index("ix_txn_card_date", "card_id", "posted_on"),)
+
+
+class Statement(Base):
+    __tablename__ = "statements"
+
+    id = Column(Integer, primary_key=True)
+    card_id = Column(Integer, ForeignKey("cards.id"), nullable=False)
+    period = Column(String(7), nullable=False)  # "YYYY-MM": the month the statement was generated
+    period_start = Column(Date, nullable=False)
+    period_end = Column(Date, nullable=False)
+    opening_balance_paise = Column(BigInteger, nullable=False)
+    closing_balance_paise = Column(BigInteger, nullable=False)
+    minimum_due_paise = Column(BigInteger, nullable=False)
+    due_date = Column(Date, nullable=False)
+
+    __table_args__ = (UniqueConstraint("card_id", "period", name="uq_statement_card_period"),)
+
+
+class RewardLot(Base):
+    """Points earned in one batch; redemptions consume the soonest-expiring lots first."""
+
+    __tablename__ = "reward_lots"
+
+    id = Column(Integer, primary_key=True)
+    customer_id = Column(Integer, ForeignKey("customers.id"), nullable=False, index=True)
+    earned_on = Column(Date, nullable=False)
+    expires_on = Column(Date, nullable=False)
+    points = Column(Integer, nullable=False)
+    remaining = Column(Integer, nullable=False)
+    description = Column(String(120), nullable=False)
+
+
+class RewardItem(Base):
+    __tablename__ = "reward_catalogue"
+
+    id = Column(Integer, primary_key=True)
+    code = Column(String(20), nullable=False, unique=True)
+    name = Column(String(60), nullable=False)
+    description = Column(String(120), nullable=False)
+    points_cost = Column(Integer, nullable=False)
+    active = Column(Boolean, nullable=False, default=True)
+
+
+class Redemption(Base):
+    __tablename__ = "redemptions"
+
+    id = Column(Integer, primary_key=True)
+    reference = Column(String(20), nullable=False, unique=True)
+    customer_id = Column(Integer, ForeignKey("customers.id"), nullable=False, index=True)
+    item_id = Column(Integer, ForeignKey("reward_catalogue.id"), nullable=False)
+    points = Column(Integer, nullable=False)
+    created_at = Column(DateTime, nullable=False, default=utcnow)
+
+
+class ServiceRequest(Base):
+    __tablename__ = "service_requests"
+
+    id = Column(Integer, primary_key=True)
+    reference = Column(String(20), nullable=False, unique=True)
+    customer_id = Column(Integer, ForeignKey("customers.id"), nullable=False, index=True)
+    card_id = Column(Integer, ForeignKey("cards.id"), nullable=True)
+    kind = Column(String(20), nullable=False)  # dispute | block_card | limit_increase | callback
+    status = Column(String(20), nullable=False, default="open")
+    reason = Column(String(40), nullable=True)
+    details = Column(Text, nullable=True)
+    transaction_id = Column(Integer, ForeignKey("transactions.id"), nullable=True)
+    amount_paise = Column(BigInteger, nullable=True)
+    promised_by = Column(DateTime, nullable=False)
+    created_at = Column(DateTime, nullable=False, default=utcnow)
+    updated_at = Column(DateTime, nullable=False, default=utcnow)
+
+    attachments = relationship("Attachment", order_by="Attachment.id")
+    history = relationship("StatusChange", order_by="StatusChange.id")
+
+
+class Attachment(Base):
+    __tablename__ = "service_request_attachments"
+
+    id = Column(Integer, primary_key=True)
+    service_request_id = Column(Integer, ForeignKey("service_requests.id"), nullable=False)
+    media_id = Column(String(128), nullable=False)
+    mime_type = Column(String(80), nullable=True)
+    filename = Column(String(200), nullable=True)
+    caption = Column(String(500), nullable=True)
+
+
+class StatusChange(Base):
+    __tablename__ = "service_request_history"
+
+    id = Column(Integer, primary_key=True)
+    service_request_id = Column(Integer, ForeignKey("service_requests.id"), nullable=False)
+    status = Column(String(20), nullable=False)
+    note = Column(String(300), nullable=True)
+    at = Column(DateTime, nullable=False, default=utcnow)
+
+
+class AuditEntry(Base):
+    """Every change the bot (or an agent) makes, with masked details only."""
+
+    __tablename__ = "audit_log"
+
+    id = Column(Integer, primary_key=True)
+    at = Column(DateTime, nullable=False, default=utcnow)
+    actor = Column(String(60), nullable=False)
+    action = Column(String(60), nullable=False)
+    customer_id = Column(Integer, ForeignKey("customers.id"), nullable=True, index=True)
+    entity = Column(String(40), nullable=False)
+    entity_id = Column(String(40), nullable=False)
+    details = Column(Text, nullable=True)

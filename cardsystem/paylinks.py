@@ -1,0 +1,63 @@
+"""Signed, expiring payment links: HMAC-SHA256 over the link's fields, secret from the env."""
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import hmac
+import json
+from dataclasses import dataclass
+from typing import Optional
+from urllib.parse import parse_qs, urlencode, urlparse
+
+
+class InvalidPaymentLink(ValueError):
+    """The link was altered, signed with another secret, or has expired."""
+
+
+@dataclass(frozen=True)
+class PaymentLink:
+    url: str
+    amount_paise: int
+    expires_at: dt.datetime
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _sign(secret: bytes, token: str) -> str:
+    return _b64(hmac.new(secret, token.encode("ascii"), hashlib.sha256).digest())
+
+
+def make_payment_link(
+    base_url: str, secret: bytes, card_id: int, amount_paise: int, kind: str,
+    now: dt.datetime, ttl_minutes: int, nonce: str,
+) -> PaymentLink:
+    """A link to pay `amount_paise` on a card; it carries no card number, only an opaque id."""
+    expires = now + dt.timedelta(minutes=ttl_minutes)
+    payload = {"c": card_id, "a": int(amount_paise), "k": kind, "e": int(expires.timestamp()), "n": nonce}
+    token = _b64(json.dumps(payload, separators=(",", ":"), sort_keys=True).encode("utf-8"))
+    url = f"{base_url}?{urlencode({'t': token, 's': _sign(secret, token)})}"
+    return PaymentLink(url=url, amount_paise=int(amount_paise), expires_at=expires)
+
+
+def verify_payment_link(url: str, secret: bytes, now: Optional[dt.datetime] = None) -> dict:
+    """Return the link's fields if its signature holds and it has not expired."""
+    query = parse_qs(urlparse(url).query)
+    token = (query.get("t") or [""])[0]
+    signature = (query.get("s") or [""])[0]
+    if not token or not signature or not hmac.compare_digest(_sign(secret, token), signature):
+        raise InvalidPaymentLink("signature mismatch")
+    try:
+        payload = json.loads(_unb64(token))
+    except (ValueError, json.JSONDecodeError) as exc:
+        raise InvalidPaymentLink("unreadable token") from exc
+    moment = now or dt.datetime.now()
+    if moment.timestamp() > payload["e"]:
+        raise InvalidPaymentLink("expired")
+    return payload

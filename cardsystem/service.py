@@ -1,0 +1,508 @@
+"""The card system's use cases behind one small interface.
+
+Each public method is one unit of work in its own short session and transaction, so a
+failure leaves nothing half-written. A bank would swap this class for its own API client
+with the same methods.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import re
+import secrets
+from typing import Callable, Dict, List, Optional
+
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from cardsystem.config import Settings
+from cardsystem.db import get_engine, session_scope
+from cardsystem.errors import NotAllowed, NotFound
+from cardsystem.models import (
+    Attachment,
+    AuditEntry,
+    Base,
+    Card,
+    Customer,
+    Redemption,
+    RewardItem,
+    RewardLot,
+    ServiceRequest,
+    Statement,
+    StatusChange,
+    Transaction,
+    utcnow,
+)
+from cardsystem.views import (
+    CardView,
+    CustomerView,
+    ExpiringPoints,
+    RedemptionView,
+    RewardItemView,
+    RewardSummary,
+    ServiceRequestView,
+    StatementView,
+    TransactionView,
+)
+
+logger = logging.getLogger(__name__)
+
+DISPUTE_REASONS = {
+    "not_recognised": "I don't recognise this transaction",
+    "charged_twice": "I was charged twice",
+    "refund_not_received": "Refund not received",
+    "wrong_amount": "Wrong amount charged",
+}
+BLOCK_REASONS = ("lost", "stolen", "damaged", "suspicious")
+REFERENCE_PREFIX = {
+    "dispute": "DSP",
+    "block_card": "BLK",
+    "limit_increase": "LMT",
+    "callback": "CBK",
+    "redemption": "RDM",
+}
+REFERENCE_RE = re.compile(r"\b(?:DSP|BLK|LMT|CBK|RDM)\d{6}[A-Z2-9]{4}\b", re.I)
+_REFERENCE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+DISPUTE_WINDOW_DAYS = 120
+MAX_LIMIT_MULTIPLE = 3
+OPEN_STATUSES = ("open", "in_progress")
+
+
+def normalise_phone(sender_id: Optional[str]) -> Optional[str]:
+    """The customer's number as stored (digits only) from a channel's sender id, or None."""
+    if not sender_id:
+        return None
+    text = str(sender_id).strip()
+    if text.lower().startswith("whatsapp:"):
+        text = text[len("whatsapp:"):]
+    digits = re.sub(r"[\s\-()+]", "", text)
+    return digits if re.fullmatch(r"\d{8,15}", digits) else None
+
+
+def new_reference(kind: str, today: dt.date) -> str:
+    """A reference customers can read out: DSP261123K7Q2 (kind, date, 4 random chars)."""
+    tail = "".join(secrets.choice(_REFERENCE_ALPHABET) for _ in range(4))
+    return f"{REFERENCE_PREFIX[kind]}{today:%y%m%d}{tail}"
+
+
+def _customer_view(c: Customer) -> CustomerView:
+    return CustomerView(
+        id=c.id, phone=c.phone, name=c.name, first_name=c.name.split()[0],
+        date_of_birth=c.date_of_birth, email=c.email, language=c.language,
+        whatsapp_opt_in=bool(c.whatsapp_opt_in),
+    )
+
+
+def _card_view(c: Card) -> CardView:
+    return CardView(
+        id=c.id, customer_id=c.customer_id, last4=c.last4, product=c.product,
+        network=c.network, status=c.status, credit_limit_paise=c.credit_limit_paise,
+        available_limit_paise=c.available_limit_paise, outstanding_paise=c.outstanding_paise,
+        minimum_due_paise=c.minimum_due_paise, due_date=c.due_date,
+        statement_day=c.statement_day, expiry_month=c.expiry_month, expiry_year=c.expiry_year,
+    )
+
+
+def _txn_view(t: Transaction) -> TransactionView:
+    return TransactionView(
+        id=t.id, reference=t.reference, card_id=t.card_id, posted_on=t.posted_on,
+        merchant=t.merchant, amount_paise=t.amount_paise, category=t.category, status=t.status,
+    )
+
+
+def _statement_view(s: Statement) -> StatementView:
+    return StatementView(
+        id=s.id, card_id=s.card_id, period=s.period, period_start=s.period_start,
+        period_end=s.period_end, opening_balance_paise=s.opening_balance_paise,
+        closing_balance_paise=s.closing_balance_paise, minimum_due_paise=s.minimum_due_paise,
+        due_date=s.due_date,
+    )
+
+
+def _item_view(i: RewardItem) -> RewardItemView:
+    return RewardItemView(code=i.code, name=i.name, description=i.description, points_cost=i.points_cost)
+
+
+class CardSystem:
+    """Facade over the card system's tables; see the module docstring."""
+
+    def __init__(
+        self,
+        settings: Optional[Settings] = None,
+        today: Optional[Callable[[], dt.date]] = None,
+        now: Optional[Callable[[], dt.datetime]] = None,
+    ) -> None:
+        self.settings = settings or Settings.from_env()
+        self.engine = get_engine(self.settings.db_url)
+        self._today = today or dt.date.today
+        self._now = now or (lambda: dt.datetime.now().replace(microsecond=0))
+
+    # -- set-up -------------------------------------------------------------------------
+    def create_schema(self) -> None:
+        Base.metadata.create_all(self.engine)
+
+    def drop_schema(self) -> None:
+        Base.metadata.drop_all(self.engine)
+
+    def today(self) -> dt.date:
+        return self._today()
+
+    def now(self) -> dt.datetime:
+        return self._now()
+
+    # -- customers and cards ----------------------------------------------------------------
+    def find_customer(self, sender_id: Optional[str]) -> Optional[CustomerView]:
+        phone = normalise_phone(sender_id)
+        if phone is None:
+            return None
+        with session_scope(self.engine) as s:
+            customer = s.execute(select(Customer).where(Customer.phone == phone)).scalar_one_or_none()
+            return _customer_view(customer) if customer else None
+
+    def cards_of(self, customer_id: int) -> List[CardView]:
+        with session_scope(self.engine) as s:
+            rows = s.execute(
+                select(Card).where(Card.customer_id == customer_id, Card.status != "closed").order_by(Card.id)
+            ).scalars()
+            return [_card_view(c) for c in rows]
+
+    def card_of(self, customer_id: int, last4: Optional[str]) -> Optional[CardView]:
+        """The customer's card ending in `last4`, or None when it is not theirs."""
+        if not last4 or not re.fullmatch(r"\d{4}", str(last4)):
+            return None
+        with session_scope(self.engine) as s:
+            card = s.execute(
+                select(Card).where(Card.customer_id == customer_id, Card.last4 == str(last4))
+            ).scalar_one_or_none()
+            return _card_view(card) if card else None
+
+    # -- transactions ------------------------------------------------------------------------
+    def recent_transactions(self, card_id: int, limit: int = 5, debits_only: bool = False) -> List[TransactionView]:
+        with session_scope(self.engine) as s:
+            query = select(Transaction).where(Transaction.card_id == card_id)
+            if debits_only:
+                query = query.where(Transaction.amount_paise > 0, Transaction.status != "reversed")
+            rows = s.execute(query.order_by(Transaction.posted_on.desc(), Transaction.id.desc()).limit(limit)).scalars()
+            return [_txn_view(t) for t in rows]
+
+    def transaction_of(self, customer_id: int, reference: Optional[str]) -> Optional[TransactionView]:
+        if not reference:
+            return None
+        with session_scope(self.engine) as s:
+            txn = s.execute(
+                select(Transaction)
+                .join(Card, Card.id == Transaction.card_id)
+                .where(Card.customer_id == customer_id, Transaction.reference == str(reference).upper())
+            ).scalar_one_or_none()
+            return _txn_view(txn) if txn else None
+
+    def find_transactions(
+        self,
+        card_id: int,
+        merchant: Optional[str] = None,
+        amount_paise: Optional[int] = None,
+        on: Optional[dt.date] = None,
+        limit: int = 5,
+    ) -> List[TransactionView]:
+        """Debits matching what the customer described, newest first."""
+        with session_scope(self.engine) as s:
+            query = select(Transaction).where(Transaction.card_id == card_id, Transaction.amount_paise > 0)
+            if merchant:
+                query = query.where(func.lower(Transaction.merchant).contains(merchant.lower().strip()))
+            if amount_paise:
+                # A customer rounds: accept within one rupee either side.
+                query = query.where(Transaction.amount_paise.between(amount_paise - 100, amount_paise + 100))
+            if on:
+                query = query.where(Transaction.posted_on.between(on - dt.timedelta(days=1), on + dt.timedelta(days=1)))
+            rows = s.execute(query.order_by(Transaction.posted_on.desc()).limit(limit)).scalars()
+            return [_txn_view(t) for t in rows]
+
+    # -- statements --------------------------------------------------------------------------
+    def statements_of(self, card_id: int) -> List[StatementView]:
+        """Statements of a card, newest first."""
+        with session_scope(self.engine) as s:
+            rows = s.execute(select(Statement).where(Statement.card_id == card_id).order_by(Statement.period.desc())).scalars()
+            return [_statement_view(st) for st in rows]
+
+    def statement_transactions(self, statement: StatementView) -> List[TransactionView]:
+        with session_scope(self.engine) as s:
+            rows = s.execute(
+                select(Transaction)
+                .where(
+                    Transaction.card_id == statement.card_id,
+                    Transaction.posted_on.between(statement.period_start, statement.period_end),
+                )
+                .order_by(Transaction.posted_on, Transaction.id)
+            ).scalars()
+            return [_txn_view(t) for t in rows]
+
+    # -- rewards -----------------------------------------------------------------------------
+    def reward_summary(self, customer_id: int) -> RewardSummary:
+        today = self.today()
+        with session_scope(self.engine) as s:
+            lots = s.execute(
+                select(RewardLot)
+                .where(RewardLot.customer_id == customer_id, RewardLot.remaining > 0, RewardLot.expires_on >= today)
+                .order_by(RewardLot.expires_on)
+            ).scalars().all()
+            redeemed = s.execute(
+                select(func.coalesce(func.sum(Redemption.points), 0)).where(Redemption.customer_id == customer_id)
+            ).scalar_one()
+        by_date: Dict[dt.date, int] = {}
+        for lot in lots:
+            by_date[lot.expires_on] = by_date.get(lot.expires_on, 0) + lot.remaining
+        expiring = tuple(ExpiringPoints(day, pts) for day, pts in sorted(by_date.items()))
+        return RewardSummary(balance=sum(l.remaining for l in lots), expiring=expiring, redeemed_total=int(redeemed))
+
+    def catalogue(self) -> List[RewardItemView]:
+        with session_scope(self.engine) as s:
+            rows = s.execute(select(RewardItem).where(RewardItem.active.is_(True)).order_by(RewardItem.points_cost)).scalars()
+            return [_item_view(i) for i in rows]
+
+    def redeem(self, customer_id: int, item_code: str) -> RedemptionView:
+        """Deduct the item's points from the soonest-expiring lots and record the redemption."""
+        today = self.today()
+        with session_scope(self.engine) as s:
+            item = s.execute(
+                select(RewardItem).where(RewardItem.code == str(item_code), RewardItem.active.is_(True))
+            ).scalar_one_or_none()
+            if item is None:
+                raise NotFound("unknown_item", "That reward is not in the catalogue.")
+            lots = s.execute(
+                select(RewardLot)
+                .where(RewardLot.customer_id == customer_id, RewardLot.remaining > 0, RewardLot.expires_on >= today)
+                .order_by(RewardLot.expires_on, RewardLot.id)
+                .with_for_update()
+            ).scalars().all()
+            balance = sum(l.remaining for l in lots)
+            if balance < item.points_cost:
+                raise NotAllowed("insufficient_points", f"{item.name} needs {item.points_cost} points; you have {balance}.")
+            still_owed = item.points_cost
+            for lot in lots:
+                used = min(lot.remaining, still_owed)
+                lot.remaining -= used
+                still_owed -= used
+                if still_owed == 0:
+                    break
+            redemption = Redemption(
+                reference=new_reference("redemption", today), customer_id=customer_id,
+                item_id=item.id, points=item.points_cost,
+            )
+            s.add(redemption)
+            s.flush()
+            self._audit(s, "redeem_rewards", customer_id, "redemption", redemption.reference,
+                        {"item": item.code, "points": item.points_cost})
+            return RedemptionView(
+                reference=redemption.reference, item=_item_view(item), points=item.points_cost,
+                balance_after=balance - item.points_cost,
+            )
+
+    # -- service requests --------------------------------------------------------------------
+    def _promise(self, key: str) -> dt.datetime:
+        days = self.settings.turnaround_days.get(key, 7)
+        return dt.datetime.combine(self.today() + dt.timedelta(days=days), dt.time(18, 0))
+
+    def _open_request(self, s, customer_id: int, kind: str, **filters) -> Optional[ServiceRequest]:
+        query = select(ServiceRequest).where(
+            ServiceRequest.customer_id == customer_id,
+            ServiceRequest.kind == kind,
+            ServiceRequest.status.in_(OPEN_STATUSES),
+        )
+        for column, value in filters.items():
+            query = query.where(getattr(ServiceRequest, column) == value)
+        return s.execute(query.order_by(ServiceRequest.id.desc())).scalars().first()
+
+    def _new_request(
+        self, s, customer_id: int, kind: str, promised_by: dt.datetime, card_id: Optional[int] = None,
+        reason: Optional[str] = None, transaction_id: Optional[int] = None,
+        amount_paise: Optional[int] = None, details: Optional[dict] = None,
+    ) -> ServiceRequest:
+        now = utcnow()
+        for _attempt in range(5):
+            reference = new_reference(kind, self.today())
+            exists = s.execute(select(ServiceRequest.id).where(ServiceRequest.reference == reference)).first()
+            if not exists:
+                break
+        request = ServiceRequest(
+            reference=reference, customer_id=customer_id, card_id=card_id, kind=kind, status="open",
+            reason=reason, transaction_id=transaction_id, amount_paise=amount_paise,
+            details=json.dumps(details or {}, ensure_ascii=False), promised_by=promised_by,
+            created_at=now, updated_at=now,
+        )
+        s.add(request)
+        s.flush()
+        s.add(StatusChange(service_request_id=request.id, status="open", note="Raised via WhatsApp assistant", at=now))
+        return request
+
+    def file_dispute(
+        self,
+        customer_id: int,
+        transaction_reference: str,
+        reason: str,
+        attachment: Optional[dict] = None,
+        description: Optional[str] = None,
+    ) -> ServiceRequestView:
+        """Open a dispute on one of the customer's debits; an open dispute on it is returned as is."""
+        if reason not in DISPUTE_REASONS:
+            raise NotAllowed("bad_reason", "Please choose one of the listed reasons.")
+        with session_scope(self.engine) as s:
+            txn = s.execute(
+                select(Transaction)
+                .join(Card, Card.id == Transaction.card_id)
+                .where(Card.customer_id == customer_id, Transaction.reference == str(transaction_reference).upper())
+            ).scalar_one_or_none()
+            if txn is None:
+                raise NotFound("unknown_transaction", "I couldn't find that transaction on your cards.")
+            if txn.amount_paise <= 0 or txn.status == "reversed":
+                raise NotAllowed("not_disputable", "That entry is a payment, refund or reversal, so there is nothing to dispute.")
+            if (self.today() - txn.posted_on).days > DISPUTE_WINDOW_DAYS:
+                raise NotAllowed("too_old", f"Transactions older than {DISPUTE_WINDOW_DAYS} days can't be disputed here.")
+            existing = self._open_request(s, customer_id, "dispute", transaction_id=txn.id)
+            if existing is not None:
+                return self._request_view(s, existing)
+            request = self._new_request(
+                s, customer_id, "dispute", self._promise(f"dispute:{reason}"), card_id=txn.card_id,
+                reason=reason, transaction_id=txn.id, amount_paise=txn.amount_paise,
+                details={"description": (description or "")[:500]},
+            )
+            if attachment and attachment.get("media_id"):
+                s.add(Attachment(
+                    service_request_id=request.id, media_id=str(attachment["media_id"])[:128],
+                    mime_type=(attachment.get("mime_type") or None), filename=(attachment.get("filename") or None),
+                    caption=(attachment.get("caption") or "")[:500] or None,
+                ))
+            self._audit(s, "file_dispute", customer_id, "service_request", request.reference,
+                        {"transaction": txn.reference, "reason": reason, "attachment": bool(attachment)})
+            s.flush()
+            return self._request_view(s, request)
+
+    def block_card(self, customer_id: int, last4: str, reason: str) -> ServiceRequestView:
+        """Block the card at once and open a replacement request. There is no unblock."""
+        if reason not in BLOCK_REASONS:
+            reason = "lost"
+        with session_scope(self.engine) as s:
+            card = s.execute(
+                select(Card).where(Card.customer_id == customer_id, Card.last4 == str(last4)).with_for_update()
+            ).scalar_one_or_none()
+            if card is None:
+                raise NotFound("unknown_card", "That card isn't one of yours.")
+            if card.status != "active":
+                raise NotAllowed("already_blocked", f"Your card ending {card.last4} is already blocked.")
+            card.status = "blocked"
+            card.blocked_at = utcnow()
+            card.block_reason = reason
+            request = self._new_request(s, customer_id, "block_card", self._promise("block_card"), card_id=card.id,
+                                        reason=reason, details={"replacement": True})
+            self._audit(s, "block_card", customer_id, "card", f"**{card.last4}", {"reason": reason, "request": request.reference})
+            return self._request_view(s, request)
+
+    def request_limit_increase(self, customer_id: int, last4: str, new_limit_paise: int) -> ServiceRequestView:
+        with session_scope(self.engine) as s:
+            card = s.execute(select(Card).where(Card.customer_id == customer_id, Card.last4 == str(last4))).scalar_one_or_none()
+            if card is None:
+                raise NotFound("unknown_card", "That card isn't one of yours.")
+            if card.status != "active":
+                raise NotAllowed("card_inactive", "A blocked card's limit can't be changed.")
+            if new_limit_paise <= card.credit_limit_paise:
+                raise NotAllowed("not_higher", "The new limit must be higher than your current limit.")
+            if new_limit_paise > card.credit_limit_paise * MAX_LIMIT_MULTIPLE:
+                raise NotAllowed("too_high", f"I can request at most {MAX_LIMIT_MULTIPLE} times your current limit.")
+            existing = self._open_request(s, customer_id, "limit_increase", card_id=card.id)
+            if existing is not None:
+                return self._request_view(s, existing)
+            request = self._new_request(s, customer_id, "limit_increase", self._promise("limit_increase"),
+                                        card_id=card.id, amount_paise=new_limit_paise)
+            self._audit(s, "request_limit_increase", customer_id, "service_request", request.reference,
+                        {"card": f"**{card.last4}", "new_limit_paise": new_limit_paise})
+            return self._request_view(s, request)
+
+    def request_callback(self, customer_id: int, reason: str = "customer asked for an agent") -> ServiceRequestView:
+        with session_scope(self.engine) as s:
+            existing = self._open_request(s, customer_id, "callback")
+            if existing is not None:
+                return self._request_view(s, existing)
+            promised = self._callback_time()
+            request = self._new_request(s, customer_id, "callback", promised, reason=reason[:40])
+            self._audit(s, "request_callback", customer_id, "service_request", request.reference, {"reason": reason[:80]})
+            return self._request_view(s, request)
+
+    def _callback_time(self) -> dt.datetime:
+        """Within N working hours (Mon-Sat, 9:00-18:00), rounded up to the half hour."""
+        now = self.now()
+        hours = self.settings.callback_within_hours
+        start = now
+        if start.hour >= 18 or start.weekday() == 6:
+            start = dt.datetime.combine(start.date() + dt.timedelta(days=1), dt.time(9, 0))
+        if start.hour < 9:
+            start = start.replace(hour=9, minute=0, second=0)
+        while start.weekday() == 6:
+            start += dt.timedelta(days=1)
+        promised = start + dt.timedelta(hours=hours)
+        if promised.hour >= 18 or (promised.hour == 18 and promised.minute > 0):
+            overflow = promised - promised.replace(hour=18, minute=0, second=0)
+            nxt = promised.date() + dt.timedelta(days=1)
+            while nxt.weekday() == 6:
+                nxt += dt.timedelta(days=1)
+            promised = dt.datetime.combine(nxt, dt.time(9, 0)) + overflow
+        minute = 30 if 0 < promised.minute <= 30 else 0
+        if promised.minute > 30:
+            promised = promised.replace(minute=0) + dt.timedelta(hours=1)
+        else:
+            promised = promised.replace(minute=minute)
+        return promised.replace(second=0, microsecond=0)
+
+    def service_request(self, customer_id: int, reference: Optional[str]) -> Optional[ServiceRequestView]:
+        if not reference:
+            return None
+        with session_scope(self.engine) as s:
+            request = s.execute(
+                select(ServiceRequest).where(
+                    ServiceRequest.customer_id == customer_id,
+                    ServiceRequest.reference == str(reference).strip().upper(),
+                )
+            ).scalar_one_or_none()
+            return self._request_view(s, request) if request else None
+
+    def service_requests(self, customer_id: int, kind: Optional[str] = None, open_only: bool = False,
+                         limit: int = 5) -> List[ServiceRequestView]:
+        """The customer's requests, newest first."""
+        with session_scope(self.engine) as s:
+            query = select(ServiceRequest).where(ServiceRequest.customer_id == customer_id)
+            if kind:
+                query = query.where(ServiceRequest.kind == kind)
+            if open_only:
+                query = query.where(ServiceRequest.status.in_(OPEN_STATUSES))
+            rows = s.execute(query.order_by(ServiceRequest.created_at.desc(), ServiceRequest.id.desc()).limit(limit)).scalars()
+            return [self._request_view(s, r) for r in rows]
+
+    def _request_view(self, s, r: ServiceRequest) -> ServiceRequestView:
+        card = s.get(Card, r.card_id) if r.card_id else None
+        txn = s.get(Transaction, r.transaction_id) if r.transaction_id else None
+        return ServiceRequestView(
+            reference=r.reference, kind=r.kind, status=r.status, reason=r.reason,
+            card_last4=card.last4 if card else None,
+            transaction_reference=txn.reference if txn else None,
+            transaction_merchant=txn.merchant if txn else None,
+            amount_paise=r.amount_paise, promised_by=r.promised_by, created_at=r.created_at,
+            attachments=len(r.attachments),
+            history=tuple((h.status, h.at, h.note) for h in r.history),
+        )
+
+    # -- audit -------------------------------------------------------------------------------
+    def _audit(self, s, action: str, customer_id: Optional[int], entity: str, entity_id: str,
+               details: dict, actor: str = "bot") -> None:
+        s.add(AuditEntry(actor=actor, action=action, customer_id=customer_id, entity=entity,
+                         entity_id=entity_id, details=json.dumps(details, ensure_ascii=False, default=str)))
+        logger.info("audit %s customer=%s %s=%s", action, customer_id, entity, entity_id)
+
+    def audit_entries(self, customer_id: Optional[int] = None) -> List[dict]:
+        with session_scope(self.engine) as s:
+            query = select(AuditEntry).order_by(AuditEntry.id)
+            if customer_id is not None:
+                query = query.where(AuditEntry.customer_id == customer_id)
+            return [
+                {"actor": a.actor, "action": a.action, "entity": a.entity, "entity_id": a.entity_id,
+                 "details": json.loads(a.details or "{}"), "at": a.at}
+                for a in s.execute(query).scalars()
+            ]
