@@ -6,6 +6,7 @@ with the same methods.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -375,7 +376,7 @@ class CardSystem:
             self._audit(s, "file_dispute", customer_id, "service_request", request.reference,
                         {"transaction": txn.reference, "reason": reason, "attachment": bool(attachment)})
             s.flush()
-            return self._request_view(s, request)
+            return self._new_view(s, request)
 
     def block_card(self, customer_id: int, last4: str, reason: str) -> ServiceRequestView:
         """Block the card at once and open a replacement request. There is no unblock."""
@@ -395,7 +396,7 @@ class CardSystem:
             request = self._new_request(s, customer_id, "block_card", self._promise("block_card"), card_id=card.id,
                                         reason=reason, details={"replacement": True})
             self._audit(s, "block_card", customer_id, "card", f"**{card.last4}", {"reason": reason, "request": request.reference})
-            return self._request_view(s, request)
+            return self._new_view(s, request)
 
     def request_limit_increase(self, customer_id: int, last4: str, new_limit_paise: int) -> ServiceRequestView:
         with session_scope(self.engine) as s:
@@ -415,7 +416,7 @@ class CardSystem:
                                         card_id=card.id, amount_paise=new_limit_paise)
             self._audit(s, "request_limit_increase", customer_id, "service_request", request.reference,
                         {"card": f"**{card.last4}", "new_limit_paise": new_limit_paise})
-            return self._request_view(s, request)
+            return self._new_view(s, request)
 
     def request_callback(self, customer_id: int, reason: str = "customer asked for an agent") -> ServiceRequestView:
         with session_scope(self.engine) as s:
@@ -425,7 +426,7 @@ class CardSystem:
             promised = self._callback_time()
             request = self._new_request(s, customer_id, "callback", promised, reason=reason[:40])
             self._audit(s, "request_callback", customer_id, "service_request", request.reference, {"reason": reason[:80]})
-            return self._request_view(s, request)
+            return self._new_view(s, request)
 
     def _callback_time(self) -> dt.datetime:
         """Within N working hours (Mon-Sat, 9:00-18:00), rounded up to the half hour."""
@@ -475,6 +476,11 @@ class CardSystem:
                 query = query.where(ServiceRequest.status.in_(OPEN_STATUSES))
             rows = s.execute(query.order_by(ServiceRequest.created_at.desc(), ServiceRequest.id.desc()).limit(limit)).scalars()
             return [self._request_view(s, r) for r in rows]
+
+    def _new_view(self, s, r: ServiceRequest) -> ServiceRequestView:
+        s.flush()
+        s.refresh(r)
+        return dataclasses.replace(self._request_view(s, r), created_now=True)
 
     def _request_view(self, s, r: ServiceRequest) -> ServiceRequestView:
         card = s.get(Card, r.card_id) if r.card_id else None

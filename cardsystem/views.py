@@ -116,3 +116,4 @@ class ServiceRequestView:
     created_at: dt.datetime
     attachments: int
     history: Tuple[Tuple[str, dt.datetime, Optional[str]], ...]
+    created_now: bool = False  # True when this call created it, False when it already existed

@@ -1,0 +1,1 @@
+"""cardcare's custom actions, one module per capability; shared helpers in `common`."""

@@ -1,0 +1,121 @@
+"""Helpers every action shares: the card system, who the customer is, which card they mean."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Callable, Dict, List, Optional, Text, TypeVar
+
+from rasa_sdk import Action, Tracker
+from rasa_sdk.events import EventType, SlotSet
+from rasa_sdk.executor import CollectingDispatcher
+
+from cardsystem.formatting import format_date, format_inr, mask_phone
+from cardsystem.service import CardSystem
+from cardsystem.views import CardView, CustomerView
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+MAX_MESSAGE_CHARS = 1000  # longer texts get a polite request to shorten (see action_fallback)
+
+
+_system: Optional[CardSystem] = None
+
+
+def card_system() -> CardSystem:
+    """The process-wide card system (settings from the environment, read once)."""
+    global _system
+    if _system is None:
+        system = CardSystem()
+        system.create_schema()
+        _system = system
+    return _system
+
+
+def use_card_system(system: Optional[CardSystem]) -> None:
+    """Point every action at `system` (tests use a seeded temporary database)."""
+    global _system
+    _system = system
+
+
+async def in_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run a blocking card-system call off the action server's event loop."""
+    return await asyncio.to_thread(fn, *args, **kwargs)
+
+
+async def current_customer(tracker: Tracker) -> Optional[CustomerView]:
+    return await in_thread(card_system().find_customer, tracker.sender_id)
+
+
+def card_label(card: CardView) -> str:
+    return card.label
+
+
+def money(paise: Optional[int]) -> str:
+    return format_inr(paise or 0)
+
+
+def date_or_dash(day) -> str:
+    return format_date(day) if day else "-"
+
+
+def card_buttons(cards: List[CardView], intent: Text, extra: Optional[Dict[Text, Any]] = None) -> List[Dict[Text, Text]]:
+    """One button per card that repeats the request with the card chosen (no NLU needed)."""
+    buttons = []
+    for card in cards:
+        entities = {"card_last4": card.last4, **(extra or {})}
+        payload = "/" + intent + "{" + ",".join(f'"{k}":"{v}"' for k, v in entities.items()) + "}"
+        buttons.append({"title": f"Card ending {card.last4}", "payload": payload})
+    return buttons
+
+
+def mentioned_last4(tracker: Tracker) -> Optional[Text]:
+    """The card the customer named in this message (entity), else the one chosen earlier."""
+    entity = next(tracker.get_latest_entity_values("card_last4"), None)
+    return str(entity) if entity else tracker.get_slot("card_last4")
+
+
+async def pick_card(
+    dispatcher: CollectingDispatcher,
+    tracker: Tracker,
+    customer: CustomerView,
+    intent: Text,
+    active_only: bool = False,
+) -> "tuple[Optional[CardView], List[EventType]]":
+    """Find the card this request is about, or ask which one (buttons) and return None.
+
+    The choice is kept in the `card_last4` slot, so a customer with two cards is asked once
+    per conversation.
+    """
+    cards = await in_thread(card_system().cards_of, customer.id)
+    eligible = [c for c in cards if c.is_active] if active_only else cards
+    wanted = mentioned_last4(tracker)
+    if wanted:
+        match = next((c for c in eligible if c.last4 == str(wanted)), None)
+        if match:
+            return match, [SlotSet("card_last4", match.last4)]
+        if not any(c.last4 == str(wanted) for c in cards):
+            dispatcher.utter_message(text=f"I couldn't find a card ending {str(wanted)[:4]} on your account.")
+    if not eligible:
+        return None, [SlotSet("card_last4", None)]
+    if len(eligible) == 1:
+        return eligible[0], [SlotSet("card_last4", eligible[0].last4)]
+    dispatcher.utter_message(response="utter_ask_card_last4", buttons=card_buttons(eligible, intent))
+    return None, [SlotSet("card_last4", None)]
+
+
+class CustomerAction(Action):
+    """An action that needs a registered customer; unknown numbers get no account data."""
+
+    async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: Dict[Text, Any]) -> List[EventType]:
+        customer = await current_customer(tracker)
+        if customer is None:
+            logger.info("%s: sender %s is not a customer", self.name(), mask_phone(tracker.sender_id))
+            dispatcher.utter_message(response="utter_not_registered")
+            return []
+        return await self.act(dispatcher, tracker, domain, customer)
+
+    async def act(
+        self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: Dict[Text, Any], customer: CustomerView
+    ) -> List[EventType]:
+        raise NotImplementedError

@@ -1,0 +1,299 @@
+"""Recent transactions, disputes on them, and the status of service requests."""
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Dict, List, Optional, Text
+
+from rasa_sdk import Tracker
+from rasa_sdk.events import EventType, SlotSet
+from rasa_sdk.executor import CollectingDispatcher
+from rasa_sdk.types import DomainDict
+
+from actions.common import CustomerAction, card_label, card_system, current_customer, in_thread, money, pick_card
+from actions.forms import latest_intent, CardFormValidation, dumps, form_reset, latest_attachment
+from cardsystem.errors import CardSystemError
+from cardsystem.formatting import format_date, format_datetime, parse_amount_paise
+from cardsystem.service import DISPUTE_REASONS, REFERENCE_RE
+from cardsystem.views import CustomerView, ServiceRequestView, TransactionView
+
+RECENT_LIMIT = 5
+CHOICES_LIMIT = 8
+REASON_WORDS = (
+    ("charged_twice", ("twice", "double", "duplicate", "two times", "2 times", "do baar", "dobara")),
+    ("refund_not_received", ("refund", "return", "cancelled", "canceled", "paisa wapas", "wapas")),
+    ("wrong_amount", ("wrong amount", "more than", "extra", "overcharged", "zyada", "amount is wrong", "galat amount")),
+    ("not_recognised", ("recognise", "recognize", "not me", "didn't make", "did not make", "fraud", "unknown",
+                        "nahi kiya", "never made", "unauthori")),
+)
+SKIP_WORDS = ("skip", "no screenshot", "don't have", "dont have", "nahi hai", "no")
+DISPUTE_SLOTS = ("transaction_id", "dispute_reason", "dispute_attachment", "dispute_confirm")
+KIND_LABELS = {"dispute": "Dispute", "block_card": "Card block & replacement", "limit_increase": "Limit increase",
+               "callback": "Callback request"}
+STATUS_LABELS = {"open": "open", "in_progress": "being worked on", "resolved": "resolved", "rejected": "closed",
+                 "closed": "closed"}
+
+
+def describe(txn: TransactionView) -> Text:
+    return f"{format_date(txn.posted_on)} {txn.merchant} {money(txn.amount_paise)}"
+
+
+def dispute_button(txn: TransactionView, intent: Text, last4: Optional[Text] = None) -> Dict[Text, Text]:
+    entities = {"transaction_id": txn.reference}
+    if last4:
+        entities["card_last4"] = last4
+    title = f"{txn.merchant[:11]} {money(txn.amount_paise).split('.')[0]}"
+    return {"title": title[:20].strip(), "payload": f"/{intent}{dumps(entities)}"}
+
+
+def reason_from_text(text: Text) -> Optional[Text]:
+    lowered = (text or "").lower()
+    for reason, words in REASON_WORDS:
+        if any(word in lowered for word in words):
+            return reason
+    return None
+
+
+class ActionListTransactions(CustomerAction):
+    def name(self) -> Text:
+        return "action_list_transactions"
+
+    async def act(self, dispatcher, tracker, domain, customer) -> List[EventType]:
+        card, events = await pick_card(dispatcher, tracker, customer, "list_transactions")
+        if card is None:
+            return events
+        txns = await in_thread(card_system().recent_transactions, card.id, RECENT_LIMIT)
+        if not txns:
+            dispatcher.utter_message(response="utter_no_transactions", card_label=card_label(card))
+            return events
+        lines = [f"Latest transactions on {card_label(card)}:"]
+        for t in txns:
+            sign = " CR" if t.amount_paise < 0 else ""
+            flag = f" ({t.status})" if t.status != "posted" else ""
+            lines.append(f"\u2022 {format_date(t.posted_on)}  {t.merchant}  {money(abs(t.amount_paise))}{sign}{flag}")
+        disputable = [t for t in txns if t.is_debit and t.status != "reversed"]
+        lines.append("\nTap one to report a problem with it.")
+        dispatcher.utter_message(text="\n".join(lines),
+                                 buttons=[dispute_button(t, "report_dispute", card.last4) for t in disputable])
+        return events
+
+
+class ValidateDisputeForm(CardFormValidation):
+    form_intent = "report_dispute"
+
+    def name(self) -> Text:
+        return "validate_dispute_form"
+
+    async def extract_card_last4(self, dispatcher, tracker, domain) -> Dict[Text, Any]:
+        reference = next(tracker.get_latest_entity_values("transaction_id"), None)
+        if reference and not tracker.get_slot("card_last4"):
+            customer = await current_customer(tracker)
+            txn = await in_thread(card_system().transaction_of, customer.id, reference) if customer else None
+            if txn is not None:
+                cards = await self.eligible_cards(customer)
+                card = next((c for c in cards if c.id == txn.card_id), None)
+                if card is not None:
+                    return {"card_last4": card.last4}
+        return await super().extract_card_last4(dispatcher, tracker, domain)
+
+    async def matching_transactions(self, tracker: Tracker, customer: CustomerView) -> List[TransactionView]:
+        """Debits matching the merchant, amount or date the customer described, newest first."""
+        system = card_system()
+        card = await in_thread(system.card_of, customer.id, tracker.get_slot("card_last4"))
+        if card is None:
+            return []
+        merchant = next(tracker.get_latest_entity_values("merchant"), None)
+        amount_text = next(tracker.get_latest_entity_values("amount"), None)
+        amount = parse_amount_paise(amount_text) if amount_text else None
+        if not merchant and not amount:
+            text = (tracker.latest_message.get("text") or "").lower()
+            recent = await in_thread(system.recent_transactions, card.id, 40, True)
+            merchant = next((t.merchant for t in recent if t.merchant.lower().split()[0] in text), None)
+            if merchant is None and tracker.get_slot("requested_slot") == "transaction_id":
+                amount = parse_amount_paise(text)
+        if not merchant and not amount:
+            return []
+        return await in_thread(system.find_transactions, card.id, merchant, amount, None, CHOICES_LIMIT)
+
+    async def extract_transaction_id(self, dispatcher, tracker, domain) -> Dict[Text, Any]:
+        reference = next(tracker.get_latest_entity_values("transaction_id"), None)
+        if reference:
+            return {"transaction_id": str(reference)}
+        asked = tracker.get_slot("requested_slot") == "transaction_id"
+        starting = latest_intent(tracker) == self.form_intent
+        if not (asked and self.is_answer(tracker)) and not starting:
+            return {}
+        customer = await current_customer(tracker)
+        if customer is None or not tracker.get_slot("card_last4"):
+            return {}
+        matches = await self.matching_transactions(tracker, customer)
+        if len(matches) == 1:
+            return {"transaction_id": matches[0].reference}
+        if asked and not matches:
+            dispatcher.utter_message(text="I couldn't find a matching transaction. Please pick one below, "
+                                          "or tell me the merchant and amount.")
+            return {"transaction_id": None}
+        return {}
+
+    async def validate_transaction_id(self, value, dispatcher, tracker, domain) -> Dict[Text, Any]:
+        customer = await current_customer(tracker)
+        txn = await in_thread(card_system().transaction_of, customer.id, value) if customer and value else None
+        if txn is None:
+            dispatcher.utter_message(text="I couldn't find that transaction on your cards.")
+            return {"transaction_id": None}
+        if not txn.is_debit or txn.status == "reversed":
+            dispatcher.utter_message(text=f"{describe(txn)} is a payment, refund or reversal, so there's nothing to dispute.")
+            return {"transaction_id": None}
+        return {"transaction_id": txn.reference}
+
+    async def extract_dispute_reason(self, dispatcher, tracker, domain) -> Dict[Text, Any]:
+        entity = next(tracker.get_latest_entity_values("dispute_reason"), None)
+        if entity:
+            return {"dispute_reason": str(entity)}
+        asked = tracker.get_slot("requested_slot") == "dispute_reason" and self.is_answer(tracker)
+        starting = latest_intent(tracker) == self.form_intent
+        if asked or starting:
+            reason = reason_from_text(tracker.latest_message.get("text") or "")
+            if reason:
+                return {"dispute_reason": reason}
+        return {}
+
+    async def validate_dispute_reason(self, value, dispatcher, tracker, domain) -> Dict[Text, Any]:
+        if value in DISPUTE_REASONS:
+            return {"dispute_reason": value}
+        dispatcher.utter_message(text="Please choose one of the reasons below.")
+        return {"dispute_reason": None}
+
+    async def extract_dispute_attachment(self, dispatcher, tracker, domain) -> Dict[Text, Any]:
+        if tracker.get_slot("requested_slot") != "dispute_attachment":
+            return {}
+        attachment = latest_attachment(tracker)
+        if attachment:
+            return {"dispute_attachment": dumps(attachment)}
+        text = (tracker.latest_message.get("text") or "").lower().strip()
+        if latest_intent(tracker) == "deny" or any(w == text or w in text.split() for w in SKIP_WORDS):
+            return {"dispute_attachment": "none"}
+        return {}
+
+    async def extract_dispute_confirm(self, dispatcher, tracker, domain) -> Dict[Text, Any]:
+        return self.yes_no(tracker, "dispute_confirm")
+
+
+class ActionAskTransactionId(CustomerAction):
+    """Offers matching or recent debits as buttons; the customer can also describe it."""
+
+    def name(self) -> Text:
+        return "action_ask_transaction_id"
+
+    async def act(self, dispatcher, tracker, domain, customer) -> List[EventType]:
+        system = card_system()
+        card = await in_thread(system.card_of, customer.id, tracker.get_slot("card_last4"))
+        if card is None:
+            return []
+        matches = await ValidateDisputeForm().matching_transactions(tracker, customer)
+        if matches:
+            intro = "I found several transactions like that. Which one is it?"
+        else:
+            matches = await in_thread(system.recent_transactions, card.id, CHOICES_LIMIT, True)
+            intro = (f"Which transaction on {card_label(card)} is it? Pick a recent one, or tell me the merchant, "
+                     "amount and date (e.g. \"Swiggy 450 on 3 Nov\").")
+        lines = [intro] + [f"\u2022 {describe(t)}" for t in matches]
+        dispatcher.utter_message(text="\n".join(lines), buttons=[dispute_button(t, "inform") for t in matches])
+        return []
+
+
+class ActionAskDisputeConfirm(CustomerAction):
+    def name(self) -> Text:
+        return "action_ask_dispute_confirm"
+
+    async def act(self, dispatcher, tracker, domain, customer) -> List[EventType]:
+        txn = await in_thread(card_system().transaction_of, customer.id, tracker.get_slot("transaction_id"))
+        reason = DISPUTE_REASONS.get(tracker.get_slot("dispute_reason") or "", "")
+        attached = tracker.get_slot("dispute_attachment") not in (None, "none")
+        text = (f"Please confirm the dispute:\n\u2022 {describe(txn) if txn else '-'}\n\u2022 Reason: {reason}\n"
+                f"\u2022 Screenshot: {'attached' if attached else 'none'}\nShall I raise it?")
+        dispatcher.utter_message(text=text, buttons=[{"title": "Yes, raise it", "payload": "/affirm"},
+                                                     {"title": "No", "payload": "/deny"}])
+        return []
+
+
+class ActionFileDispute(CustomerAction):
+    def name(self) -> Text:
+        return "action_file_dispute"
+
+    async def act(self, dispatcher, tracker, domain, customer) -> List[EventType]:
+        reset = form_reset(*DISPUTE_SLOTS)
+        if not tracker.get_slot("transaction_id"):
+            cards = await in_thread(card_system().cards_of, customer.id)
+            if not cards:
+                dispatcher.utter_message(text="You don't have a card with transactions to dispute.")
+            return reset
+        if tracker.get_slot("dispute_confirm") is not True:
+            dispatcher.utter_message(response="utter_dispute_declined")
+            return reset
+        raw = tracker.get_slot("dispute_attachment")
+        attachment = json.loads(raw) if raw and raw != "none" else None
+        try:
+            request = await in_thread(card_system().file_dispute, customer.id, tracker.get_slot("transaction_id"),
+                                      tracker.get_slot("dispute_reason"), attachment)
+        except CardSystemError as refused:
+            dispatcher.utter_message(text=str(refused))
+            return reset
+        fields = {"reference": request.reference, "merchant": request.transaction_merchant or "",
+                  "amount": money(request.amount_paise), "promised": format_date(request.promised_by.date())}
+        if not request.created_now:
+            dispatcher.utter_message(response="utter_dispute_exists", **fields)
+            return reset
+        txn = await in_thread(card_system().transaction_of, customer.id, request.transaction_reference)
+        dispatcher.utter_message(response="utter_dispute_filed", txn_date=format_date(txn.posted_on), **fields)
+        if request.reason == "not_recognised":
+            dispatcher.utter_message(response="utter_dispute_fraud_advice")
+        return reset + [SlotSet("reference_id", request.reference)]
+
+
+class ActionDisputeStatus(CustomerAction):
+    """Status of a request by its reference, or of the latest dispute (or request)."""
+
+    def name(self) -> Text:
+        return "action_dispute_status"
+
+    async def act(self, dispatcher, tracker, domain, customer) -> List[EventType]:
+        system = card_system()
+        reference = next(tracker.get_latest_entity_values("reference_id"), None)
+        if not reference:
+            found = REFERENCE_RE.search(tracker.latest_message.get("text") or "")
+            reference = found.group(0) if found else None
+        if reference:
+            request = await in_thread(system.service_request, customer.id, reference)
+            if request is None:
+                dispatcher.utter_message(response="utter_unknown_reference", reference=str(reference)[:20].upper())
+                others = await in_thread(system.service_requests, customer.id, None, True)
+                if others:
+                    dispatcher.utter_message(text="Your open requests: " + ", ".join(r.reference for r in others))
+                return [SlotSet("reference_id", None)]
+            self.tell(dispatcher, request)
+            return [SlotSet("reference_id", request.reference)]
+        requests = await in_thread(system.service_requests, customer.id, "dispute", False, 1) or \
+            await in_thread(system.service_requests, customer.id, None, False, 1)
+        if not requests:
+            dispatcher.utter_message(response="utter_no_requests")
+            return []
+        self.tell(dispatcher, requests[0])
+        return [SlotSet("reference_id", requests[0].reference)]
+
+    @staticmethod
+    def tell(dispatcher: CollectingDispatcher, request: ServiceRequestView) -> None:
+        if request.transaction_merchant:
+            detail = f"{request.transaction_merchant}, {money(request.amount_paise)}"
+        elif request.card_last4:
+            detail = f"card ending {request.card_last4}"
+        else:
+            detail = "your request"
+        open_now = request.status in ("open", "in_progress")
+        promise = (f"we'll resolve it by {format_date(request.promised_by.date())}" if open_now
+                   else f"last updated {format_datetime(request.history[-1][1]) if request.history else '-'}")
+        dispatcher.utter_message(
+            response="utter_request_status", kind=KIND_LABELS.get(request.kind, "Request"),
+            reference=request.reference, detail=detail, status=STATUS_LABELS.get(request.status, request.status),
+            created=format_date(request.created_at.date()), promise=promise,
+        )

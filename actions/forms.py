@@ -1,0 +1,133 @@
+"""The base every cardcare form validator shares: who the customer is, which card, yes/no."""
+from __future__ import annotations
+
+import json
+from typing import Any, Dict, List, Optional, Text
+
+from rasa_sdk import Tracker
+from rasa_sdk.events import EventType
+from rasa_sdk.executor import CollectingDispatcher
+from rasa_sdk.forms import FormValidationAction
+from rasa_sdk.types import DomainDict
+
+from actions.common import CustomerAction, card_buttons, card_system, current_customer, in_thread
+from cardsystem.views import CardView, CustomerView
+
+# Intents that may carry an answer to the question the form asked. Anything else (a FAQ,
+# "never mind", another request) is left unextracted, so the form is interrupted and
+# the rules for interruptions take over.
+ANSWER_INTENTS = {"inform", "affirm", "deny", "nlu_fallback"}
+
+
+def latest_intent(tracker: Tracker) -> Optional[Text]:
+    """The intent NLU gave the latest message, nlu_fallback included (rasa-sdk's helper skips it)."""
+    return ((tracker.latest_message or {}).get("intent") or {}).get("name")
+
+
+def latest_metadata(tracker: Tracker) -> Dict[Text, Any]:
+    """Metadata the channel attached to the latest user message (e.g. an attachment)."""
+    metadata = tracker.latest_message.get("metadata") or {}
+    if metadata:
+        return metadata
+    for event in reversed(tracker.events):
+        if event.get("event") == "user":
+            return event.get("metadata") or {}
+    return {}
+
+
+def latest_attachment(tracker: Tracker) -> Optional[Dict[Text, Any]]:
+    """The media the customer just sent: {"media_id", "mime_type", "filename", "caption"}."""
+    attachment = latest_metadata(tracker).get("attachment")
+    if isinstance(attachment, dict) and attachment.get("media_id"):
+        return {k: attachment.get(k) for k in ("media_id", "mime_type", "filename", "caption")}
+    return None
+
+
+class CardFormValidation(FormValidationAction):
+    """Validates a form whose first slot is the card it is about.
+
+    Subclasses set `form_intent` (the intent that starts the form) and may narrow
+    `eligible_cards` (e.g. only active cards can be blocked).
+    """
+
+    form_intent: Text = ""
+    active_cards_only: bool = False
+
+    def is_answer(self, tracker: Tracker) -> bool:
+        return latest_intent(tracker) in ANSWER_INTENTS | {self.form_intent}
+
+    async def eligible_cards(self, customer: CustomerView) -> List[CardView]:
+        cards = await in_thread(card_system().cards_of, customer.id)
+        return [c for c in cards if c.is_active] if self.active_cards_only else cards
+
+    async def required_slots(self, domain_slots: List[Text], dispatcher: CollectingDispatcher,
+                             tracker: Tracker, domain: DomainDict) -> List[Text]:
+        customer = await current_customer(tracker)
+        if customer is None or not await self.can_start(customer):
+            return []  # the submit action explains why nothing was asked
+        return domain_slots
+
+    async def can_start(self, customer: CustomerView) -> bool:
+        """Whether the form has anything to ask this customer (e.g. a card it applies to)."""
+        return bool(await self.eligible_cards(customer))
+
+    async def extract_card_last4(self, dispatcher: CollectingDispatcher, tracker: Tracker,
+                                 domain: DomainDict) -> Dict[Text, Any]:
+        if tracker.get_slot("card_last4") or next(tracker.get_latest_entity_values("card_last4"), None):
+            return {}
+        customer = await current_customer(tracker)
+        if customer is None:
+            return {}
+        cards = await self.eligible_cards(customer)
+        return {"card_last4": cards[0].last4} if len(cards) == 1 else {}
+
+    async def validate_card_last4(self, value: Any, dispatcher: CollectingDispatcher, tracker: Tracker,
+                                  domain: DomainDict) -> Dict[Text, Any]:
+        customer = await current_customer(tracker)
+        if customer is None:
+            return {"card_last4": None}
+        cards = await self.eligible_cards(customer)
+        if any(c.last4 == str(value) for c in cards):
+            return {"card_last4": str(value)}
+        owned = await in_thread(card_system().card_of, customer.id, str(value))
+        if owned is not None and not owned.is_active:
+            dispatcher.utter_message(text=f"Your card ending {owned.last4} is already blocked.")
+        else:
+            dispatcher.utter_message(text=f"I couldn't find a card ending {str(value)[:4]} on your account.")
+        return {"card_last4": None}
+
+    @staticmethod
+    def yes_no(tracker: Tracker, slot: Text) -> Dict[Text, Any]:
+        """Fill a confirmation slot from affirm/deny, only when that slot was asked."""
+        if tracker.get_slot("requested_slot") != slot:
+            return {}
+        intent = latest_intent(tracker)
+        if intent == "affirm":
+            return {slot: True}
+        if intent == "deny":
+            return {slot: False}
+        return {}
+
+
+class ActionAskCardLast4(CustomerAction):
+    """Asks which card, with one button per card the active form accepts."""
+
+    def name(self) -> Text:
+        return "action_ask_card_last4"
+
+    async def act(self, dispatcher, tracker, domain, customer) -> List[EventType]:
+        cards = await in_thread(card_system().cards_of, customer.id)
+        if (tracker.active_loop or {}).get("name") in ("block_card_form", "limit_increase_form"):
+            cards = [c for c in cards if c.is_active]
+        dispatcher.utter_message(response="utter_ask_card_last4", buttons=card_buttons(cards, "inform"))
+        return []
+
+
+def form_reset(*slots: Text) -> List[EventType]:
+    from rasa_sdk.events import SlotSet
+
+    return [SlotSet(slot, None) for slot in slots]
+
+
+def dumps(value: Any) -> Text:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))

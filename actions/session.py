@@ -1,0 +1,110 @@
+"""Conversation plumbing: session start, greeting, fallback, cancelling, reaching a person."""
+from __future__ import annotations
+
+import logging
+from typing import Any, Dict, List, Text
+
+from rasa_sdk import Action, Tracker
+from rasa_sdk.events import ActionExecuted, ActiveLoop, EventType, SessionStarted, SlotSet
+from rasa_sdk.executor import CollectingDispatcher
+
+from actions.common import MAX_MESSAGE_CHARS, CustomerAction, current_customer, in_thread, card_system
+from actions.forms import form_reset
+from cardsystem.formatting import format_datetime, mask_phone
+
+logger = logging.getLogger(__name__)
+FORM_SLOTS = {
+    "statement_form": ("month",),
+    "dispute_form": ("transaction_id", "dispute_reason", "dispute_attachment", "dispute_confirm"),
+    "block_card_form": ("block_reason", "block_confirm"),
+    "redeem_form": ("reward_item", "redeem_confirm"),
+    "limit_increase_form": ("new_limit", "limit_confirm"),
+}
+
+
+class ActionSessionStart(Action):
+    """Starts a session and recognises the customer from the sender id (their WhatsApp number)."""
+
+    def name(self) -> Text:
+        return "action_session_start"
+
+    async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: Dict[Text, Any]) -> List[EventType]:
+        customer = await current_customer(tracker)
+        return [
+            SessionStarted(),
+            SlotSet("customer_name", customer.first_name if customer else None),
+            ActionExecuted("action_listen"),
+        ]
+
+
+class ActionGreet(Action):
+    def name(self) -> Text:
+        return "action_greet"
+
+    async def run(self, dispatcher, tracker, domain) -> List[EventType]:
+        customer = await current_customer(tracker)
+        if customer is None:
+            dispatcher.utter_message(response="utter_greet_unknown")
+            dispatcher.utter_message(response="utter_not_registered")
+        else:
+            dispatcher.utter_message(response="utter_greet_known", first_name=customer.first_name)
+        return []
+
+
+def consecutive_fallbacks(tracker: Tracker) -> int:
+    """How many of the latest user messages in a row were not understood."""
+    count = 0
+    for event in reversed(tracker.events):
+        if event.get("event") != "user":
+            continue
+        intent = ((event.get("parse_data") or {}).get("intent") or {}).get("name")
+        if intent != "nlu_fallback":
+            break
+        count += 1
+    return count
+
+
+class ActionFallback(Action):
+    """First miss: ask to rephrase with the main options. Second miss in a row: offer a person."""
+
+    def name(self) -> Text:
+        return "action_fallback"
+
+    async def run(self, dispatcher, tracker, domain) -> List[EventType]:
+        text = tracker.latest_message.get("text") or ""
+        if len(text) > MAX_MESSAGE_CHARS:
+            dispatcher.utter_message(response="utter_too_long", limit=f"{MAX_MESSAGE_CHARS:,}")
+            return []
+        if consecutive_fallbacks(tracker) >= 2:
+            dispatcher.utter_message(response="utter_offer_human")
+        else:
+            dispatcher.utter_message(response="utter_rephrase")
+        return []
+
+
+class ActionCancelForm(Action):
+    """'Never mind' during a form: stop it, forget its answers, change nothing."""
+
+    def name(self) -> Text:
+        return "action_cancel_form"
+
+    async def run(self, dispatcher, tracker, domain) -> List[EventType]:
+        form = (tracker.active_loop or {}).get("name")
+        if not form:
+            dispatcher.utter_message(response="utter_nothing_to_cancel")
+            return []
+        dispatcher.utter_message(response="utter_cancelled")
+        return [ActiveLoop(None), SlotSet("requested_slot", None)] + form_reset(*FORM_SLOTS.get(form, ()))
+
+
+class ActionRequestCallback(CustomerAction):
+    """Until live handoff exists: a callback request with a promised time."""
+
+    def name(self) -> Text:
+        return "action_request_callback"
+
+    async def act(self, dispatcher, tracker, domain, customer) -> List[EventType]:
+        request = await in_thread(card_system().request_callback, customer.id, "customer asked for a person")
+        dispatcher.utter_message(response="utter_callback_booked", phone="+" + mask_phone(customer.phone),
+                                 promised=format_datetime(request.promised_by), reference=request.reference)
+        return [SlotSet("reference_id", request.reference)]

@@ -1,0 +1,340 @@
+"""Every custom action against a seeded temporary card system, as the action server runs them."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from actions.balance import ActionPayBill, ActionShowBalance, ActionShowCreditLimit, ActionShowDueDate, ActionShowMinDue
+from actions.cards import ActionBlockCard, ActionRequestLimitIncrease, ValidateBlockCardForm, ValidateLimitIncreaseForm
+from actions.disputes import (
+    ActionAskTransactionId, ActionDisputeStatus, ActionFileDispute, ActionListTransactions, ValidateDisputeForm,
+)
+from actions.forms import ActionAskCardLast4
+from actions.rewards import ActionAskRewardItem, ActionRedeemRewards, ActionShowRewards, ValidateRedeemForm
+from actions.session import ActionCancelForm, ActionFallback, ActionGreet, ActionRequestCallback, ActionSessionStart
+from actions.statements import ActionAskMonth, ActionSendStatement, ValidateStatementForm
+from cardsystem import files
+from cardsystem.paylinks import verify_payment_link
+from cardsystem.service import REFERENCE_RE
+from tests.conftest import (
+    BLOCKED, DISPUTE, EXPIRING, ONE_CARD, STRANGER, TWO_CARDS, buttons_of, make_tracker, rendered, run_action, slots_of,
+)
+
+pytestmark = pytest.mark.asyncio
+RUPEES = re.compile(r"\u20b9\d{1,2}(,\d\d)*(,\d{3})?\.\d\d|\u20b9\d{1,3}\.\d\d")
+
+
+def _no_placeholders(texts):
+    assert not any("{MISSING" in t for t in texts), texts
+
+
+# -- who is talking -----------------------------------------------------------------------
+@pytest.mark.parametrize("action", [ActionShowBalance(), ActionPayBill(), ActionListTransactions(), ActionShowRewards(),
+                                    ActionDisputeStatus(), ActionRequestCallback(), ActionSendStatement()])
+async def test_unknown_number_gets_no_account_data(system, domain, action):
+    events, messages = await run_action(action, make_tracker(STRANGER, "check_balance"), domain)
+    assert [m.get("response") for m in messages] == ["utter_not_registered"]
+    assert events == []
+
+
+async def test_session_start_recognises_the_customer(system, domain):
+    events, _ = await run_action(ActionSessionStart(), make_tracker(ONE_CARD), domain)
+    assert slots_of(events)["customer_name"] == "Ananya"
+    events, _ = await run_action(ActionSessionStart(), make_tracker(STRANGER), domain)
+    assert slots_of(events)["customer_name"] is None
+
+
+async def test_greeting_uses_the_first_name_or_explains_registration(system, domain):
+    _, messages = await run_action(ActionGreet(), make_tracker(ONE_CARD, "greet"), domain)
+    assert rendered(messages, domain)[0].startswith("Hi Ananya!")
+    _, messages = await run_action(ActionGreet(), make_tracker(STRANGER, "greet"), domain)
+    assert [m["response"] for m in messages] == ["utter_greet_unknown", "utter_not_registered"]
+
+
+# -- balance, dues, limits ----------------------------------------------------------------
+async def test_balance_for_a_single_card(system, domain):
+    card = system.cards_of(system.find_customer(ONE_CARD).id)[0]
+    events, messages = await run_action(ActionShowBalance(), make_tracker(ONE_CARD, "check_balance"), domain)
+    text = rendered(messages, domain)[0]
+    _no_placeholders([text])
+    assert f"\u2022\u2022 {card.last4}" in text
+    assert f"Outstanding: {format_money(card.outstanding_paise)}" in text
+    assert card.due_date.strftime("%d %b %Y") in text
+    assert slots_of(events) == {"card_last4": card.last4}
+
+
+def format_money(paise):
+    from cardsystem.formatting import format_inr
+
+    return format_inr(paise)
+
+
+async def test_two_cards_asks_which_with_buttons_then_answers(system, domain):
+    _, messages = await run_action(ActionShowBalance(), make_tracker(TWO_CARDS, "check_balance"), domain)
+    buttons = buttons_of(messages, domain)
+    assert [b["payload"] for b in buttons] == ['/check_balance{"card_last4":"1117"}', '/check_balance{"card_last4":"6392"}']
+    assert all(len(b["title"]) <= 20 for b in buttons)
+    events, messages = await run_action(
+        ActionShowBalance(), make_tracker(TWO_CARDS, "check_balance", [("card_last4", "6392")]), domain)
+    assert "6392" in rendered(messages, domain)[0] and slots_of(events)["card_last4"] == "6392"
+    # chosen once: the slot answers the next question without asking again
+    _, messages = await run_action(ActionShowDueDate(), make_tracker(TWO_CARDS, "ask_due_date", slots={"card_last4": "6392"}), domain)
+    assert "6392" in rendered(messages, domain)[0] and not buttons_of(messages, domain)
+
+
+async def test_a_card_that_is_not_theirs_is_refused_politely(system, domain):
+    events, messages = await run_action(
+        ActionShowBalance(), make_tracker(TWO_CARDS, "check_balance", [("card_last4", "4821")]), domain)
+    texts = rendered(messages, domain)
+    assert "couldn't find a card ending 4821" in texts[0]
+    assert "Outstanding" not in " ".join(texts)
+    assert buttons_of(messages, domain) and slots_of(events)["card_last4"] is None
+
+
+async def test_blocked_card_balance_carries_a_note(system, domain):
+    _, messages = await run_action(ActionShowBalance(), make_tracker(BLOCKED, "check_balance"), domain)
+    assert [m["response"] for m in messages] == ["utter_balance", "utter_card_blocked_note"]
+
+
+@pytest.mark.parametrize("action, needle", [(ActionShowDueDate(), "due on"), (ActionShowMinDue(), "minimum"),
+                                            (ActionShowCreditLimit(), "Total credit limit")])
+async def test_dues_and_limits(system, domain, action, needle):
+    _, messages = await run_action(action, make_tracker(ONE_CARD, "x"), domain)
+    text = " ".join(rendered(messages, domain))
+    _no_placeholders([text])
+    assert needle.lower() in text.lower() and RUPEES.search(text)
+
+
+async def test_pay_bill_links_are_signed_for_the_right_amounts(system, domain):
+    customer = system.find_customer(TWO_CARDS)
+    card = system.card_of(customer.id, "6392")
+    _, messages = await run_action(ActionPayBill(), make_tracker(TWO_CARDS, "pay_bill", slots={"card_last4": "6392"}), domain)
+    text = rendered(messages, domain)[0]
+    _no_placeholders([text])
+    links = re.findall(r"https://pay\.example\.test/pay\?\S+", text)
+    assert len(links) == 2
+    amounts = sorted(verify_payment_link(u, b"test-secret", system.now())["a"] for u in links)
+    assert amounts == sorted([card.outstanding_paise, card.minimum_due_paise])
+    assert "expire" in text
+
+
+# -- statements ---------------------------------------------------------------------------
+async def test_statement_month_is_understood_or_explained(system, domain):
+    form = ValidateStatementForm()
+    tracker = make_tracker(ONE_CARD, "request_statement", [("month", "march")], slots={"card_last4": "4821"})
+    events, _ = await run_action(form, tracker, domain)
+    assert slots_of(events)["month"] == "2026-03"
+    tracker = make_tracker(ONE_CARD, "request_statement", slots={"card_last4": "4821"})
+    events, _ = await run_action(form, tracker, domain)
+    assert slots_of(events)["month"] == "latest"
+    tracker = make_tracker(ONE_CARD, "inform", [("month", "january 2027")], slots={"card_last4": "4821", "requested_slot": "month"})
+    events, messages = await run_action(form, tracker, domain)
+    assert slots_of(events)["month"] is None and "hasn't finished" in rendered(messages, domain)[0]
+
+
+async def test_statement_is_sent_as_a_protected_pdf_document(system, domain):
+    tracker = make_tracker(ONE_CARD, "request_statement", slots={"card_last4": "4821", "month": "latest"})
+    events, messages = await run_action(ActionSendStatement(), tracker, domain)
+    texts = rendered(messages, domain)
+    _no_placeholders(texts)
+    assert "password" in texts[0] and "first four letters of your name" in texts[0]
+    password = "ANAN"
+    assert password not in texts[0]
+    url = messages[1]["attachment"]
+    token = url.split("/")[-2]
+    path = files.resolve(system.settings.statement_dir, token)
+    assert url.endswith("-4821.pdf") and path is not None and path.read_bytes().startswith(b"%PDF")
+    assert slots_of(events) == {"month": None}
+
+
+async def test_statement_for_a_month_without_one_lists_those_that_exist(system, domain):
+    tracker = make_tracker(ONE_CARD, "request_statement", slots={"card_last4": "4821", "month": "2025-01"})
+    _, messages = await run_action(ActionSendStatement(), tracker, domain)
+    text = rendered(messages, domain)[0]
+    assert "no statement for January 2025" in text and "October 2026" in text
+    assert buttons_of(messages, domain)[0]["payload"].startswith("/request_statement{")
+    _, messages = await run_action(ActionAskMonth(), make_tracker(ONE_CARD, slots={"card_last4": "4821"}), domain)
+    assert len(buttons_of(messages, domain)) == 3
+
+
+# -- rewards ------------------------------------------------------------------------------
+async def test_rewards_warn_about_points_expiring_this_month(system, domain):
+    _, messages = await run_action(ActionShowRewards(), make_tracker(EXPIRING, "check_reward_points"), domain)
+    texts = rendered(messages, domain)
+    _no_placeholders(texts)
+    assert "3,200 points expire on 30 Nov 2026" in texts[1]
+
+
+async def test_redeem_flow_checks_the_catalogue_and_deducts(system, domain):
+    customer = system.find_customer(EXPIRING)
+    _, messages = await run_action(ActionAskRewardItem(), make_tracker(EXPIRING, slots={"requested_slot": "reward_item"}), domain)
+    assert any(b["payload"] == '/inform{"reward_item":"AMZN500"}' for b in buttons_of(messages, domain))
+    tracker = make_tracker(EXPIRING, "inform", [("reward_item", "NOPE")], slots={"requested_slot": "reward_item"})
+    events, _ = await run_action(ValidateRedeemForm(), tracker, domain)
+    assert slots_of(events)["reward_item"] is None
+    before = system.reward_summary(customer.id).balance
+    tracker = make_tracker(EXPIRING, "affirm", slots={"reward_item": "AMZN500", "redeem_confirm": True})
+    events, messages = await run_action(ActionRedeemRewards(), tracker, domain)
+    text = rendered(messages, domain)[0]
+    assert REFERENCE_RE.search(text) and system.reward_summary(customer.id).balance == before - 2000
+    declined = make_tracker(EXPIRING, "deny", slots={"reward_item": "AMZN500", "redeem_confirm": False})
+    _, messages = await run_action(ActionRedeemRewards(), declined, domain)
+    assert messages[0]["response"] == "utter_redeem_declined"
+    assert system.reward_summary(customer.id).balance == before - 2000
+
+
+# -- transactions and disputes ------------------------------------------------------------
+async def test_recent_transactions_each_with_a_dispute_button(system, domain):
+    _, messages = await run_action(ActionListTransactions(), make_tracker(ONE_CARD, "list_transactions"), domain)
+    text = rendered(messages, domain)[0]
+    assert text.startswith("Latest transactions") and text.count("\u2022 ") >= 5
+    payloads = [b["payload"] for b in buttons_of(messages, domain)]
+    assert payloads and all(p.startswith('/report_dispute{"transaction_id":"T') for p in payloads)
+
+
+async def test_dispute_form_from_a_tapped_transaction_to_a_reference(system, domain):
+    customer = system.find_customer(TWO_CARDS)
+    card = system.card_of(customer.id, "6392")
+    txn = system.recent_transactions(card.id, 3, debits_only=True)[0]
+    form = ValidateDisputeForm()
+    start = make_tracker(TWO_CARDS, "report_dispute", [("transaction_id", txn.reference)], text="/report_dispute",
+                         slots={"transaction_id": txn.reference}, set_this_turn=["transaction_id"])
+    events, _ = await run_action(form, start, domain)
+    slots = slots_of(events)
+    assert slots["card_last4"] == "6392" and slots["transaction_id"] == txn.reference
+    assert "dispute_reason" not in slots  # Rasa asks for it next
+    reason = make_tracker(TWO_CARDS, "inform", text="they charged me two times", slots={
+        "card_last4": "6392", "transaction_id": txn.reference, "requested_slot": "dispute_reason"})
+    events, _ = await run_action(form, reason, domain)
+    assert slots_of(events)["dispute_reason"] == "charged_twice"
+    screenshot = make_tracker(TWO_CARDS, "inform", text="", metadata={"attachment": {"media_id": "m-1", "mime_type": "image/png"}},
+                              slots={"card_last4": "6392", "transaction_id": txn.reference,
+                                     "dispute_reason": "charged_twice", "requested_slot": "dispute_attachment"})
+    events, _ = await run_action(form, screenshot, domain)
+    assert json.loads(slots_of(events)["dispute_attachment"])["media_id"] == "m-1"
+    submit = make_tracker(TWO_CARDS, "affirm", slots={
+        "card_last4": "6392", "transaction_id": txn.reference, "dispute_reason": "charged_twice",
+        "dispute_attachment": slots_of(events)["dispute_attachment"], "dispute_confirm": True})
+    events, messages = await run_action(ActionFileDispute(), submit, domain)
+    text = rendered(messages, domain)[0]
+    _no_placeholders([text])
+    reference = REFERENCE_RE.search(text).group(0)
+    assert slots_of(events)["reference_id"] == reference and slots_of(events)["transaction_id"] is None
+    request = system.service_request(customer.id, reference)
+    assert request.attachments == 1 and request.transaction_reference == txn.reference
+    _, messages = await run_action(ActionDisputeStatus(), make_tracker(TWO_CARDS, "dispute_status", [("reference_id", reference)]), domain)
+    assert reference in rendered(messages, domain)[0]
+
+
+async def test_dispute_described_by_merchant_finds_the_transaction(system, domain):
+    customer = system.find_customer(ONE_CARD)
+    card = system.cards_of(customer.id)[0]
+    txn = system.recent_transactions(card.id, 20, debits_only=True)[0]
+    tracker = make_tracker(ONE_CARD, "report_dispute", [("merchant", txn.merchant), ("amount", str(txn.amount_paise // 100))],
+                           slots={"card_last4": card.last4})
+    events, _ = await run_action(ValidateDisputeForm(), tracker, domain)
+    assert slots_of(events)["transaction_id"] == txn.reference
+    _, messages = await run_action(ActionAskTransactionId(), make_tracker(ONE_CARD, "report_dispute", slots={"card_last4": card.last4}), domain)
+    assert len(buttons_of(messages, domain)) >= 5
+
+
+async def test_dispute_on_a_refund_or_someone_elses_transaction_is_refused(system, domain):
+    customer = system.find_customer(ONE_CARD)
+    card = system.cards_of(customer.id)[0]
+    credit = next(t for t in system.recent_transactions(card.id, 60) if t.amount_paise < 0)
+    tracker = make_tracker(ONE_CARD, "inform", [("transaction_id", credit.reference)],
+                           slots={"card_last4": card.last4, "transaction_id": credit.reference, "requested_slot": "transaction_id"},
+                           set_this_turn=["transaction_id"])
+    events, messages = await run_action(ValidateDisputeForm(), tracker, domain)
+    assert slots_of(events)["transaction_id"] is None and "nothing to dispute" in rendered(messages, domain)[0]
+    other = system.recent_transactions(system.cards_of(system.find_customer(TWO_CARDS).id)[0].id, 1, True)[0]
+    tracker = make_tracker(ONE_CARD, "inform", [("transaction_id", other.reference)],
+                           slots={"card_last4": card.last4, "transaction_id": other.reference, "requested_slot": "transaction_id"},
+                           set_this_turn=["transaction_id"])
+    events, messages = await run_action(ValidateDisputeForm(), tracker, domain)
+    assert slots_of(events)["transaction_id"] is None and "couldn't find" in rendered(messages, domain)[0]
+
+
+async def test_dispute_status_latest_unknown_and_none(system, domain):
+    _, messages = await run_action(ActionDisputeStatus(), make_tracker(DISPUTE, "dispute_status"), domain)
+    text = rendered(messages, domain)[0]
+    assert re.search(r"DSP\d{6}DEMO", text) and "being worked on" in text
+    _, messages = await run_action(ActionDisputeStatus(), make_tracker(DISPUTE, "dispute_status", [("reference_id", "DSP999999ZZZZ")]), domain)
+    texts = rendered(messages, domain)
+    assert "couldn't find a request DSP999999ZZZZ" in texts[0] and "DEMO" in texts[1]
+    _, messages = await run_action(ActionDisputeStatus(), make_tracker(ONE_CARD, "dispute_status"), domain)
+    assert messages[0]["response"] == "utter_no_requests"
+
+
+# -- block card and limits ----------------------------------------------------------------
+async def test_block_card_needs_a_yes_and_then_blocks(system, domain):
+    customer = system.find_customer(ONE_CARD)
+    tracker = make_tracker(ONE_CARD, "block_card", text="my card was stolen yesterday")
+    events, _ = await run_action(ValidateBlockCardForm(), tracker, domain)
+    slots = slots_of(events)
+    assert slots["card_last4"] == "4821" and slots["block_reason"] == "stolen" and "block_confirm" not in slots
+    no = make_tracker(ONE_CARD, "deny", slots={"card_last4": "4821", "block_reason": "stolen", "block_confirm": False})
+    _, messages = await run_action(ActionBlockCard(), no, domain)
+    assert messages[0]["response"] == "utter_block_declined" and system.card_of(customer.id, "4821").is_active
+    yes = make_tracker(ONE_CARD, "affirm", slots={"card_last4": "4821", "block_reason": "stolen", "block_confirm": True})
+    _, messages = await run_action(ActionBlockCard(), yes, domain)
+    assert REFERENCE_RE.search(rendered(messages, domain)[0]).group(0).startswith("BLK")
+    assert system.card_of(customer.id, "4821").status == "blocked"
+
+
+async def test_block_form_offers_only_active_cards_and_stops_when_there_are_none(system, domain):
+    customer = system.find_customer(TWO_CARDS)
+    system.block_card(customer.id, "1117", "lost")
+    events, _ = await run_action(ValidateBlockCardForm(), make_tracker(TWO_CARDS, "block_card", text="block my card"), domain)
+    assert slots_of(events)["card_last4"] == "6392"
+    events, _ = await run_action(ValidateBlockCardForm(), make_tracker(BLOCKED, "block_card", text="block my card"), domain)
+    assert slots_of(events).get("requested_slot") is None
+    _, messages = await run_action(ActionBlockCard(), make_tracker(BLOCKED, "block_card"), domain)
+    assert messages[0]["response"] == "utter_no_active_cards"
+    tracker = make_tracker(TWO_CARDS, slots={"requested_slot": "card_last4"}, active_loop="block_card_form")
+    _, messages = await run_action(ActionAskCardLast4(), tracker, domain)
+    assert [b["payload"] for b in buttons_of(messages, domain)] == ['/inform{"card_last4":"6392"}']
+
+
+async def test_limit_increase_validates_the_amount_and_raises_a_request(system, domain):
+    tracker = make_tracker(ONE_CARD, "inform", [("amount", "1 lakh")], slots={"card_last4": "4821", "requested_slot": "new_limit"})
+    events, messages = await run_action(ValidateLimitIncreaseForm(), tracker, domain)
+    assert slots_of(events)["new_limit"] is None and "not more than" in rendered(messages, domain)[0]
+    tracker = make_tracker(ONE_CARD, "inform", text="3 lakh", slots={"card_last4": "4821", "requested_slot": "new_limit"})
+    events, _ = await run_action(ValidateLimitIncreaseForm(), tracker, domain)
+    assert slots_of(events)["new_limit"] == 30000000.0
+    submit = make_tracker(ONE_CARD, "affirm", slots={"card_last4": "4821", "new_limit": 30000000.0, "limit_confirm": True})
+    _, messages = await run_action(ActionRequestLimitIncrease(), submit, domain)
+    assert REFERENCE_RE.search(rendered(messages, domain)[0]).group(0).startswith("LMT")
+
+
+# -- people, fallback, cancelling ---------------------------------------------------------
+async def test_callback_request_promises_a_time_and_masks_the_number(system, domain):
+    _, messages = await run_action(ActionRequestCallback(), make_tracker(ONE_CARD, "talk_to_human"), domain)
+    text = rendered(messages, domain)[0]
+    assert "+91******0001" in text and "23 Nov 2026, 2:30 PM" in text and "CBK" in text
+
+
+async def test_fallback_rephrase_then_offer_a_person(system, domain):
+    miss = {"event": "user", "text": "blah", "parse_data": {"intent": {"name": "nlu_fallback"}}}
+    first = make_tracker(ONE_CARD, "nlu_fallback", text="asdf qwerty")
+    _, messages = await run_action(ActionFallback(), first, domain)
+    assert messages[0]["response"] == "utter_rephrase"
+    second = make_tracker(ONE_CARD, "nlu_fallback", text="zzz", history=[miss])
+    _, messages = await run_action(ActionFallback(), second, domain)
+    assert messages[0]["response"] == "utter_offer_human"
+    huge = make_tracker(ONE_CARD, "nlu_fallback", text="x" * 5000)
+    _, messages = await run_action(ActionFallback(), huge, domain)
+    assert messages[0]["response"] == "utter_too_long"
+
+
+async def test_cancel_stops_the_form_and_forgets_its_answers(system, domain):
+    tracker = make_tracker(ONE_CARD, "cancel", slots={"transaction_id": "T1", "dispute_reason": "wrong_amount"},
+                           active_loop="dispute_form")
+    events, messages = await run_action(ActionCancelForm(), tracker, domain)
+    assert messages[0]["response"] == "utter_cancelled"
+    assert {"event": "active_loop", "name": None} in [{"event": e["event"], "name": e.get("name")} for e in events if e["event"] == "active_loop"]
+    assert slots_of(events)["transaction_id"] is None and slots_of(events)["dispute_reason"] is None
