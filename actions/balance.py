@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import secrets
+from abc import abstractmethod
 from typing import Any, Dict, List, Text
 
 from rasa_sdk import Tracker
@@ -41,8 +42,9 @@ class CardLookup(CustomerAction):
                 dispatcher.utter_message(response="utter_card_blocked_note")
         return events
 
+    @abstractmethod
     def answer(self, dispatcher: CollectingDispatcher, card: CardView) -> None:
-        raise NotImplementedError
+        """Tell the customer about `card`."""
 
 
 class ActionShowBalance(CardLookup):

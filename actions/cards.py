@@ -38,15 +38,17 @@ class ValidateBlockCardForm(CardFormValidation):
         entity = next(tracker.get_latest_entity_values("block_reason"), None)
         if entity in ("lost", "stolen", "suspicious", "damaged"):
             return {"block_reason": entity}
-        asked = tracker.get_slot("requested_slot") == "block_reason" and self.is_answer(tracker)
+        asked = self.answered(tracker, "block_reason")
         starting = latest_intent(tracker) == self.form_intent
         if (asked or starting) and tracker.get_slot("block_reason") is None:
             reason = block_reason_from_text(tracker.latest_message.get("text") or "")
             if reason:
                 return {"block_reason": reason}
-        return {}
+        return self.ask_again(tracker, "block_reason")
 
     async def validate_block_reason(self, value, dispatcher, tracker, domain) -> Dict[Text, Any]:
+        if value is None:
+            return {"block_reason": None}
         if value in ("lost", "stolen", "suspicious", "damaged"):
             return {"block_reason": value}
         dispatcher.utter_message(text="Please choose one of the options below.")
@@ -103,7 +105,7 @@ class ValidateLimitIncreaseForm(CardFormValidation):
 
     async def extract_new_limit(self, dispatcher, tracker, domain) -> Dict[Text, Any]:
         entity = next(tracker.get_latest_entity_values("amount"), None)
-        asked = tracker.get_slot("requested_slot") == "new_limit" and self.is_answer(tracker)
+        asked = self.answered(tracker, "new_limit")
         text = entity or (tracker.latest_message.get("text") if asked else None)
         if not text:
             return {}
@@ -118,7 +120,7 @@ class ValidateLimitIncreaseForm(CardFormValidation):
     async def validate_new_limit(self, value, dispatcher, tracker, domain) -> Dict[Text, Any]:
         customer = await current_customer(tracker)
         card = await in_thread(card_system().card_of, customer.id, tracker.get_slot("card_last4")) if customer else None
-        if card is None:
+        if card is None or value is None:
             return {"new_limit": value}
         paise = int(value)
         if paise <= card.credit_limit_paise:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import asyncio
+import re
+from abc import ABC, abstractmethod
 import logging
 from typing import Any, Callable, Dict, List, Optional, Text, TypeVar
 
@@ -59,6 +61,18 @@ def date_or_dash(day) -> str:
     return format_date(day) if day else "-"
 
 
+BUTTON_TITLE_CHARS = 20  # WhatsApp's reply-button limit; channels with more room still read well
+
+
+def short_title(text: Text, limit: int = BUTTON_TITLE_CHARS) -> Text:
+    """Cut a button title to `limit` characters at a word boundary where possible."""
+    text = " ".join(text.split())
+    if len(text) <= limit:
+        return text
+    cut = text[:limit]
+    return cut.rsplit(" ", 1)[0] if " " in cut[limit // 2:] else cut
+
+
 def card_buttons(cards: List[CardView], intent: Text, extra: Optional[Dict[Text, Any]] = None) -> List[Dict[Text, Text]]:
     """One button per card that repeats the request with the card chosen (no NLU needed)."""
     buttons = []
@@ -69,10 +83,28 @@ def card_buttons(cards: List[CardView], intent: Text, extra: Optional[Dict[Text,
     return buttons
 
 
+_YEAR_RE = re.compile(r"^20\d\d$")
+
+
+def card_entity(tracker: Tracker) -> Optional[Text]:
+    """The last 4 digits the customer named in this message, if any.
+
+    NLU can mistake the year in "statement for december 2030" for a card number; a
+    year-like value next to a month entity is not taken as a card.
+    """
+    value = next(tracker.get_latest_entity_values("card_last4"), None)
+    if value is None:
+        return None
+    value = str(value).strip()
+    months = " ".join(str(m) for m in tracker.get_latest_entity_values("month"))
+    if _YEAR_RE.match(value) and (value in months or re.search(r"[a-z]{3,}\s+" + value, (tracker.latest_message.get("text") or "").lower())):
+        return None
+    return value
+
+
 def mentioned_last4(tracker: Tracker) -> Optional[Text]:
     """The card the customer named in this message (entity), else the one chosen earlier."""
-    entity = next(tracker.get_latest_entity_values("card_last4"), None)
-    return str(entity) if entity else tracker.get_slot("card_last4")
+    return card_entity(tracker) or tracker.get_slot("card_last4")
 
 
 async def pick_card(
@@ -104,7 +136,7 @@ async def pick_card(
     return None, [SlotSet("card_last4", None)]
 
 
-class CustomerAction(Action):
+class CustomerAction(Action, ABC):
     """An action that needs a registered customer; unknown numbers get no account data."""
 
     async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: Dict[Text, Any]) -> List[EventType]:
@@ -115,7 +147,8 @@ class CustomerAction(Action):
             return []
         return await self.act(dispatcher, tracker, domain, customer)
 
+    @abstractmethod
     async def act(
         self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: Dict[Text, Any], customer: CustomerView
     ) -> List[EventType]:
-        raise NotImplementedError
+        """The action's work, for a recognised customer."""

@@ -10,7 +10,7 @@ from rasa_sdk.events import EventType, SlotSet
 from rasa_sdk.executor import CollectingDispatcher
 from rasa_sdk.types import DomainDict
 
-from actions.common import CustomerAction, card_label, card_system, current_customer, in_thread, money, pick_card
+from actions.common import card_entity, short_title, CustomerAction, card_label, card_system, current_customer, in_thread, money, pick_card
 from actions.forms import latest_intent, CardFormValidation, dumps, form_reset, latest_attachment
 from cardsystem.errors import CardSystemError
 from cardsystem.formatting import format_date, format_datetime, parse_amount_paise
@@ -42,8 +42,8 @@ def dispute_button(txn: TransactionView, intent: Text, last4: Optional[Text] = N
     entities = {"transaction_id": txn.reference}
     if last4:
         entities["card_last4"] = last4
-    title = f"{txn.merchant[:11]} {money(txn.amount_paise).split('.')[0]}"
-    return {"title": title[:20].strip(), "payload": f"/{intent}{dumps(entities)}"}
+    return {"title": short_title(f"{money(txn.amount_paise).split('.')[0]} {txn.merchant}"),
+            "payload": f"/{intent}{dumps(entities)}"}
 
 
 def reason_from_text(text: Text) -> Optional[Text]:
@@ -86,7 +86,7 @@ class ValidateDisputeForm(CardFormValidation):
 
     async def extract_card_last4(self, dispatcher, tracker, domain) -> Dict[Text, Any]:
         reference = next(tracker.get_latest_entity_values("transaction_id"), None)
-        if reference and not tracker.get_slot("card_last4"):
+        if reference and not card_entity(tracker):
             customer = await current_customer(tracker)
             txn = await in_thread(card_system().transaction_of, customer.id, reference) if customer else None
             if txn is not None:
@@ -119,9 +119,8 @@ class ValidateDisputeForm(CardFormValidation):
         reference = next(tracker.get_latest_entity_values("transaction_id"), None)
         if reference:
             return {"transaction_id": str(reference)}
-        asked = tracker.get_slot("requested_slot") == "transaction_id"
         starting = latest_intent(tracker) == self.form_intent
-        if not (asked and self.is_answer(tracker)) and not starting:
+        if not self.answered(tracker, "transaction_id") and not starting:
             return {}
         customer = await current_customer(tracker)
         if customer is None or not tracker.get_slot("card_last4"):
@@ -129,13 +128,14 @@ class ValidateDisputeForm(CardFormValidation):
         matches = await self.matching_transactions(tracker, customer)
         if len(matches) == 1:
             return {"transaction_id": matches[0].reference}
-        if asked and not matches:
-            dispatcher.utter_message(text="I couldn't find a matching transaction. Please pick one below, "
-                                          "or tell me the merchant and amount.")
-            return {"transaction_id": None}
-        return {}
+        if not matches and latest_intent(tracker) in ("inform", "nlu_fallback"):
+            dispatcher.utter_message(text="I couldn't find a transaction like that on this card.")
+        # several (or no) matches: ask again; the question lists what matched
+        return self.ask_again(tracker, "transaction_id")
 
     async def validate_transaction_id(self, value, dispatcher, tracker, domain) -> Dict[Text, Any]:
+        if value is None:
+            return {"transaction_id": None}
         customer = await current_customer(tracker)
         txn = await in_thread(card_system().transaction_of, customer.id, value) if customer and value else None
         if txn is None:
@@ -150,15 +150,17 @@ class ValidateDisputeForm(CardFormValidation):
         entity = next(tracker.get_latest_entity_values("dispute_reason"), None)
         if entity:
             return {"dispute_reason": str(entity)}
-        asked = tracker.get_slot("requested_slot") == "dispute_reason" and self.is_answer(tracker)
+        asked = self.answered(tracker, "dispute_reason")
         starting = latest_intent(tracker) == self.form_intent
         if asked or starting:
             reason = reason_from_text(tracker.latest_message.get("text") or "")
             if reason:
                 return {"dispute_reason": reason}
-        return {}
+        return self.ask_again(tracker, "dispute_reason")
 
     async def validate_dispute_reason(self, value, dispatcher, tracker, domain) -> Dict[Text, Any]:
+        if value is None:
+            return {"dispute_reason": None}
         if value in DISPUTE_REASONS:
             return {"dispute_reason": value}
         dispatcher.utter_message(text="Please choose one of the reasons below.")
@@ -173,7 +175,7 @@ class ValidateDisputeForm(CardFormValidation):
         text = (tracker.latest_message.get("text") or "").lower().strip()
         if latest_intent(tracker) == "deny" or any(w == text or w in text.split() for w in SKIP_WORDS):
             return {"dispute_attachment": "none"}
-        return {}
+        return self.ask_again(tracker, "dispute_attachment")
 
     async def extract_dispute_confirm(self, dispatcher, tracker, domain) -> Dict[Text, Any]:
         return self.yes_no(tracker, "dispute_confirm")

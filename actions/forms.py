@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from abc import abstractmethod
 from typing import Any, Dict, List, Optional, Text
 
 from rasa_sdk import Tracker
@@ -10,7 +11,7 @@ from rasa_sdk.executor import CollectingDispatcher
 from rasa_sdk.forms import FormValidationAction
 from rasa_sdk.types import DomainDict
 
-from actions.common import CustomerAction, card_buttons, card_system, current_customer, in_thread
+from actions.common import card_entity, CustomerAction, card_buttons, card_system, current_customer, in_thread
 from cardsystem.views import CardView, CustomerView
 
 # Intents that may carry an answer to the question the form asked. Anything else (a FAQ,
@@ -53,8 +54,21 @@ class CardFormValidation(FormValidationAction):
     form_intent: Text = ""
     active_cards_only: bool = False
 
+    @abstractmethod
+    def name(self) -> Text:
+        """validate_<form name>"""
+
     def is_answer(self, tracker: Tracker) -> bool:
         return latest_intent(tracker) in ANSWER_INTENTS | {self.form_intent}
+
+    def answered(self, tracker: Tracker, slot: Text) -> bool:
+        """The customer replied to the question for `slot` (not a question of their own)."""
+        return tracker.get_slot("requested_slot") == slot and self.is_answer(tracker)
+
+    def ask_again(self, tracker: Tracker, slot: Text) -> Dict[Text, Any]:
+        """An answer we couldn't use: clear the slot so the form asks again, instead of
+        being rejected (which would end in the generic fallback)."""
+        return {slot: None} if self.answered(tracker, slot) else {}
 
     async def eligible_cards(self, customer: CustomerView) -> List[CardView]:
         cards = await in_thread(card_system().cards_of, customer.id)
@@ -73,16 +87,23 @@ class CardFormValidation(FormValidationAction):
 
     async def extract_card_last4(self, dispatcher: CollectingDispatcher, tracker: Tracker,
                                  domain: DomainDict) -> Dict[Text, Any]:
-        if tracker.get_slot("card_last4") or next(tracker.get_latest_entity_values("card_last4"), None):
+        named = card_entity(tracker)
+        if named:
+            return {"card_last4": named}  # checked in validate_card_last4
+        if tracker.get_slot("card_last4"):
             return {}
         customer = await current_customer(tracker)
         if customer is None:
             return {}
         cards = await self.eligible_cards(customer)
-        return {"card_last4": cards[0].last4} if len(cards) == 1 else {}
+        if len(cards) == 1:
+            return {"card_last4": cards[0].last4}
+        return self.ask_again(tracker, "card_last4")
 
     async def validate_card_last4(self, value: Any, dispatcher: CollectingDispatcher, tracker: Tracker,
                                   domain: DomainDict) -> Dict[Text, Any]:
+        if value is None:
+            return {"card_last4": None}
         customer = await current_customer(tracker)
         if customer is None:
             return {"card_last4": None}
@@ -106,7 +127,7 @@ class CardFormValidation(FormValidationAction):
             return {slot: True}
         if intent == "deny":
             return {slot: False}
-        return {}
+        return {slot: None} if intent in ANSWER_INTENTS else {}
 
 
 class ActionAskCardLast4(CustomerAction):

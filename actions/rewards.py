@@ -66,16 +66,18 @@ class ValidateRedeemForm(CardFormValidation):
         entity = next(tracker.get_latest_entity_values("reward_item"), None)
         if entity:
             return {"reward_item": str(entity).upper()}
-        if tracker.get_slot("requested_slot") != "reward_item" or not self.is_answer(tracker):
+        if not self.answered(tracker, "reward_item"):
             return {}
         text = (tracker.latest_message.get("text") or "").lower()
         catalogue = await in_thread(card_system().catalogue)
         for item in catalogue:
             if item.code.lower() in text or item.name.lower().split()[0] in text:
                 return {"reward_item": item.code}
-        return {}
+        return {"reward_item": None}
 
     async def validate_reward_item(self, value, dispatcher, tracker, domain) -> Dict[Text, Any]:
+        if value is None:
+            return {"reward_item": None}
         system = card_system()
         customer = await current_customer(tracker)
         catalogue = {item.code: item for item in await in_thread(system.catalogue)}

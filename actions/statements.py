@@ -35,7 +35,7 @@ class ValidateStatementForm(CardFormValidation):
         entity = next(tracker.get_latest_entity_values("month"), None)
         if entity:
             return {"month": str(entity)}
-        if tracker.get_slot("requested_slot") == "month" and self.is_answer(tracker):
+        if self.answered(tracker, "month"):
             return {"month": tracker.latest_message.get("text") or ""}
         if latest_intent(tracker) == self.form_intent and tracker.get_slot("month") is None:
             return {"month": "latest"}
@@ -43,9 +43,13 @@ class ValidateStatementForm(CardFormValidation):
 
     async def validate_month(self, value: Any, dispatcher: CollectingDispatcher, tracker: Tracker,
                              domain: DomainDict) -> Dict[Text, Any]:
+        if value is None:
+            return {"month": None}
         system = card_system()
         try:
-            period = parse_month(str(value), system.today())
+            # NLU may catch only part of "for last month"; the whole message then decides.
+            period = parse_month(str(value), system.today()) or \
+                parse_month(tracker.latest_message.get("text") or "", system.today())
         except FutureMonth as future:
             dispatcher.utter_message(response="utter_statement_future", month_label=format_month(str(future)))
             return {"month": None}

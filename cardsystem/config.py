@@ -51,7 +51,7 @@ class Settings:
             secret = _DEV_PAYMENT_SECRET
         return cls(
             db_url=env.get("CARDCARE_DB_URL") or f"sqlite:///{DEFAULT_DB_PATH}",
-            payment_base_url=env.get("CARDCARE_PAYMENT_BASE_URL", "http://localhost:5055/pay"),
+            payment_base_url=env.get("CARDCARE_PAYMENT_BASE_URL", "https://pay.cardcare.example/card"),
             payment_link_secret=secret.encode("utf-8"),
             payment_link_ttl_minutes=int(env.get("CARDCARE_PAYMENT_LINK_TTL_MINUTES", "30")),
             statement_dir=Path(env.get("CARDCARE_STATEMENT_DIR", str(PROJECT_ROOT / "var" / "statements"))),

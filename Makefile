@@ -1,0 +1,77 @@
+# cardcare: the two commands are `make run` and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV        := .venv
+PY          := $(VENV)/bin/python
+RASA        := $(VENV)/bin/rasa
+STAMP       := $(VENV)/.installed-$(shell cat requirements.txt .python-version | cksum | cut -d' ' -f1)
+MODEL       := models/cardcare.tar.gz
+TRAIN_DATA  := config.yml domain.yml $(shell find data -name '*.yml' 2>/dev/null)
+DB          := var/cardcare.db
+ACTION_PORT ?= 5055
+RASA_PORT   ?= 5005
+PERSONA     ?= 919800000002
+# Python 3.10 for Rasa 3.6: pyenv's (per .python-version) if present, else python3.10.
+PYTHON      ?= $(shell pyenv which python 2>/dev/null || command -v python3.10 || command -v python3)
+
+export PYTHONPATH := $(CURDIR)
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+export SQLALCHEMY_SILENCE_UBER_WARNING ?= 1
+
+.PHONY: help install run shell train test test-unit test-rasa seed reseed bench nlu-report clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.txt .python-version
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 10), "Rasa 3.6 needs Python 3.10, got " + sys.version' \
+		|| { echo "Install Python 3.10 (e.g. pyenv install 3.10.13) or pass PYTHON=/path/to/python3.10"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	rm -f $(VENV)/.installed-*; touch $@
+
+install: $(STAMP) ## create .venv and install the pinned requirements
+
+$(MODEL): $(STAMP) $(TRAIN_DATA)
+	$(RASA) telemetry disable >/dev/null 2>&1 || true
+	$(RASA) train --fixed-model-name cardcare
+
+train: $(STAMP) ## train the model (Rasa's cache skips unchanged parts)
+	$(RASA) telemetry disable >/dev/null 2>&1 || true
+	$(RASA) train --fixed-model-name cardcare
+
+$(DB): | $(STAMP)
+	$(PY) -m cardsystem.seed --if-empty
+
+seed: $(DB) ## create and fill the embedded card system (once)
+
+reseed: $(STAMP) ## recreate the card system's demo data from scratch
+	$(PY) -m cardsystem.seed
+
+run: $(STAMP) $(MODEL) $(DB) ## set everything up, then start the action server and Rasa (REST API on :5005)
+	@echo "Starting the action server on :$(ACTION_PORT) and Rasa on :$(RASA_PORT) (Ctrl-C stops both)"
+	@$(RASA) run actions --port $(ACTION_PORT) & actions=$$!; \
+	trap 'kill $$actions 2>/dev/null' EXIT INT TERM; \
+	$(RASA) run --enable-api --port $(RASA_PORT) -m $(MODEL) --credentials credentials.yml --endpoints endpoints.yml
+
+shell: $(STAMP) $(MODEL) $(DB) ## talk to the bot in the terminal as a demo persona (PERSONA=<number>)
+	@$(RASA) run actions --port $(ACTION_PORT) >var/actions.log 2>&1 & actions=$$!; \
+	trap 'kill $$actions 2>/dev/null' EXIT INT TERM; \
+	$(RASA) shell -m $(MODEL) --conversation-id $(PERSONA)
+
+test: $(STAMP) $(MODEL) ## run every test: pytest suites, data validation, rasa test stories, REST conversations
+	$(PY) -m pytest tests
+
+test-unit: $(STAMP) ## the fast suites only (no trained model needed)
+	$(PY) -m pytest tests -m "not model"
+
+bench: $(STAMP) $(MODEL) ## reply latency and throughput over REST at 1 and 10 users, plus training time
+	$(PY) -m bench.rest_bench
+
+nlu-report: $(STAMP) $(MODEL) ## NLU figures on our held-out split and on the CLINC150 card benchmark
+	$(PY) -m bench.nlu_report
+
+clean: ## remove the venv, models, caches and local data
+	rm -rf $(VENV) .rasa models/*.tar.gz var/*.db var/statements results

@@ -1,0 +1,1 @@
+"""Custom Rasa NLU components of cardcare (referenced by module path in config.yml)."""

@@ -1,0 +1,91 @@
+"""Start the action server and Rasa on free local ports against a seeded temporary database."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Dict, Iterator, Optional
+
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = ROOT / "models" / "cardcare.tar.gz"
+RASA = str(Path(sys.executable).parent / "rasa")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(url: str, timeout: float, process: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited early; see {log}:\n{log.read_text()[-3000:]}")
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"{url} not up after {timeout}s; see {log}")
+
+
+class Bot:
+    """A running bot: action server + Rasa with the REST channel and the HTTP API."""
+
+    def __init__(self, rasa_url: str, workdir: Path, env: Dict[str, str]) -> None:
+        self.url = rasa_url
+        self.workdir = workdir
+        self.env = env
+
+    def say(self, sender: str, text: str) -> list:
+        response = requests.post(f"{self.url}/webhooks/rest/webhook", json={"sender": sender, "message": text}, timeout=60)
+        response.raise_for_status()
+        return response.json()
+
+
+@contextmanager
+def running_bot(workdir: Path, today: Optional[str] = None, extra_env: Optional[Dict[str, str]] = None) -> Iterator[Bot]:
+    """Seed a card system in `workdir`, start both servers, stop them afterwards."""
+    action_port, rasa_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "CARDCARE_DB_URL": f"sqlite:///{workdir / 'cards.db'}",
+        "CARDCARE_STATEMENT_DIR": str(workdir / "statements"),
+        "CARDCARE_PAYMENT_LINK_SECRET": "e2e-payment-secret",
+        "CARDCARE_FILES_SECRET": "e2e-files-secret",
+        "CARDCARE_FILES_BASE_URL": f"http://127.0.0.1:{rasa_port}/webhooks/files/statements",
+        "TF_CPP_MIN_LOG_LEVEL": "2",
+        "SQLALCHEMY_SILENCE_UBER_WARNING": "1",
+        **(extra_env or {}),
+    }
+    seed_args = [sys.executable, "-m", "cardsystem.seed"] + (["--today", today] if today else [])
+    subprocess.run(seed_args, cwd=ROOT, env=env, check=True, capture_output=True)
+    endpoints = workdir / "endpoints.yml"
+    endpoints.write_text(f'action_endpoint:\n  url: "http://127.0.0.1:{action_port}/webhook"\n')
+    action_log, rasa_log = workdir / "actions.log", workdir / "rasa.log"
+    actions = subprocess.Popen([RASA, "run", "actions", "--port", str(action_port)], cwd=ROOT, env=env,
+                               stdout=action_log.open("w"), stderr=subprocess.STDOUT)
+    rasa = subprocess.Popen([RASA, "run", "--enable-api", "--port", str(rasa_port), "-i", "127.0.0.1", "-m", str(MODEL),
+                             "--endpoints", str(endpoints), "--credentials", str(ROOT / "credentials.yml")],
+                            cwd=ROOT, env=env, stdout=rasa_log.open("w"), stderr=subprocess.STDOUT)
+    try:
+        wait_for(f"http://127.0.0.1:{action_port}/health", 120, actions, action_log)
+        wait_for(f"http://127.0.0.1:{rasa_port}/status", 300, rasa, rasa_log)
+        yield Bot(f"http://127.0.0.1:{rasa_port}", workdir, env)
+    finally:
+        for process in (rasa, actions):
+            process.terminate()
+        for process in (rasa, actions):
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
