@@ -36,11 +36,11 @@ install: $(STAMP) ## create .venv and install the pinned requirements
 
 $(MODEL): $(STAMP) $(TRAIN_DATA)
 	$(RASA) telemetry disable >/dev/null 2>&1 || true
-	$(RASA) train --fixed-model-name cardcare
+	$(PY) -m bench.timing
 
-train: $(STAMP) ## train the model (Rasa's cache skips unchanged parts)
+train: $(STAMP) ## train the model (Rasa's cache skips unchanged parts; time recorded for make bench)
 	$(RASA) telemetry disable >/dev/null 2>&1 || true
-	$(RASA) train --fixed-model-name cardcare
+	$(PY) -m bench.timing
 
 $(DB): | $(STAMP)
 	$(PY) -m cardsystem.seed --if-empty

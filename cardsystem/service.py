@@ -68,6 +68,7 @@ _REFERENCE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
 DISPUTE_WINDOW_DAYS = 120
 MAX_LIMIT_MULTIPLE = 3
 OPEN_STATUSES = ("open", "in_progress")
+WORKDAY_START, WORKDAY_END = dt.time(9, 0), dt.time(18, 0)  # callbacks, Monday to Saturday
 
 
 def normalise_phone(sender_id: Optional[str]) -> Optional[str]:
@@ -429,29 +430,19 @@ class CardSystem:
             return self._new_view(s, request)
 
     def _callback_time(self) -> dt.datetime:
-        """Within N working hours (Mon-Sat, 9:00-18:00), rounded up to the half hour."""
-        now = self.now()
-        hours = self.settings.callback_within_hours
-        start = now
-        if start.hour >= 18 or start.weekday() == 6:
-            start = dt.datetime.combine(start.date() + dt.timedelta(days=1), dt.time(9, 0))
-        if start.hour < 9:
-            start = start.replace(hour=9, minute=0, second=0)
-        while start.weekday() == 6:
-            start += dt.timedelta(days=1)
-        promised = start + dt.timedelta(hours=hours)
-        if promised.hour >= 18 or (promised.hour == 18 and promised.minute > 0):
-            overflow = promised - promised.replace(hour=18, minute=0, second=0)
-            nxt = promised.date() + dt.timedelta(days=1)
-            while nxt.weekday() == 6:
-                nxt += dt.timedelta(days=1)
-            promised = dt.datetime.combine(nxt, dt.time(9, 0)) + overflow
-        minute = 30 if 0 < promised.minute <= 30 else 0
-        if promised.minute > 30:
-            promised = promised.replace(minute=0) + dt.timedelta(hours=1)
-        else:
-            promised = promised.replace(minute=minute)
-        return promised.replace(second=0, microsecond=0)
+        """N working hours from now (Mon-Sat, 9:00-18:00), rounded up to the half hour."""
+        moment = self.now().replace(second=0, microsecond=0)
+        remaining = dt.timedelta(hours=self.settings.callback_within_hours)
+        while remaining > dt.timedelta(0):
+            if moment.weekday() == 6 or moment.time() >= WORKDAY_END:
+                moment = dt.datetime.combine(moment.date() + dt.timedelta(days=1), WORKDAY_START)
+                continue
+            moment = max(moment, dt.datetime.combine(moment.date(), WORKDAY_START))
+            step = min(remaining, dt.datetime.combine(moment.date(), WORKDAY_END) - moment)
+            moment += step
+            remaining -= step
+        extra = (30 - moment.minute % 30) % 30
+        return moment + dt.timedelta(minutes=extra)
 
     def service_request(self, customer_id: int, reference: Optional[str]) -> Optional[ServiceRequestView]:
         if not reference:

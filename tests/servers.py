@@ -45,15 +45,20 @@ class Bot:
         self.workdir = workdir
         self.env = env
 
-    def say(self, sender: str, text: str) -> list:
-        response = requests.post(f"{self.url}/webhooks/rest/webhook", json={"sender": sender, "message": text}, timeout=60)
+    def say(self, sender: str, text: str, metadata: Optional[dict] = None) -> list:
+        body = {"sender": sender, "message": text, **({"metadata": metadata} if metadata else {})}
+        response = requests.post(f"{self.url}/webhooks/rest/webhook", json=body, timeout=60)
         response.raise_for_status()
         return response.json()
 
 
 @contextmanager
-def running_bot(workdir: Path, today: Optional[str] = None, extra_env: Optional[Dict[str, str]] = None) -> Iterator[Bot]:
-    """Seed a card system in `workdir`, start both servers, stop them afterwards."""
+def running_bot(workdir: Path, today: Optional[str] = None, extra_env: Optional[Dict[str, str]] = None,
+                sql_tracker: bool = False) -> Iterator[Bot]:
+    """Seed a card system in `workdir`, start both servers, stop them afterwards.
+
+    Conversations are kept in memory unless `sql_tracker` (the SQLite store `make run` uses).
+    """
     action_port, rasa_port = free_port(), free_port()
     env = {
         **os.environ,
@@ -70,7 +75,9 @@ def running_bot(workdir: Path, today: Optional[str] = None, extra_env: Optional[
     seed_args = [sys.executable, "-m", "cardsystem.seed"] + (["--today", today] if today else [])
     subprocess.run(seed_args, cwd=ROOT, env=env, check=True, capture_output=True)
     endpoints = workdir / "endpoints.yml"
-    endpoints.write_text(f'action_endpoint:\n  url: "http://127.0.0.1:{action_port}/webhook"\n')
+    tracker = (f"tracker_store:\n  type: SQL\n  dialect: sqlite\n  db: {workdir / 'tracker.db'}\n"
+               if sql_tracker else "")  # the default endpoints.yml keeps conversations in SQLite too
+    endpoints.write_text(f'action_endpoint:\n  url: "http://127.0.0.1:{action_port}/webhook"\n{tracker}')
     action_log, rasa_log = workdir / "actions.log", workdir / "rasa.log"
     actions = subprocess.Popen([RASA, "run", "actions", "--port", str(action_port)], cwd=ROOT, env=env,
                                stdout=action_log.open("w"), stderr=subprocess.STDOUT)

@@ -229,3 +229,15 @@ def test_published_files_need_a_valid_unexpired_token(tmp_path):
     forged = token[:-1] + ("0" if token[-1] != "0" else "1")
     assert files.resolve(tmp_path, forged, now=1010.0) is None
     assert files.resolve(tmp_path, "../../etc/passwd", now=1010.0) is None
+
+
+@pytest.mark.parametrize("now, promised", [
+    (dt.datetime(2026, 11, 23, 10, 30), dt.datetime(2026, 11, 23, 14, 30)),   # Monday morning
+    (dt.datetime(2026, 11, 23, 16, 10), dt.datetime(2026, 11, 24, 11, 30)),   # 1 h 50 today, rest tomorrow
+    (dt.datetime(2026, 11, 21, 20, 0), dt.datetime(2026, 11, 23, 13, 0)),     # Saturday night -> Monday
+    (dt.datetime(2026, 11, 22, 11, 0), dt.datetime(2026, 11, 23, 13, 0)),     # Sunday -> Monday
+    (dt.datetime(2026, 11, 23, 6, 45), dt.datetime(2026, 11, 23, 13, 0)),     # before opening
+])
+def test_callback_promise_counts_working_hours_only(system, now, promised):
+    system._now = lambda: now
+    assert system._callback_time() == promised

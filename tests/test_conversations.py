@@ -80,7 +80,9 @@ def test_dispute_from_recent_transactions_to_status(bot):
     assert disputable
     assert "What's wrong" in texts(bot.say(DISPUTE, disputable[0]))
     assert "screenshot" in texts(bot.say(DISPUTE, '/inform{"dispute_reason":"wrong_amount"}'))
-    assert "Shall I raise it?" in texts(bot.say(DISPUTE, "skip"))
+    screenshot = {"attachment": {"media_id": "media-123", "mime_type": "image/jpeg", "caption": "bill"}}
+    reply = texts(bot.say(DISPUTE, "", metadata=screenshot))
+    assert "Shall I raise it?" in reply and "Screenshot: attached" in reply
     reply = texts(bot.say(DISPUTE, "/affirm"))
     reference = REFERENCE.search(reply).group(0)
     assert reference.startswith("DSP") and "resolve it by" in reply
