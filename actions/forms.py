@@ -6,7 +6,7 @@ from abc import abstractmethod
 from typing import Any, Dict, List, Optional, Text
 
 from rasa_sdk import Tracker
-from rasa_sdk.events import EventType
+from rasa_sdk.events import EventType, SlotSet
 from rasa_sdk.executor import CollectingDispatcher
 from rasa_sdk.forms import FormValidationAction
 from rasa_sdk.types import DomainDict
@@ -145,8 +145,7 @@ class ActionAskCardLast4(CustomerAction):
 
 
 def form_reset(*slots: Text) -> List[EventType]:
-    from rasa_sdk.events import SlotSet
-
+    """Forget a form's answers once it is done, so the next request starts afresh."""
     return [SlotSet(slot, None) for slot in slots]
 
 

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable
 
 from fpdf import FPDF
 from fpdf.enums import EncryptionMethod
 
-from cardsystem.formatting import format_date, format_month
+from cardsystem.formatting import format_date, format_inr, format_month
 from cardsystem.views import CardView, CustomerView, StatementView, TransactionView
 
 PASSWORD_RULE = (
@@ -25,8 +25,6 @@ def statement_password(customer: CustomerView) -> str:
 
 
 def _money(paise: int, rupee: str) -> str:
-    from cardsystem.formatting import format_inr
-
     return format_inr(paise).replace("\u20b9", rupee)
 
 
@@ -102,12 +100,3 @@ def render_statement_pdf(
     pdf.multi_cell(0, 4, "Paying only the minimum amount due leads to interest on the balance. "
                          "Report any transaction you don't recognise at once.")
     return bytes(pdf.output())
-
-
-def write_statement_pdf(directory: Path, filename: str, content: bytes) -> Path:
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / filename
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(content)
-    tmp.replace(path)
-    return path
