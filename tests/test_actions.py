@@ -338,3 +338,27 @@ async def test_cancel_stops_the_form_and_forgets_its_answers(system, domain):
     assert messages[0]["response"] == "utter_cancelled"
     assert {"event": "active_loop", "name": None} in [{"event": e["event"], "name": e.get("name")} for e in events if e["event"] == "active_loop"]
     assert slots_of(events)["transaction_id"] is None and slots_of(events)["dispute_reason"] is None
+
+
+# -- the questions forms ask ---------------------------------------------------------------
+async def test_confirmation_questions_restate_what_will_happen(system, domain):
+    from actions.cards import ActionAskBlockConfirm, ActionAskLimitConfirm, ActionAskNewLimit
+    from actions.disputes import ActionAskDisputeConfirm
+    from actions.rewards import ActionAskRedeemConfirm
+
+    txn = system.recent_transactions(system.cards_of(system.find_customer(ONE_CARD).id)[0].id, 1, True)[0]
+    cases = [
+        (ActionAskBlockConfirm(), {"card_last4": "4821"}, ["\u2022\u2022 4821", "can't be unblocked"]),
+        (ActionAskNewLimit(), {"card_last4": "4821"}, ["\u20b92,00,000.00", "e.g. \u20b93,10,000"]),
+        (ActionAskLimitConfirm(), {"card_last4": "4821", "new_limit": 30000000.0}, ["\u20b93,00,000.00"]),
+        (ActionAskDisputeConfirm(), {"transaction_id": txn.reference, "dispute_reason": "wrong_amount",
+                                     "dispute_attachment": "none"}, [txn.merchant, "Wrong amount charged", "none"]),
+        (ActionAskRedeemConfirm(), {"reward_item": "SWIGGY200"}, ["Swiggy voucher", "800 points"]),
+    ]
+    for action, slots, needles in cases:
+        _, messages = await run_action(action, make_tracker(ONE_CARD, slots=slots), domain)
+        text = " ".join(rendered(messages, domain))
+        _no_placeholders([text])
+        for needle in needles:
+            assert needle in text, (action.name(), needle, text)
+        assert buttons_of(messages, domain) or action.name() == "action_ask_new_limit"
