@@ -1,0 +1,59 @@
+"""The channel's durable state, shared by every instance through the database."""
+import datetime as dt
+
+import pytest
+
+from cardsystem.db import dispose_engine
+from connectors.whatsapp.inbound import Inbound, Status
+from connectors.whatsapp.store import ChannelStore
+
+
+@pytest.fixture
+def url(tmp_path):
+    url = f"sqlite:///{tmp_path / 'channel.db'}"
+    yield url
+    dispose_engine(url)
+
+
+def inbound(mid, sender="919800000001", text="hi"):
+    return Inbound(message_id=mid, sender=sender, reply_by="to", kind="text", text=text, timestamp=0)
+
+
+def test_a_redelivered_message_is_recorded_once_even_by_another_instance(url):
+    first, second = ChannelStore(url), ChannelStore(url)
+    assert first.record_inbound(inbound("wamid.1"))
+    assert not second.record_inbound(inbound("wamid.1"))
+    assert [p.message_id for p in second.pending()] == ["wamid.1"]
+
+
+def test_unanswered_messages_survive_a_restart_in_order(url):
+    store = ChannelStore(url)
+    base = dt.datetime(2026, 11, 23, 10, 0)
+    for i, text in enumerate(["balance", "statement", "thanks"]):
+        store.record_inbound(inbound(f"wamid.{i}", text=text), base + dt.timedelta(seconds=i))
+    store.finish("wamid.0")
+    restarted = ChannelStore(url)
+    pending = restarted.pending("919800000001")
+    assert [p.text for p in pending] == ["statement", "thanks"]
+    assert pending[0].metadata["whatsapp"]["message_id"] == "wamid.1"
+
+
+def test_service_window_is_24_hours_from_the_last_customer_message(url):
+    store = ChannelStore(url)
+    at = dt.datetime(2026, 11, 22, 9, 0)
+    store.record_inbound(inbound("wamid.a"), at)
+    assert store.window_open("919800000001", at + dt.timedelta(hours=23, minutes=59))
+    assert not store.window_open("919800000001", at + dt.timedelta(hours=24))
+    assert not store.window_open("919899999999", at)
+    store.record_inbound(inbound("wamid.b"), at + dt.timedelta(hours=30))
+    assert store.window_open("919800000001", at + dt.timedelta(hours=40))
+
+
+def test_sends_and_their_later_statuses(url):
+    store = ChannelStore(url)
+    store.record_send("919800000001", {"type": "text", "text": {"body": "hi"}}, "sent", wamid="wamid.out")
+    assert store.record_status(Status("wamid.out", "delivered", "919800000001", 0))
+    assert store.record_status(Status("wamid.out", "failed", "919800000001", 0, [{"code": 131026, "title": "Undeliverable"}]))
+    assert not store.record_status(Status("wamid.unknown", "read", None, 0))
+    [send] = store.sends("919800000001")
+    assert send["status"] == "failed" and send["error_code"] == 131026
