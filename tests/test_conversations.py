@@ -39,6 +39,11 @@ def test_unknown_number_is_told_how_to_register(bot):
     assert "can't find a credit card registered" in texts(bot.say(STRANGER, "hi"))
     reply = texts(bot.say(STRANGER, "what's my balance"))
     assert "can't find a credit card registered" in reply and "\u20b9" not in reply
+    for request in ("block my card", "send me my statement", "I want to dispute a transaction", "redeem my points"):
+        replies = bot.say(STRANGER, request)
+        assert "can't find a credit card registered" in texts(replies), request
+        assert not payloads(replies), request  # no form question follows
+    assert "DSP" not in texts(bot.say(STRANGER, "status of DSP261120DEMO"))
 
 
 def test_balance_and_dues_in_indian_format(bot):
