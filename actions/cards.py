@@ -6,8 +6,7 @@ from typing import Any, Dict, List, Text
 from rasa_sdk.events import EventType, SlotSet
 
 from actions.common import CustomerAction, card_label, card_system, current_customer, in_thread, money
-from actions.forms import latest_intent, CardFormValidation, form_reset
-from cardsystem.errors import CardSystemError
+from actions.forms import ConfirmedSubmit, latest_intent, CardFormValidation
 from cardsystem.formatting import format_date, parse_amount_paise
 
 BLOCK_WORDS = (
@@ -68,32 +67,32 @@ class ActionAskBlockConfirm(CustomerAction):
         return []
 
 
-class ActionBlockCard(CustomerAction):
+class ActionBlockCard(ConfirmedSubmit):
     """Blocks the chosen card after an explicit yes. There is deliberately no unblock."""
+
+    form_slots = BLOCK_SLOTS
+    confirm_slot = "block_confirm"
+    declined_response = "utter_block_declined"
 
     def name(self) -> Text:
         return "action_block_card"
 
-    async def act(self, dispatcher, tracker, domain, customer) -> List[EventType]:
-        reset = form_reset(*BLOCK_SLOTS)
+    async def ready(self, dispatcher, tracker, customer) -> bool:
         system = card_system()
         card = await in_thread(system.card_of, customer.id, tracker.get_slot("card_last4"))
-        if card is None or not card.is_active:
-            cards = await in_thread(system.cards_of, customer.id)
-            if not any(c.is_active for c in cards):
-                dispatcher.utter_message(response="utter_no_active_cards")
-            return reset
-        if tracker.get_slot("block_confirm") is not True:
-            dispatcher.utter_message(response="utter_block_declined")
-            return reset
-        try:
-            request = await in_thread(system.block_card, customer.id, card.last4, tracker.get_slot("block_reason") or "lost")
-        except CardSystemError as refused:
-            dispatcher.utter_message(text=str(refused))
-            return reset
+        if card is not None and card.is_active:
+            return True
+        if not any(c.is_active for c in await in_thread(system.cards_of, customer.id)):
+            dispatcher.utter_message(response="utter_no_active_cards")
+        return False
+
+    async def submit(self, dispatcher, tracker, customer) -> List[EventType]:
+        card = await in_thread(card_system().card_of, customer.id, tracker.get_slot("card_last4"))
+        request = await in_thread(card_system().block_card, customer.id, card.last4,
+                                  tracker.get_slot("block_reason") or "lost")
         dispatcher.utter_message(response="utter_card_blocked", card_label=card_label(card), reference=request.reference,
                                  promised=format_date(request.promised_by.date()))
-        return reset + [SlotSet("reference_id", request.reference)]
+        return [SlotSet("reference_id", request.reference)]
 
 
 class ValidateLimitIncreaseForm(CardFormValidation):
@@ -162,27 +161,26 @@ class ActionAskLimitConfirm(CustomerAction):
         return []
 
 
-class ActionRequestLimitIncrease(CustomerAction):
+class ActionRequestLimitIncrease(ConfirmedSubmit):
+    form_slots = LIMIT_SLOTS
+    confirm_slot = "limit_confirm"
+    declined_response = "utter_limit_declined"
+
     def name(self) -> Text:
         return "action_request_limit_increase"
 
-    async def act(self, dispatcher, tracker, domain, customer) -> List[EventType]:
-        reset = form_reset(*LIMIT_SLOTS)
-        system = card_system()
-        card = await in_thread(system.card_of, customer.id, tracker.get_slot("card_last4"))
+    async def ready(self, dispatcher, tracker, customer) -> bool:
+        card = await in_thread(card_system().card_of, customer.id, tracker.get_slot("card_last4"))
         if card is None or not card.is_active:
             dispatcher.utter_message(text="A limit increase needs an active card, and I couldn't find one on your account.")
-            return reset
-        if tracker.get_slot("limit_confirm") is not True:
-            dispatcher.utter_message(response="utter_limit_declined")
-            return reset
-        try:
-            request = await in_thread(system.request_limit_increase, customer.id, card.last4,
-                                      int(tracker.get_slot("new_limit")))
-        except CardSystemError as refused:
-            dispatcher.utter_message(text=str(refused))
-            return reset
+            return False
+        return True
+
+    async def submit(self, dispatcher, tracker, customer) -> List[EventType]:
+        card = await in_thread(card_system().card_of, customer.id, tracker.get_slot("card_last4"))
+        request = await in_thread(card_system().request_limit_increase, customer.id, card.last4,
+                                  int(tracker.get_slot("new_limit")))
         dispatcher.utter_message(response="utter_limit_requested", reference=request.reference,
                                  card_label=card_label(card), new_limit=money(request.amount_paise),
                                  promised=format_date(request.promised_by.date()))
-        return reset + [SlotSet("reference_id", request.reference)]
+        return [SlotSet("reference_id", request.reference)]

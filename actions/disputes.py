@@ -2,17 +2,14 @@
 from __future__ import annotations
 
 import json
-import re
 from typing import Any, Dict, List, Optional, Text
 
 from rasa_sdk import Tracker
 from rasa_sdk.events import EventType, SlotSet
 from rasa_sdk.executor import CollectingDispatcher
-from rasa_sdk.types import DomainDict
 
 from actions.common import card_entity, short_title, CustomerAction, card_label, card_system, current_customer, in_thread, money, pick_card
-from actions.forms import latest_intent, CardFormValidation, dumps, form_reset, latest_attachment
-from cardsystem.errors import CardSystemError
+from actions.forms import ConfirmedSubmit, latest_intent, CardFormValidation, dumps, latest_attachment
 from cardsystem.formatting import format_date, format_datetime, parse_amount_paise
 from cardsystem.service import DISPUTE_REASONS, REFERENCE_RE
 from cardsystem.views import CustomerView, ServiceRequestView, TransactionView
@@ -219,38 +216,36 @@ class ActionAskDisputeConfirm(CustomerAction):
         return []
 
 
-class ActionFileDispute(CustomerAction):
+class ActionFileDispute(ConfirmedSubmit):
+    form_slots = DISPUTE_SLOTS
+    confirm_slot = "dispute_confirm"
+    declined_response = "utter_dispute_declined"
+
     def name(self) -> Text:
         return "action_file_dispute"
 
-    async def act(self, dispatcher, tracker, domain, customer) -> List[EventType]:
-        reset = form_reset(*DISPUTE_SLOTS)
-        if not tracker.get_slot("transaction_id"):
-            cards = await in_thread(card_system().cards_of, customer.id)
-            if not cards:
-                dispatcher.utter_message(text="You don't have a card with transactions to dispute.")
-            return reset
-        if tracker.get_slot("dispute_confirm") is not True:
-            dispatcher.utter_message(response="utter_dispute_declined")
-            return reset
+    async def ready(self, dispatcher, tracker, customer) -> bool:
+        if tracker.get_slot("transaction_id"):
+            return True
+        if not await in_thread(card_system().cards_of, customer.id):
+            dispatcher.utter_message(text="You don't have a card with transactions to dispute.")
+        return False
+
+    async def submit(self, dispatcher, tracker, customer) -> List[EventType]:
         raw = tracker.get_slot("dispute_attachment")
         attachment = json.loads(raw) if raw and raw != "none" else None
-        try:
-            request = await in_thread(card_system().file_dispute, customer.id, tracker.get_slot("transaction_id"),
-                                      tracker.get_slot("dispute_reason"), attachment)
-        except CardSystemError as refused:
-            dispatcher.utter_message(text=str(refused))
-            return reset
+        request = await in_thread(card_system().file_dispute, customer.id, tracker.get_slot("transaction_id"),
+                                  tracker.get_slot("dispute_reason"), attachment)
         fields = {"reference": request.reference, "merchant": request.transaction_merchant or "",
                   "amount": money(request.amount_paise), "promised": format_date(request.promised_by.date())}
         if not request.created_now:
             dispatcher.utter_message(response="utter_dispute_exists", **fields)
-            return reset
+            return []
         txn = await in_thread(card_system().transaction_of, customer.id, request.transaction_reference)
         dispatcher.utter_message(response="utter_dispute_filed", txn_date=format_date(txn.posted_on), **fields)
         if request.reason == "not_recognised":
             dispatcher.utter_message(response="utter_dispute_fraud_advice")
-        return reset + [SlotSet("reference_id", request.reference)]
+        return [SlotSet("reference_id", request.reference)]
 
 
 class ActionDisputeStatus(CustomerAction):

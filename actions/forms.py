@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 from abc import abstractmethod
-from typing import Any, Dict, List, Optional, Text
+from typing import Any, Dict, List, Optional, Text, Tuple
 
 from rasa_sdk import Tracker
 from rasa_sdk.events import EventType, SlotSet
@@ -12,6 +12,7 @@ from rasa_sdk.forms import FormValidationAction
 from rasa_sdk.types import DomainDict
 
 from actions.common import card_entity, CustomerAction, card_buttons, card_system, current_customer, in_thread
+from cardsystem.errors import CardSystemError
 from cardsystem.views import CardView, CustomerView
 
 # Intents that may carry an answer to the question the form asked. Anything else (a FAQ,
@@ -151,3 +152,33 @@ def form_reset(*slots: Text) -> List[EventType]:
 
 def dumps(value: Any) -> Text:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+class ConfirmedSubmit(CustomerAction):
+    """A form's last step: make the request only after an explicit yes, and forget the
+    form's answers whatever happens (declined, refused by the card system, or done)."""
+
+    form_slots: Tuple[Text, ...] = ()
+    confirm_slot: Text = ""
+    declined_response: Text = ""
+
+    async def act(self, dispatcher, tracker, domain, customer) -> List[EventType]:
+        reset = form_reset(*self.form_slots)
+        if not await self.ready(dispatcher, tracker, customer):
+            return reset
+        if tracker.get_slot(self.confirm_slot) is not True:
+            dispatcher.utter_message(response=self.declined_response)
+            return reset
+        try:
+            return reset + await self.submit(dispatcher, tracker, customer)
+        except CardSystemError as refused:
+            dispatcher.utter_message(text=str(refused))
+            return reset
+
+    @abstractmethod
+    async def ready(self, dispatcher: CollectingDispatcher, tracker: Tracker, customer: CustomerView) -> bool:
+        """Whether the form gathered something to submit; explains to the customer when not."""
+
+    @abstractmethod
+    async def submit(self, dispatcher: CollectingDispatcher, tracker: Tracker, customer: CustomerView) -> List[EventType]:
+        """Make the request, tell the customer, return extra events."""

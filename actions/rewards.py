@@ -7,8 +7,7 @@ from typing import Any, Dict, List, Text
 from rasa_sdk.events import EventType, SlotSet
 
 from actions.common import CustomerAction, card_system, current_customer, in_thread
-from actions.forms import CardFormValidation, form_reset
-from cardsystem.errors import CardSystemError
+from actions.forms import CardFormValidation, ConfirmedSubmit
 from cardsystem.formatting import format_date, format_inr
 from cardsystem.views import CustomerView
 
@@ -128,28 +127,27 @@ class ActionAskRedeemConfirm(CustomerAction):
         return []
 
 
-class ActionRedeemRewards(CustomerAction):
+class ActionRedeemRewards(ConfirmedSubmit):
+    form_slots = REDEEM_SLOTS
+    confirm_slot = "redeem_confirm"
+    declined_response = "utter_redeem_declined"
+
     def name(self) -> Text:
         return "action_redeem_rewards"
 
-    async def act(self, dispatcher, tracker, domain, customer) -> List[EventType]:
-        reset = form_reset(*REDEEM_SLOTS)
+    async def ready(self, dispatcher, tracker, customer) -> bool:
+        if tracker.get_slot("reward_item"):
+            return True
         system = card_system()
-        if not tracker.get_slot("reward_item"):
-            summary = await in_thread(system.reward_summary, customer.id)
-            catalogue = await in_thread(system.catalogue)
-            dispatcher.utter_message(response="utter_not_enough_points", balance=points(summary.balance),
-                                     cheapest=points(min(i.points_cost for i in catalogue)) if catalogue else "-")
-            return reset
-        if tracker.get_slot("redeem_confirm") is not True:
-            dispatcher.utter_message(response="utter_redeem_declined")
-            return reset
-        try:
-            redemption = await in_thread(system.redeem, customer.id, tracker.get_slot("reward_item"))
-        except CardSystemError as refused:
-            dispatcher.utter_message(text=str(refused))
-            return reset
+        summary = await in_thread(system.reward_summary, customer.id)
+        catalogue = await in_thread(system.catalogue)
+        dispatcher.utter_message(response="utter_not_enough_points", balance=points(summary.balance),
+                                 cheapest=points(min(i.points_cost for i in catalogue)) if catalogue else "-")
+        return False
+
+    async def submit(self, dispatcher, tracker, customer) -> List[EventType]:
+        redemption = await in_thread(card_system().redeem, customer.id, tracker.get_slot("reward_item"))
         dispatcher.utter_message(response="utter_redeemed", item=redemption.item.name, points=points(redemption.points),
                                  reference=redemption.reference, balance=points(redemption.balance_after),
                                  fulfilment=FULFILMENT)
-        return reset
+        return []

@@ -9,7 +9,7 @@ from rasa_sdk.events import EventType, SlotSet
 from rasa_sdk.executor import CollectingDispatcher
 from rasa_sdk.types import DomainDict
 
-from actions.common import CustomerAction, card_label, card_system, current_customer, in_thread, money, date_or_dash
+from actions.common import CustomerAction, card_label, card_system, in_thread, money, date_or_dash
 from actions.forms import latest_intent, CardFormValidation
 from cardsystem import files
 from cardsystem.formatting import format_month

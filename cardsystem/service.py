@@ -15,7 +15,6 @@ import secrets
 from typing import Callable, Dict, List, Optional
 
 from sqlalchemy import func, select
-from sqlalchemy.exc import IntegrityError
 
 from cardsystem.config import Settings
 from cardsystem.db import get_engine, session_scope

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 
 import pytest
 from sqlalchemy import func, select
@@ -11,7 +10,7 @@ from cardsystem import files
 from cardsystem.db import session_scope
 from cardsystem.errors import NotAllowed, NotFound
 from cardsystem.formatting import format_date, format_inr, mask_phone, parse_amount_paise, redact_card_numbers
-from cardsystem.models import AuditEntry, Card, Customer, RewardLot, ServiceRequest, Statement, Transaction
+from cardsystem.models import Card, Customer, RewardLot, ServiceRequest, Statement, Transaction
 from cardsystem.months import FutureMonth, parse_month
 from cardsystem.paylinks import InvalidPaymentLink, make_payment_link, verify_payment_link
 from cardsystem.seed import PERSONAS, seed
