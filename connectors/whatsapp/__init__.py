@@ -1,7 +1,8 @@
 """WhatsApp Cloud API channel for Rasa (in progress, issue 3).
 
-So far the channel's pure parts: webhook signature checks (`signature`), reading webhook
-payloads into channel-neutral inbound messages (`inbound`) and shaping Rasa's replies
-into Graph API message bodies within WhatsApp's limits (`outbound`). The Sanic input
-channel and the Graph API client come next.
+`channel` holds the input and output channel (credentials.yml: connectors.whatsapp.WhatsAppInput),
+`graph` the async Graph API client, `store` the durable channel state, `signature`,
+`inbound` and `outbound` the webhook checks, parsing and reply shapes, `errors` the
+retry policy by Graph error code. The local sandbox comes next.
 """
+from connectors.whatsapp.channel import WhatsAppInput, WhatsAppOutput  # noqa: F401  (credentials.yml path)

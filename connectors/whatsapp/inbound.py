@@ -29,7 +29,8 @@ class Inbound:
     def metadata(self) -> Dict[str, Any]:
         data: Dict[str, Any] = {"whatsapp": {"message_id": self.message_id, "type": self.kind,
                                              "timestamp": self.timestamp, "profile_name": self.profile_name,
-                                             "context_id": self.context_id, "reply_by": self.reply_by}}
+                                             "context_id": self.context_id, "reply_by": self.reply_by,
+                                             "supported": self.supported}}
         if self.attachment:
             data["attachment"] = self.attachment
         return data
