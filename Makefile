@@ -11,6 +11,7 @@ TRAIN_DATA  := config.yml domain.yml $(shell find data -name '*.yml' 2>/dev/null
 DB          := var/cardcare.db
 ACTION_PORT ?= 5055
 RASA_PORT   ?= 5005
+SANDBOX_PORT ?= 5006
 PERSONA     ?= 919800000002
 # Python 3.10 for Rasa 3.6: pyenv's (per .python-version) if present, else python3.10.
 PYTHON      ?= $(shell pyenv which python 2>/dev/null || command -v python3.10 || command -v python3)
@@ -50,10 +51,12 @@ seed: $(DB) ## create and fill the embedded card system (once)
 reseed: $(STAMP) ## recreate the card system's demo data from scratch
 	$(PY) -m cardsystem.seed
 
-run: $(STAMP) $(MODEL) $(DB) ## set everything up, then start the action server and Rasa (REST API on :5005)
-	@echo "Starting the action server on :$(ACTION_PORT) and Rasa on :$(RASA_PORT) (Ctrl-C stops both)"
+run: $(STAMP) $(MODEL) $(DB) ## set everything up, start the action server, Rasa (:5005) and the WhatsApp sandbox (:5006)
+	@echo "Starting the action server (:$(ACTION_PORT)), Rasa (:$(RASA_PORT)) and the WhatsApp sandbox (:$(SANDBOX_PORT))."
+	@echo ">>> Chat page: http://localhost:$(SANDBOX_PORT)/   (Ctrl-C stops everything)"
 	@$(RASA) run actions --port $(ACTION_PORT) & actions=$$!; \
-	trap 'kill $$actions 2>/dev/null' EXIT INT TERM; \
+	$(PY) -m connectors.sandbox --port $(SANDBOX_PORT) --bot-url http://localhost:$(RASA_PORT)/webhooks/whatsapp/webhook & sandbox=$$!; \
+	trap 'kill $$actions $$sandbox 2>/dev/null' EXIT INT TERM; \
 	$(RASA) run --enable-api --port $(RASA_PORT) -m $(MODEL) --credentials credentials.yml --endpoints endpoints.yml
 
 shell: $(STAMP) $(MODEL) $(DB) ## talk to the bot in the terminal as a demo persona (PERSONA=<number>)

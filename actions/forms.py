@@ -38,10 +38,11 @@ def latest_metadata(tracker: Tracker) -> Dict[Text, Any]:
 
 
 def latest_attachment(tracker: Tracker) -> Optional[Dict[Text, Any]]:
-    """The media the customer just sent: {"media_id", "mime_type", "filename", "caption"}."""
+    """The media the customer just sent: media id, mime type, filename, caption, and where the
+    channel keeps its copy ("stored", with its "sha256") when it could fetch it."""
     attachment = latest_metadata(tracker).get("attachment")
     if isinstance(attachment, dict) and attachment.get("media_id"):
-        return {k: attachment.get(k) for k in ("media_id", "mime_type", "filename", "caption")}
+        return {k: attachment.get(k) for k in ("media_id", "mime_type", "filename", "caption", "stored", "sha256")}
     return None
 
 

@@ -165,6 +165,8 @@ class Attachment(Base):
     mime_type = Column(String(80), nullable=True)
     filename = Column(String(200), nullable=True)
     caption = Column(String(500), nullable=True)
+    stored_as = Column(String(100), nullable=True)  # key of the copy the channel fetched (media ids expire)
+    sha256 = Column(String(64), nullable=True)
 
 
 class StatusChange(Base):

@@ -17,7 +17,7 @@ from typing import Callable, Dict, List, Optional
 from sqlalchemy import func, select
 
 from cardsystem.config import Settings
-from cardsystem.db import get_engine, session_scope
+from cardsystem.db import create_schema, get_engine, session_scope
 from cardsystem.errors import NotAllowed, NotFound
 from cardsystem.models import (
     Attachment,
@@ -141,7 +141,7 @@ class CardSystem:
 
     # -- set-up -------------------------------------------------------------------------
     def create_schema(self) -> None:
-        Base.metadata.create_all(self.engine)
+        create_schema(self.engine, Base.metadata)
 
     def drop_schema(self) -> None:
         Base.metadata.drop_all(self.engine)
@@ -372,6 +372,8 @@ class CardSystem:
                     service_request_id=request.id, media_id=str(attachment["media_id"])[:128],
                     mime_type=(attachment.get("mime_type") or None), filename=(attachment.get("filename") or None),
                     caption=(attachment.get("caption") or "")[:500] or None,
+                    stored_as=(str(attachment.get("stored") or "")[:100] or None),
+                    sha256=(str(attachment.get("sha256") or "")[:64] or None),
                 ))
             self._audit(s, "file_dispute", customer_id, "service_request", request.reference,
                         {"transaction": txn.reference, "reason": reason, "attachment": bool(attachment)})

@@ -54,12 +54,12 @@ class Bot:
 
 @contextmanager
 def running_bot(workdir: Path, today: Optional[str] = None, extra_env: Optional[Dict[str, str]] = None,
-                sql_tracker: bool = False) -> Iterator[Bot]:
+                sql_tracker: bool = False, rasa_port: Optional[int] = None) -> Iterator[Bot]:
     """Seed a card system in `workdir`, start both servers, stop them afterwards.
 
     Conversations are kept in memory unless `sql_tracker` (the SQLite store `make run` uses).
     """
-    action_port, rasa_port = free_port(), free_port()
+    action_port, rasa_port = free_port(), rasa_port or free_port()
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
@@ -68,6 +68,7 @@ def running_bot(workdir: Path, today: Optional[str] = None, extra_env: Optional[
         "CARDCARE_PAYMENT_LINK_SECRET": "e2e-payment-secret",
         "CARDCARE_FILES_SECRET": "e2e-files-secret",
         "CARDCARE_FILES_BASE_URL": f"http://127.0.0.1:{rasa_port}/webhooks/files/statements",
+        "CARDCARE_CHANNEL_DB_URL": f"sqlite:///{workdir / 'channel.db'}",
         "TF_CPP_MIN_LOG_LEVEL": "2",
         "SQLALCHEMY_SILENCE_UBER_WARNING": "1",
         **(extra_env or {}),

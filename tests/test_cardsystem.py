@@ -10,7 +10,7 @@ from cardsystem import files
 from cardsystem.db import session_scope
 from cardsystem.errors import NotAllowed, NotFound
 from cardsystem.formatting import format_date, format_inr, mask_phone, parse_amount_paise, redact_card_numbers
-from cardsystem.models import Card, Customer, RewardLot, ServiceRequest, Statement, Transaction
+from cardsystem.models import Attachment, Card, Customer, RewardLot, ServiceRequest, Statement, Transaction
 from cardsystem.months import FutureMonth, parse_month
 from cardsystem.paylinks import InvalidPaymentLink, make_payment_link, verify_payment_link
 from cardsystem.seed import PERSONAS, seed
@@ -131,7 +131,8 @@ def test_dispute_is_filed_once_with_history_attachment_and_audit(system):
     customer = system.find_customer(ONE_CARD)
     card = system.cards_of(customer.id)[0]
     txn = system.recent_transactions(card.id, 5, debits_only=True)[0]
-    attachment = {"media_id": "wamid-media-1", "mime_type": "image/jpeg", "filename": None, "caption": "receipt"}
+    attachment = {"media_id": "wamid-media-1", "mime_type": "image/jpeg", "filename": None, "caption": "receipt",
+                  "stored": "ab" * 32 + ".jpg", "sha256": "ab" * 32}
     first = system.file_dispute(customer.id, txn.reference, "charged_twice", attachment)
     again = system.file_dispute(customer.id, txn.reference, "charged_twice")
     assert first.created_now and not again.created_now and again.reference == first.reference
@@ -140,6 +141,28 @@ def test_dispute_is_filed_once_with_history_attachment_and_audit(system):
     assert system.service_request(customer.id, first.reference.lower()).reference == first.reference
     audit = [a for a in system.audit_entries(customer.id) if a["action"] == "file_dispute"]
     assert len(audit) == 1 and audit[0]["details"]["transaction"] == txn.reference
+    with session_scope(system.engine) as s:
+        kept = s.execute(select(Attachment)).scalars().one()
+        assert (kept.media_id, kept.stored_as, kept.sha256) == ("wamid-media-1", "ab" * 32 + ".jpg", "ab" * 32)
+
+
+def test_an_older_database_gains_the_columns_added_since(tmp_path):
+    from sqlalchemy import create_engine, inspect, text
+    from cardsystem.db import create_schema, dispose_engine, get_engine
+    from cardsystem.models import Base
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    with create_engine(url).begin() as connection:  # the attachments table as the first release made it
+        connection.execute(text("CREATE TABLE service_request_attachments (id INTEGER PRIMARY KEY, "
+                                "service_request_id INTEGER NOT NULL, media_id VARCHAR(128) NOT NULL, "
+                                "mime_type VARCHAR(80), filename VARCHAR(200), caption VARCHAR(500))"))
+        connection.execute(text("INSERT INTO service_request_attachments VALUES (1, 1, 'm-1', NULL, NULL, NULL)"))
+    create_schema(get_engine(url), Base.metadata)
+    columns = {c["name"] for c in inspect(get_engine(url)).get_columns("service_request_attachments")}
+    assert {"stored_as", "sha256"} <= columns
+    with get_engine(url).connect() as connection:
+        assert connection.execute(text("SELECT media_id FROM service_request_attachments")).scalar() == "m-1"
+    dispose_engine(url)
 
 
 def test_dispute_refusals_leave_nothing_behind(system):

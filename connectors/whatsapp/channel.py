@@ -8,9 +8,11 @@ the server starts.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import logging
 import os
+import uuid
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Set, Text
 
 from sanic import Blueprint, response
@@ -20,14 +22,21 @@ from sanic.response import HTTPResponse
 from rasa.core.channels.channel import InputChannel, OutputChannel, UserMessage
 from cardsystem.formatting import mask_phone
 from connectors.whatsapp import outbound
-from connectors.whatsapp.graph import GraphClient, OutsideServiceWindow
+from connectors.whatsapp.graph import GraphClient, MediaError, OutsideServiceWindow
 from connectors.whatsapp.inbound import parse_webhook
+from connectors.whatsapp.media import MediaStore
 from connectors.whatsapp.signature import is_signed_by
-from connectors.whatsapp.store import ChannelStore, PendingMessage
+from connectors.whatsapp.store import LEASE_TTL, ChannelStore, PendingMessage
 
 logger = logging.getLogger(__name__)
 UNSUPPORTED_REPLY = ("Sorry, I can't read that kind of message. Please type your question, or send a photo or "
                      "document if I asked for one.")
+SANDBOX_DEFAULTS = {
+    "verify_token": "sandbox-verify-token", "app_secret": "sandbox-app-secret", "access_token": "sandbox-token",
+    "phone_number_id": "100000000000001", "api_base": "http://localhost:5006", "api_version": "v21.0",
+}
+STORED_MEDIA = ("image", "document", "video", "audio")  # stickers are not evidence
+SWEEP_SECONDS = 30.0
 SETTINGS = {  # credentials.yml key -> environment variable used when the key is empty
     "verify_token": "WHATSAPP_VERIFY_TOKEN", "app_secret": "WHATSAPP_APP_SECRET",
     "access_token": "WHATSAPP_ACCESS_TOKEN", "phone_number_id": "WHATSAPP_PHONE_NUMBER_ID",
@@ -36,21 +45,28 @@ SETTINGS = {  # credentials.yml key -> environment variable used when the key is
 
 
 class WhatsAppOutput(OutputChannel):
-    """Rasa's replies as WhatsApp messages (reply buttons, lists, numbered menus, documents)."""
+    """Rasa's replies as WhatsApp messages (reply buttons, lists, numbered menus, documents).
+
+    A free-form reply to a customer outside the 24-hour window is refused (recorded, logged
+    with the reason) and `refused` counts it, so a caller can tell that a template is needed.
+    """
 
     @classmethod
     def name(cls) -> Text:
         return "whatsapp"
 
-    def __init__(self, client: GraphClient, reply_by: Text = "to") -> None:
+    def __init__(self, client: GraphClient, reply_by: Text = "to", upload_documents: bool = True) -> None:
         self.client = client
         self.reply_by = reply_by
+        self.upload_documents = upload_documents
+        self.refused = 0
 
-    async def _send(self, recipient_id: Text, message: Dict[Text, Any]) -> None:
+    async def _send(self, recipient_id: Text, message: Dict[Text, Any]) -> Optional[Text]:
         try:
-            await self.client.send(recipient_id, self.reply_by, message)
+            return await self.client.send(recipient_id, self.reply_by, message)
         except OutsideServiceWindow:
-            pass  # recorded and logged by the client; proactive messages must use templates
+            self.refused += 1  # recorded and logged by the client; proactive messages must use templates
+            return None
 
     async def send_text_message(self, recipient_id: Text, text: Text, **kwargs: Any) -> None:
         for part in outbound.split_text(text):
@@ -58,7 +74,9 @@ class WhatsAppOutput(OutputChannel):
 
     async def send_text_with_buttons(self, recipient_id: Text, text: Text, buttons: List[Dict[Text, Any]],
                                      **kwargs: Any) -> None:
-        messages, _menu = outbound.buttons_message(text, buttons)
+        messages, menu = outbound.buttons_message(text, buttons)
+        # a numbered menu (more than 10 choices) is remembered so that a typed "7" means its payload
+        await asyncio.to_thread(self.client.store.save_menu, recipient_id, menu)
         for message in messages:
             await self._send(recipient_id, message)
 
@@ -66,9 +84,27 @@ class WhatsAppOutput(OutputChannel):
         await self._send(recipient_id, {"type": "image", "image": {"link": image}})
 
     async def send_attachment(self, recipient_id: Text, attachment: Any, **kwargs: Any) -> None:
-        link = attachment if isinstance(attachment, str) else (attachment or {}).get("link", "")
-        filename = link.rstrip("/").rsplit("/", 1)[-1] or "document.pdf"
-        await self._send(recipient_id, outbound.document_message(filename, link=link))
+        """A document: uploaded to the media endpoint (so no public URL is needed), else sent by link."""
+        if isinstance(attachment, dict):
+            link, caption = attachment.get("link") or attachment.get("url") or "", attachment.get("caption")
+            filename = attachment.get("filename")
+        else:
+            link, caption, filename = str(attachment or ""), None, None
+        if not link:
+            logger.warning("attachment without a link was not sent")
+            return
+        filename = filename or link.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1] or "document.pdf"
+        media_id = None
+        if self.upload_documents:
+            try:
+                content, mime_type = await self.client.fetch_link(link)
+                if mime_type in ("application/octet-stream", "binary/octet-stream") and filename.endswith(".pdf"):
+                    mime_type = "application/pdf"
+                media_id = await self.client.upload_media(content, mime_type, filename)
+            except MediaError as exc:
+                logger.warning("document upload failed (%s); sending it by link", exc)
+        await self._send(recipient_id, outbound.document_message(filename, link=None if media_id else link,
+                                                                  media_id=media_id, caption=caption))
 
     async def send_custom_json(self, recipient_id: Text, json_message: Dict[Text, Any], **kwargs: Any) -> None:
         if isinstance(json_message, dict) and json_message.get("type"):
@@ -88,59 +124,132 @@ class WhatsAppInput(InputChannel):
     def from_credentials(cls, credentials: Optional[Dict[Text, Any]]) -> "WhatsAppInput":
         credentials = credentials or {}
         values = {key: credentials.get(key) or os.environ.get(env, "") for key, env in SETTINGS.items()}
-        if not values["app_secret"] or not values["phone_number_id"]:
+        if os.environ.get("CARDCARE_ENV", "development") != "production":
+            # Development: talk to the local sandbox (python -m connectors.sandbox) out of the box.
+            values = {key: value or SANDBOX_DEFAULTS[key] for key, value in values.items()}
+        if not values["app_secret"] or not values["phone_number_id"] or not values["access_token"]:
             cls.raise_missing_credentials_exception()
         return cls(
             verify_token=values["verify_token"], app_secrets=[s.strip() for s in values["app_secret"].split(",")],
             access_token=values["access_token"], phone_number_id=str(values["phone_number_id"]),
             api_base=values["api_base"] or "https://graph.facebook.com", api_version=values["api_version"] or "v21.0",
-            store_url=credentials.get("store_url"),
+            store_url=credentials.get("store_url"), media_dir=credentials.get("media_dir"),
+            upload_documents=str(credentials.get("upload_documents", True)).lower() not in ("false", "0", "no"),
         )
 
     def __init__(self, verify_token: Text, app_secrets: List[Text], access_token: Text, phone_number_id: Text,
-                 api_base: Text, api_version: Text, store_url: Optional[Text] = None) -> None:
+                 api_base: Text, api_version: Text, store_url: Optional[Text] = None, media_dir: Optional[Text] = None,
+                 upload_documents: bool = True, sweep_seconds: float = SWEEP_SECONDS) -> None:
         self.verify_token = verify_token
         self.app_secrets = [s for s in app_secrets if s]
         self.phone_number_id = phone_number_id
         self.store = ChannelStore(store_url)
+        self.media = MediaStore(media_dir)
         self.client = GraphClient(api_base, api_version, phone_number_id, access_token, self.store)
+        self.upload_documents = upload_documents
+        self.sweep_seconds = sweep_seconds
+        self.instance_id = uuid.uuid4().hex  # lease owner: one instance at a time answers a customer
         self._locks: Dict[Text, asyncio.Lock] = {}
-        self._tasks: Set[asyncio.Task] = set()
+        self._tasks: Set[asyncio.Task] = set()   # turns being answered
+        self._sweeper: Optional[asyncio.Task] = None
 
     def get_output_channel(self) -> OutputChannel:
-        return WhatsAppOutput(self.client)
+        return WhatsAppOutput(self.client, upload_documents=self.upload_documents)
+
+    async def _keep_media(self, attachment: Dict[Text, Any]) -> None:
+        """Fetch a customer's photo or document now (ids expire) and note where it is kept."""
+        try:
+            media = await self.client.download_media(attachment["media_id"], attachment.get("sha256"))
+            attachment["stored"] = await asyncio.to_thread(self.media.save, media.content, media.mime_type,
+                                                           media.sha256)
+            attachment["sha256"] = media.sha256
+        except MediaError as exc:
+            logger.warning("could not fetch media of a %s message: %s", attachment.get("kind"), exc)
 
     async def _answer(self, pending: PendingMessage, on_new_message: Callable[[UserMessage], Awaitable[Any]]) -> None:
         kind = pending.metadata.get("whatsapp", {})
-        output = WhatsAppOutput(self.client, pending.reply_by)
+        output = WhatsAppOutput(self.client, pending.reply_by, self.upload_documents)
         await self.client.mark_read(pending.message_id)
+        menu = await asyncio.to_thread(self.store.take_menu, pending.sender)
         if not kind.get("supported", True):
             await output.send_text_message(pending.sender, UNSUPPORTED_REPLY)
             return
-        await on_new_message(UserMessage(pending.text, output, pending.sender, input_channel=self.name(),
-                                         message_id=pending.message_id, metadata=pending.metadata))
+        text, metadata = pending.text, pending.metadata
+        choice = outbound.menu_choice(text, menu) if kind.get("type") == "text" and menu else None
+        if choice:
+            metadata["whatsapp"]["menu_choice"], text = text.strip(), choice
+        attachment = metadata.get("attachment")
+        if isinstance(attachment, dict) and attachment.get("media_id") and attachment.get("kind") in STORED_MEDIA:
+            await self._keep_media(attachment)
+        await on_new_message(UserMessage(text, output, pending.sender, input_channel=self.name(),
+                                         message_id=pending.message_id, metadata=metadata))
+
+    async def _renew_lease(self, sender: Text) -> None:
+        while True:
+            await asyncio.sleep(LEASE_TTL.total_seconds() / 3)
+            await asyncio.to_thread(self.store.acquire, sender, self.instance_id)
 
     async def drain(self, sender: Optional[Text], on_new_message: Callable[[UserMessage], Awaitable[Any]]) -> None:
-        """Answer a sender's recorded messages in order (all senders when None)."""
-        pending = await asyncio.to_thread(self.store.pending, sender)
-        for message in pending:
-            lock = self._locks.setdefault(message.sender, asyncio.Lock())
-            async with lock:
-                still = await asyncio.to_thread(self.store.pending, message.sender)
-                if message.message_id not in {p.message_id for p in still}:
-                    continue  # another task answered it meanwhile
+        """Answer recorded messages in order: one sender's, or every waiting sender's (when None)."""
+        if sender is None:
+            senders = list(dict.fromkeys(p.sender for p in await asyncio.to_thread(self.store.pending, None)))
+            await asyncio.gather(*(self.drain(s, on_new_message) for s in senders), return_exceptions=True)
+            return
+        async with self._locks.setdefault(sender, asyncio.Lock()):  # one task per sender in this process
+            while await asyncio.to_thread(self.store.acquire, sender, self.instance_id):  # one instance in all
+                renewal = asyncio.ensure_future(self._renew_lease(sender))
                 try:
-                    await self._answer(message, on_new_message)
-                    state = "done"
-                except Exception:  # one bad turn must not stop the queue; it is marked and logged
-                    logger.exception("turn for %s failed", mask_phone(message.sender))
-                    state = "failed"
-                await asyncio.to_thread(self.store.finish, message.message_id, state)
+                    while True:
+                        pending = await asyncio.to_thread(self.store.pending, sender)
+                        if not pending:
+                            break
+                        await self._answer_one(pending[0], on_new_message)
+                finally:
+                    renewal.cancel()
+                    await asyncio.to_thread(self.store.release, sender, self.instance_id)
+                # a message recorded while another instance saw our lease is ours to answer now
+                if not await asyncio.to_thread(self.store.pending, sender):
+                    break
 
-    def _spawn(self, coroutine: Awaitable[Any]) -> None:
+    async def _answer_one(self, message: PendingMessage,
+                          on_new_message: Callable[[UserMessage], Awaitable[Any]]) -> None:
+        try:
+            await self._answer(message, on_new_message)
+            state = "done"
+        except asyncio.CancelledError:
+            raise  # shutting down: the message stays pending and is answered after the restart
+        except Exception:  # one bad turn must not stop the queue; it is marked and logged
+            logger.exception("turn for %s failed", mask_phone(message.sender))
+            state = "failed"
+        await asyncio.to_thread(self.store.finish, message.message_id, state)
+
+    async def sweep(self, on_new_message: Callable[[UserMessage], Awaitable[Any]]) -> None:
+        """Now and then, answer messages left waiting (e.g. an instance died holding a customer)."""
+        while True:
+            await asyncio.sleep(self.sweep_seconds)
+            try:
+                waiting = await asyncio.to_thread(self.store.senders_waiting,
+                                                  dt.timedelta(seconds=self.sweep_seconds))
+            except Exception:  # the database may be briefly unavailable; try again next round
+                logger.exception("sweep for unanswered messages failed")
+                continue
+            for sender in waiting:
+                self._spawn(self.drain(sender, on_new_message))
+
+    def _spawn(self, coroutine: Awaitable[Any]) -> asyncio.Task:
         task = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def stop(self) -> None:
+        """Stop background work; unanswered messages stay recorded for the next start."""
+        tasks = list(self._tasks) + ([self._sweeper] if self._sweeper else [])
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._sweeper = None
+        await self.client.close()
 
     def blueprint(self, on_new_message: Callable[[UserMessage], Awaitable[Any]]) -> Blueprint:
         whatsapp_webhook = Blueprint(f"whatsapp_webhook_{id(self)}", __name__)
@@ -148,6 +257,12 @@ class WhatsAppInput(InputChannel):
         @whatsapp_webhook.listener("after_server_start")
         async def resume_unanswered(app, loop) -> None:
             self._spawn(self.drain(None, on_new_message))
+            if self.sweep_seconds > 0:
+                self._sweeper = asyncio.ensure_future(self.sweep(on_new_message))
+
+        @whatsapp_webhook.listener("before_server_stop")
+        async def stop_background_work(app, loop) -> None:
+            await self.stop()
 
         @whatsapp_webhook.route("/", methods=["GET"])
         async def health(_: Request) -> HTTPResponse:

@@ -6,7 +6,9 @@ channel store; free-form messages outside the customer's 24-hour window are refu
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+from dataclasses import dataclass
 from typing import Any, Dict, Optional
 
 import aiohttp
@@ -17,6 +19,19 @@ from connectors.whatsapp.store import ChannelStore
 
 logger = logging.getLogger(__name__)
 TIMEOUT = aiohttp.ClientTimeout(total=15)
+MEDIA_TIMEOUT = aiohttp.ClientTimeout(total=60)
+MEDIA_MAX_BYTES = 100 * 1024 * 1024  # the platform's document limit; images are 5 MB
+
+
+class MediaError(Exception):
+    """A media upload or download that did not work (the reason is in the message)."""
+
+
+@dataclass(frozen=True)
+class Media:
+    content: bytes
+    mime_type: str
+    sha256: str
 
 
 class OutsideServiceWindow(Exception):
@@ -26,7 +41,9 @@ class OutsideServiceWindow(Exception):
 class GraphClient:
     def __init__(self, api_base: str, api_version: str, phone_number_id: str, access_token: str,
                  store: ChannelStore) -> None:
-        self.url = f"{api_base.rstrip('/')}/{api_version}/{phone_number_id}/messages"
+        self.base = f"{api_base.rstrip('/')}/{api_version}"
+        self.url = f"{self.base}/{phone_number_id}/messages"
+        self.media_url = f"{self.base}/{phone_number_id}/media"
         self.headers = {"Authorization": f"Bearer {access_token}"}
         self.store = store
         self._session: Optional[aiohttp.ClientSession] = None
@@ -70,6 +87,66 @@ class GraphClient:
         status, answer = await self._post({"messaging_product": "whatsapp", "status": "read", "message_id": message_id})
         if status != 200:
             logger.info("mark-as-read failed: %s", (answer.get("error") or {}).get("code"))
+
+    async def upload_media(self, content: bytes, mime_type: str, filename: str) -> str:
+        """Upload a file to the media endpoint; returns its media id (valid 30 days)."""
+        form = aiohttp.FormData()
+        form.add_field("messaging_product", "whatsapp")
+        form.add_field("type", mime_type)
+        form.add_field("file", content, filename=filename, content_type=mime_type)
+        try:
+            session = await self.session()
+            async with session.post(self.media_url, data=form, timeout=MEDIA_TIMEOUT) as response:
+                answer = await response.json(content_type=None)
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+            raise MediaError(f"upload failed: {type(exc).__name__}") from exc
+        media_id = answer.get("id") if isinstance(answer, dict) else None
+        if response.status != 200 or not media_id:
+            code = ((answer or {}).get("error") or {}).get("code") if isinstance(answer, dict) else None
+            raise MediaError(f"upload refused (HTTP {response.status}, code {code}: {meaning_of(code)})")
+        return str(media_id)
+
+    async def download_media(self, media_id: str, expected_sha256: Optional[str] = None,
+                             max_bytes: int = MEDIA_MAX_BYTES) -> Media:
+        """A customer's media by id: look up its short-lived URL, fetch it with the token, check its hash."""
+        try:
+            session = await self.session()
+            async with session.get(f"{self.base}/{media_id}") as response:
+                info = await response.json(content_type=None)
+                if response.status != 200 or not isinstance(info, dict) or not info.get("url"):
+                    code = ((info or {}).get("error") or {}).get("code") if isinstance(info, dict) else None
+                    raise MediaError(f"media lookup refused (HTTP {response.status}, code {code}: {meaning_of(code)})")
+            if int(info.get("file_size") or 0) > max_bytes:
+                raise MediaError(f"media is {info['file_size']} bytes, over the {max_bytes}-byte limit")
+            async with session.get(info["url"], timeout=MEDIA_TIMEOUT) as response:
+                if response.status != 200:
+                    raise MediaError(f"media download refused (HTTP {response.status})")
+                content = bytearray()
+                async for chunk in response.content.iter_chunked(64 * 1024):
+                    content.extend(chunk)
+                    if len(content) > max_bytes:
+                        raise MediaError(f"media is over the {max_bytes}-byte limit")
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+            raise MediaError(f"download failed: {type(exc).__name__}") from exc
+        digest = hashlib.sha256(content).hexdigest()
+        expected = expected_sha256 or info.get("sha256")
+        if expected and expected != digest:
+            raise MediaError("media content does not match its sha256")
+        return Media(bytes(content), str(info.get("mime_type") or "application/octet-stream"), digest)
+
+    async def fetch_link(self, link: str, max_bytes: int = MEDIA_MAX_BYTES) -> "tuple[bytes, str]":
+        """Download a file the bot links to (e.g. a statement), to upload it rather than expose its URL."""
+        try:
+            async with aiohttp.ClientSession(timeout=MEDIA_TIMEOUT) as session:  # no Graph token on other hosts
+                async with session.get(link) as response:
+                    if response.status != 200:
+                        raise MediaError(f"file link answered HTTP {response.status}")
+                    content = await response.content.read(max_bytes + 1)
+                    if len(content) > max_bytes:
+                        raise MediaError(f"file is over the {max_bytes}-byte limit")
+                    return content, response.headers.get("Content-Type", "application/octet-stream").split(";")[0]
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+            raise MediaError(f"file link failed: {type(exc).__name__}") from exc
 
     async def _post(self, body: Dict[str, Any]) -> "tuple[int, Dict[str, Any]]":
         try:

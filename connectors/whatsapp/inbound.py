@@ -73,7 +73,8 @@ def _text_of(message: Dict[str, Any], kind: str) -> "tuple[str, Optional[Dict[st
         if not body.get("id"):
             return "", None, False
         attachment = {"media_id": str(body["id"]), "mime_type": body.get("mime_type"),
-                      "filename": body.get("filename"), "caption": body.get("caption"), "kind": kind}
+                      "filename": body.get("filename"), "caption": body.get("caption"), "kind": kind,
+                      "sha256": body.get("sha256")}
         return str(body.get("caption") or ""), attachment, True
     if kind == "location":
         return "", {"kind": "location", "latitude": body.get("latitude"), "longitude": body.get("longitude"),

@@ -13,16 +13,17 @@ import os
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
-from sqlalchemy import Column, DateTime, Integer, String, Text, select
+from sqlalchemy import Column, DateTime, Integer, String, Text, delete, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import declarative_base
 
 from cardsystem.config import PROJECT_ROOT
-from cardsystem.db import get_engine, session_scope
+from cardsystem.db import create_schema, get_engine, session_scope
 from connectors.whatsapp.inbound import Inbound, Status
 
 Base = declarative_base()
 SERVICE_WINDOW = dt.timedelta(hours=24)
+LEASE_TTL = dt.timedelta(seconds=60)
 
 
 def utcnow() -> dt.datetime:
@@ -65,6 +66,26 @@ class ServiceWindow(Base):
     last_inbound_at = Column(DateTime, nullable=False)
 
 
+class SenderLease(Base):
+    """Which instance answers a sender's messages right now: keeps turns in order across instances."""
+
+    __tablename__ = "wa_sender_lease"
+
+    sender = Column(String(160), primary_key=True)
+    owner = Column(String(64), nullable=False)
+    expires_at = Column(DateTime, nullable=False)
+
+
+class NumberedMenu(Base):
+    """The last numbered text menu sent to a customer (more than 10 choices): number -> payload."""
+
+    __tablename__ = "wa_menu"
+
+    sender = Column(String(160), primary_key=True)
+    options = Column(Text, nullable=False)
+    sent_at = Column(DateTime, nullable=False)
+
+
 @dataclass(frozen=True)
 class PendingMessage:
     message_id: str
@@ -83,7 +104,7 @@ class ChannelStore:
 
     def __init__(self, url: Optional[str] = None) -> None:
         self.engine = get_engine(url or default_url())
-        Base.metadata.create_all(self.engine)
+        create_schema(self.engine, Base.metadata)
 
     def record_inbound(self, message: Inbound, received_at: Optional[dt.datetime] = None) -> bool:
         """Record a message once; False when this message id was already recorded (a redelivery)."""
@@ -153,3 +174,58 @@ class ChannelStore:
                 query = query.where(OutboundRecord.recipient == recipient)
             return [{"wamid": r.wamid, "recipient": r.recipient, "body": json.loads(r.body), "status": r.status,
                      "error_code": r.error_code, "attempts": r.attempts} for r in s.execute(query).scalars()]
+
+    # -- per-sender lease: one instance at a time answers a given customer ------------------
+
+    def acquire(self, sender: str, owner: str, ttl: dt.timedelta = LEASE_TTL) -> bool:
+        """Take (or renew) the sender's lease; False while another live instance holds it."""
+        now = utcnow()
+        with session_scope(self.engine) as s:
+            taken = s.execute(update(SenderLease)
+                              .where(SenderLease.sender == sender,
+                                     or_(SenderLease.owner == owner, SenderLease.expires_at < now))
+                              .values(owner=owner, expires_at=now + ttl)).rowcount
+        if taken:
+            return True
+        try:
+            with session_scope(self.engine) as s:
+                s.add(SenderLease(sender=sender, owner=owner, expires_at=now + ttl))
+        except IntegrityError:
+            return False  # another instance holds a live lease
+        return True
+
+    def release(self, sender: str, owner: str) -> None:
+        with session_scope(self.engine) as s:
+            s.execute(delete(SenderLease).where(SenderLease.sender == sender, SenderLease.owner == owner))
+
+    def senders_waiting(self, older_than: dt.timedelta) -> List[str]:
+        """Senders with a message unanswered for a while (an instance died holding it, say)."""
+        with session_scope(self.engine) as s:
+            rows = s.execute(select(InboundRecord.sender).where(InboundRecord.state == "pending",
+                                                                InboundRecord.received_at < utcnow() - older_than)
+                             .distinct()).scalars()
+            return list(rows)
+
+    # -- numbered menus -----------------------------------------------------------------------
+
+    def save_menu(self, sender: str, options: Dict[str, str]) -> None:
+        with session_scope(self.engine) as s:
+            menu = s.get(NumberedMenu, sender)
+            if not options:
+                if menu is not None:
+                    s.delete(menu)
+                return
+            if menu is None:
+                s.add(NumberedMenu(sender=sender, options=json.dumps(options), sent_at=utcnow()))
+            else:
+                menu.options, menu.sent_at = json.dumps(options), utcnow()
+
+    def take_menu(self, sender: str) -> Dict[str, str]:
+        """The menu the customer may be answering (valid for their next message only)."""
+        with session_scope(self.engine) as s:
+            menu = s.get(NumberedMenu, sender)
+            if menu is None:
+                return {}
+            options = json.loads(menu.options) if utcnow() - menu.sent_at < SERVICE_WINDOW else {}
+            s.delete(menu)
+            return options

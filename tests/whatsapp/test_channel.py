@@ -90,6 +90,11 @@ async def post(url, payload, secret=SECRET, raw=None):
             return response.status, await response.text()
 
 
+async def shutdown(channel, server):
+    await channel.stop()
+    await server.close()
+
+
 async def settle(channel):
     for _ in range(100):
         await asyncio.sleep(0.02)
@@ -120,7 +125,7 @@ async def test_handshake_signatures_and_a_turn_with_buttons(setup):
     assert reply["to"] == "919800000001" and reply["interactive"]["type"] == "button"
     assert any(b.get("status") == "read" and b["message_id"] == "wamid.in1" for b in graph.received)
     assert channel.store.sends()[0]["status"] == "sent"
-    await server.close()
+    await shutdown(channel, server)
 
 
 async def test_redelivery_is_answered_once_and_throttling_is_retried(setup):
@@ -138,13 +143,13 @@ async def test_redelivery_is_answered_once_and_throttling_is_retried(setup):
     assert (await post(url, envelope(message("text", {"body": "again"}, "wamid.2"))))[0] == 200
     await settle(channel)
     assert channel.store.sends()[-1]["status"] == "failed" and channel.store.sends()[-1]["error_code"] == 131026
-    await server.close()
+    await shutdown(channel, server)
 
 
 async def test_unanswered_message_is_answered_after_a_restart(setup):
     graph, start_bot, turns = setup
     channel, server, url = await start_bot()
-    await server.close()
+    await shutdown(channel, server)
     from connectors.whatsapp.inbound import parse_webhook
 
     # recorded, then the process "died" before the turn ran
@@ -154,4 +159,4 @@ async def test_unanswered_message_is_answered_after_a_restart(setup):
     await settle(channel2)
     assert [t.text for t in turns] == ["statement please"]
     assert channel2.store.pending() == []
-    await server2.close()
+    await shutdown(channel2, server2)

@@ -57,3 +57,28 @@ def test_sends_and_their_later_statuses(url):
     assert not store.record_status(Status("wamid.unknown", "read", None, 0))
     [send] = store.sends("919800000001")
     assert send["status"] == "failed" and send["error_code"] == 131026
+
+
+def test_a_sender_lease_is_held_by_one_instance_until_released_or_expired(url):
+    store, other = ChannelStore(url), ChannelStore(url)
+    assert store.acquire("919800000001", "a")
+    assert store.acquire("919800000001", "a")          # renewing one's own lease
+    assert not other.acquire("919800000001", "b")      # held by a live instance
+    assert other.acquire("919800000002", "b")          # other customers are independent
+    store.release("919800000001", "a")
+    assert other.acquire("919800000001", "b")
+    store.release("919800000001", "a")                 # releasing someone else's lease does nothing
+    assert not store.acquire("919800000001", "a")
+    assert store.acquire("919800000003", "a", ttl=dt.timedelta(seconds=-1))  # an instance that died
+    assert other.acquire("919800000003", "b")
+
+
+def test_a_numbered_menu_is_valid_for_the_next_message_only(url):
+    store = ChannelStore(url)
+    assert store.take_menu("919800000001") == {}
+    store.save_menu("919800000001", {"1": "/a", "2": "/b"})
+    assert store.take_menu("919800000001") == {"1": "/a", "2": "/b"}
+    assert store.take_menu("919800000001") == {}
+    store.save_menu("919800000001", {"1": "/a"})
+    store.save_menu("919800000001", {})                # a later message without a menu replaces it
+    assert store.take_menu("919800000001") == {}

@@ -1,0 +1,256 @@
+"""The sandbox's HTTP server (aiohttp): Graph API endpoints, test hooks and the chat page.
+
+Graph API (what the bot calls, Bearer token required):
+  POST /{version}/{phone_id}/messages   send (validated like the real one), or mark as read
+  POST /{version}/{phone_id}/media      upload (multipart: messaging_product, type, file)
+  GET  /{version}/{media_id}            media info with a short-lived download URL
+  GET  /_sandbox/lookaside/{media_id}   the download URL itself (Bearer required, as at Meta)
+After each accepted send it posts signed "sent" and "delivered" status webhooks to the bot,
+and "read" once the chat page has shown the message.
+
+Test and page hooks:
+  GET  /_sandbox/messages?to=&after=&read=1   what the bot sent (JSON); read=1 as the phone showing them
+  POST /_sandbox/fail {"codes": [...], "status_codes": [...]}  fail the next sends (or their delivery)
+  POST /_sandbox/send {from, name, text | reply{id,title,kind} | media{data,mime_type,filename,caption}}
+  GET  /_sandbox/media/{media_id}       a document or image as the customer's phone opens it
+  GET  /_sandbox/personas               the demo personas
+  GET  /                                the chat page
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import itertools
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Set
+
+import aiohttp
+from aiohttp import web
+
+from cardsystem.seed import NOT_A_CUSTOMER, PERSONAS
+from connectors.sandbox.graph_api import MEDIA_LIMITS, GraphError, Outbox
+from connectors.whatsapp.channel import SANDBOX_DEFAULTS
+from connectors.whatsapp.signature import sign
+
+logger = logging.getLogger(__name__)
+PAGE = Path(__file__).with_name("chat.html")
+_inbound_ids = itertools.count(1)
+MAX_UPLOAD = 101 * 1024 * 1024
+
+
+def webhook_body(phone_number_id: str, value: Dict[str, Any]) -> Dict[str, Any]:
+    value = {"messaging_product": "whatsapp",
+             "metadata": {"display_phone_number": "15550000000", "phone_number_id": phone_number_id}, **value}
+    return {"object": "whatsapp_business_account",
+            "entry": [{"id": "sandbox-waba", "changes": [{"field": "messages", "value": value}]}]}
+
+
+def message_value(wa_id: str, name: str, message: Dict[str, Any]) -> Dict[str, Any]:
+    return {"contacts": [{"profile": {"name": name}, "wa_id": wa_id}],
+            "messages": [{"from": wa_id, "id": f"wamid.in.{int(time.time())}.{next(_inbound_ids)}",
+                          "timestamp": str(int(time.time())), **message}]}
+
+
+def status_value(wamid: str, recipient: str, status: str, error_code: Optional[int] = None) -> Dict[str, Any]:
+    entry: Dict[str, Any] = {"id": wamid, "status": status, "timestamp": str(int(time.time())),
+                             "recipient_id": recipient}
+    if error_code:
+        entry["errors"] = [{"code": error_code, "title": f"sandbox failure {error_code}",
+                            "error_data": {"details": "as requested via /_sandbox/fail"}}]
+    return {"statuses": [entry]}
+
+
+def graph_error(error: GraphError) -> web.Response:
+    return web.json_response(error.body(), status=error.http_status)
+
+
+def make_app(bot_url: str, app_secret: str, phone_number_id: str, statuses: bool = True) -> web.Application:
+    outbox = Outbox()
+    app = web.Application(client_max_size=MAX_UPLOAD)
+    app["outbox"] = outbox
+    background: Set[asyncio.Task] = set()
+
+    async def post_webhook(value: Dict[str, Any]) -> Optional[int]:
+        raw = json.dumps(webhook_body(phone_number_id, value)).encode()
+        headers = {"Content-Type": "application/json", "X-Hub-Signature-256": sign(raw, app_secret)}
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+            async with session.post(bot_url, data=raw, headers=headers) as answer:
+                return answer.status
+
+    def later(coroutine) -> None:
+        task = asyncio.ensure_future(coroutine)
+        background.add(task)
+        task.add_done_callback(background.discard)
+
+    async def report(statuses_to_send: List[Dict[str, Any]]) -> None:
+        for value in statuses_to_send:
+            await asyncio.sleep(0.05)
+            try:
+                await post_webhook(value)
+            except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
+                return  # no bot listening (e.g. a unit test): statuses are best effort, as at Meta
+
+    def authorised(request: web.Request) -> bool:
+        return request.headers.get("Authorization", "").startswith("Bearer ")
+
+    async def messages_endpoint(request: web.Request) -> web.Response:
+        if not authorised(request):
+            return graph_error(GraphError(190, "Invalid OAuth access token.", 401))
+        if request.match_info["phone_id"] != phone_number_id:
+            return graph_error(GraphError(100, "Unsupported post request. Object with ID does not exist.", 400))
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        try:
+            answer = outbox.accept(body)
+        except GraphError as error:
+            return graph_error(error)
+        if statuses and answer.get("messages"):
+            wamid, recipient = answer["messages"][0]["id"], answer["contacts"][0]["wa_id"]
+            failure = outbox.status_failures.pop(0) if outbox.status_failures else None
+            later(report([status_value(wamid, recipient, "failed", failure)] if failure else
+                         [status_value(wamid, recipient, "sent"), status_value(wamid, recipient, "delivered")]))
+        return web.json_response(answer)
+
+    async def media_upload(request: web.Request) -> web.Response:
+        if not authorised(request):
+            return graph_error(GraphError(190, "Invalid OAuth access token.", 401))
+        if request.match_info["phone_id"] != phone_number_id:
+            return graph_error(GraphError(100, "Unsupported post request. Object with ID does not exist.", 400))
+        fields: Dict[str, Any] = {}
+        content, filename, file_type = None, None, None
+        try:
+            reader = await request.multipart()
+            async for part in reader:
+                if part.name == "file":
+                    content = bytes(await part.read(decode=False))
+                    filename, file_type = part.filename, part.headers.get("Content-Type")
+                elif part.name:
+                    fields[part.name] = await part.text()
+        except (AssertionError, ValueError, KeyError):
+            return graph_error(GraphError(100, "(#100) Expected a multipart/form-data body."))
+        try:
+            return web.json_response(outbox.upload(fields, content, filename, file_type))
+        except GraphError as error:
+            return graph_error(error)
+
+    async def media_info(request: web.Request) -> web.Response:
+        if not authorised(request):
+            return graph_error(GraphError(190, "Invalid OAuth access token.", 401))
+        stored = outbox.media.get(request.match_info["media_id"])
+        if stored is None:
+            return graph_error(GraphError(100, "(#100) Unsupported get request. Object with ID does not exist."))
+        return web.json_response({"messaging_product": "whatsapp", "id": stored.media_id, "mime_type": stored.mime_type,
+                                  "sha256": stored.sha256, "file_size": len(stored.content),
+                                  "url": f"{request.scheme}://{request.host}/_sandbox/lookaside/{stored.media_id}"})
+
+    def media_response(media_id: str) -> web.Response:
+        stored = outbox.media.get(media_id)
+        if stored is None:
+            return web.json_response({"error": "no such media"}, status=404)
+        headers = {"Content-Disposition": f'inline; filename="{stored.filename or stored.media_id}"'}
+        return web.Response(body=stored.content, content_type=stored.mime_type, headers=headers)
+
+    async def lookaside(request: web.Request) -> web.Response:
+        if not authorised(request):
+            return web.json_response({"error": "access token required"}, status=401)
+        return media_response(request.match_info["media_id"])
+
+    async def phone_media(request: web.Request) -> web.Response:
+        return media_response(request.match_info["media_id"])
+
+    async def list_messages(request: web.Request) -> web.Response:
+        try:
+            after = max(0, int(request.query.get("after", "0") or 0))
+        except ValueError:
+            return web.json_response({"error": "after must be a number"}, status=400)
+        found = outbox.for_recipient(request.query.get("to"), after)
+        if statuses and request.query.get("read") == "1":
+            later(report([status_value(m["id"], m["to"], "read") for m in found]))
+        return web.json_response(found)
+
+    async def fail(request: web.Request) -> web.Response:
+        try:
+            data = await request.json()
+            outbox.failures = [int(c) for c in data.get("codes", [])]
+            outbox.status_failures = [int(c) for c in data.get("status_codes", [])]
+        except (ValueError, TypeError, AttributeError):
+            return web.json_response({"error": 'expected {"codes": [int], "status_codes": [int]}'}, status=400)
+        return web.json_response({"failures": outbox.failures, "status_failures": outbox.status_failures})
+
+    def customer_message(data: Dict[str, Any]) -> Dict[str, Any]:
+        if data.get("reply"):
+            reply, kind = data["reply"], data["reply"].get("kind", "button_reply")
+            if kind not in ("button_reply", "list_reply"):
+                raise ValueError("reply.kind must be button_reply or list_reply")
+            return {"type": "interactive", "interactive": {"type": kind, kind: {
+                "id": str(reply["id"]), "title": str(reply.get("title", ""))}}}
+        if data.get("media"):
+            media = data["media"]
+            mime_type = str(media.get("mime_type") or "")
+            if mime_type not in MEDIA_LIMITS:
+                raise ValueError(f"unsupported media type {mime_type!r}")
+            content = base64.b64decode(str(media.get("data") or ""), validate=True)
+            if not content or len(content) > MEDIA_LIMITS[mime_type]:
+                raise ValueError("the file is empty or too large for WhatsApp")
+            stored = outbox.keep(content, mime_type, media.get("filename"))
+            kind = "image" if mime_type.startswith("image/") else "document"
+            body = {"id": stored.media_id, "mime_type": mime_type, "sha256": stored.sha256}
+            if media.get("caption"):
+                body["caption"] = str(media["caption"])
+            if kind == "document" and media.get("filename"):
+                body["filename"] = str(media["filename"])
+            return {"type": kind, kind: body}
+        return {"type": "text", "text": {"body": str(data.get("text") or "")}}
+
+    async def send(request: web.Request) -> web.Response:
+        """The chat page (or a test) writes as a customer: a signed webhook goes to the bot."""
+        try:
+            data = await request.json()
+            wa_id, name = str(data.get("from") or ""), str(data.get("name") or "Sandbox user")
+            if not wa_id.isdigit():
+                raise ValueError("from must be a phone number in digits")
+            message = customer_message(data)
+        except (ValueError, TypeError, KeyError, AttributeError, binascii.Error) as exc:
+            return web.json_response({"error": f"bad request: {exc}"}, status=400)
+        try:
+            return web.json_response({"bot_status": await post_webhook(message_value(wa_id, name, message))})
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+            return web.json_response({"bot_status": None, "error": f"bot not reachable at {bot_url}: {exc}"}, status=502)
+
+    async def personas(_: web.Request) -> web.Response:
+        people = [{"number": p.phone, "name": p.name, "story": p.story} for p in PERSONAS]
+        people.append({"number": NOT_A_CUSTOMER, "name": "Not a customer", "story": "unknown number"})
+        return web.json_response(people)
+
+    async def page(_: web.Request) -> web.Response:
+        return web.Response(text=PAGE.read_text(encoding="utf-8"), content_type="text/html")
+
+    async def stop_background(_: web.Application) -> None:
+        for task in list(background):
+            task.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+
+    app.router.add_post("/{version}/{phone_id}/messages", messages_endpoint)
+    app.router.add_post("/{version}/{phone_id}/media", media_upload)
+    app.router.add_get("/_sandbox/messages", list_messages)
+    app.router.add_post("/_sandbox/fail", fail)
+    app.router.add_post("/_sandbox/send", send)
+    app.router.add_get("/_sandbox/personas", personas)
+    app.router.add_get("/_sandbox/lookaside/{media_id}", lookaside)
+    app.router.add_get("/_sandbox/media/{media_id}", phone_media)
+    app.router.add_get("/", page)
+    app.router.add_get("/{version:v\\d+\\.\\d+}/{media_id}", media_info)
+    app.on_cleanup.append(stop_background)
+    return app
+
+
+def settings_from_env() -> Dict[str, str]:
+    return {"app_secret": os.environ.get("WHATSAPP_APP_SECRET") or SANDBOX_DEFAULTS["app_secret"],
+            "phone_number_id": os.environ.get("WHATSAPP_PHONE_NUMBER_ID") or SANDBOX_DEFAULTS["phone_number_id"]}

@@ -1,0 +1,87 @@
+"""The whole WhatsApp path for real: the sandbox posts signed webhooks to the bot, the bot's
+channel answers through the sandbox's Graph API (no Meta account, no internet)."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+
+from tests.servers import MODEL, ROOT, free_port, running_bot, wait_for
+
+pytestmark = pytest.mark.model
+ONE_CARD, TWO_CARDS = "919800000001", "919800000002"
+
+
+@pytest.fixture(scope="module")
+def sandbox_and_bot(tmp_path_factory):
+    if not MODEL.exists():
+        pytest.fail("models/cardcare.tar.gz is missing: run `make train` (make test does it for you)")
+    workdir = tmp_path_factory.mktemp("wa")
+    sandbox_port, rasa_port = free_port(), free_port()
+    log = workdir / "sandbox.log"
+    sandbox = subprocess.Popen(
+        [sys.executable, "-m", "connectors.sandbox", "--port", str(sandbox_port),
+         "--bot-url", f"http://127.0.0.1:{rasa_port}/webhooks/whatsapp/webhook"],
+        cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    sandbox_url = f"http://127.0.0.1:{sandbox_port}"
+    try:
+        wait_for(f"{sandbox_url}/_sandbox/personas", 120, sandbox, log)
+        with running_bot(workdir, rasa_port=rasa_port, extra_env={"WHATSAPP_API_BASE": sandbox_url}) as bot:
+            yield sandbox_url, bot
+    finally:
+        sandbox.terminate()
+        sandbox.wait(timeout=20)
+
+
+def conversation(sandbox_url: str, wa_id: str):
+    seen = len(requests.get(f"{sandbox_url}/_sandbox/messages", params={"to": wa_id}, timeout=5).json())
+
+    def send(text: str = "", reply: dict = None, wait_for_text: str = "", timeout: float = 30.0):
+        nonlocal seen
+        body = {"from": wa_id, "name": "Test", **({"reply": reply} if reply else {"text": text})}
+        assert requests.post(f"{sandbox_url}/_sandbox/send", json=body, timeout=10).json()["bot_status"] == 200
+        deadline = time.monotonic() + timeout
+        got = []
+        while time.monotonic() < deadline:
+            got = requests.get(f"{sandbox_url}/_sandbox/messages", params={"to": wa_id, "after": seen}, timeout=5).json()
+            if got and (not wait_for_text or wait_for_text in str(got)):
+                time.sleep(0.5)  # let the rest of the turn's messages arrive
+                got = requests.get(f"{sandbox_url}/_sandbox/messages", params={"to": wa_id, "after": seen}, timeout=5).json()
+                break
+            time.sleep(0.2)
+        seen += len(got)
+        return [m["message"] for m in got]
+
+    return send
+
+
+def test_balance_over_whatsapp(sandbox_and_bot):
+    sandbox_url, _ = sandbox_and_bot
+    send = conversation(sandbox_url, ONE_CARD)
+    replies = send("what's my balance", wait_for_text="Outstanding")
+    assert any("Outstanding" in (m.get("text") or {}).get("body", "") for m in replies)
+
+
+def test_two_cards_as_reply_buttons_then_a_tap(sandbox_and_bot):
+    sandbox_url, _ = sandbox_and_bot
+    send = conversation(sandbox_url, TWO_CARDS)
+    replies = send("how much do I owe", wait_for_text="Which card")
+    [menu] = [m for m in replies if m["type"] == "interactive"]
+    buttons = menu["interactive"]["action"]["buttons"]
+    assert [b["reply"]["title"] for b in buttons] == ["Card ending 1117", "Card ending 6392"]
+    replies = send(reply={"id": buttons[1]["reply"]["id"], "title": buttons[1]["reply"]["title"]}, wait_for_text="6392")
+    assert "Outstanding" in str(replies)
+
+
+def test_statement_arrives_as_a_document(sandbox_and_bot):
+    sandbox_url, _ = sandbox_and_bot
+    send = conversation(sandbox_url, ONE_CARD)
+    replies = send("send me my statement for last month", wait_for_text="document")
+    [document] = [m["document"] for m in replies if m["type"] == "document"]
+    assert document["filename"].startswith("Statement-") and document["filename"].endswith("-4821.pdf")
+    assert "link" not in document  # uploaded to the media endpoint: no statement URL leaves the bank
+    pdf = requests.get(f"{sandbox_url}/_sandbox/media/{document['id']}", timeout=10)
+    assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF") and b"/Encrypt" in pdf.content
