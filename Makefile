@@ -20,7 +20,7 @@ export PYTHONPATH := $(CURDIR)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export SQLALCHEMY_SILENCE_UBER_WARNING ?= 1
 
-.PHONY: help install run shell train test test-unit test-rasa seed reseed bench nlu-report clean
+.PHONY: help install run shell train test test-unit test-rasa seed reseed bench nlu-report clean browser
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -64,14 +64,23 @@ shell: $(STAMP) $(MODEL) $(DB) ## talk to the bot in the terminal as a demo pers
 	trap 'kill $$actions 2>/dev/null' EXIT INT TERM; \
 	$(RASA) shell -m $(MODEL) --conversation-id $(PERSONA)
 
-test: $(STAMP) $(MODEL) ## run every test: pytest suites, data validation, rasa test stories, REST conversations
+test: $(STAMP) $(MODEL) browser ## run every test: pytest suites, data validation, rasa test stories, WhatsApp end to end
 	$(PY) -m pytest tests
+
+browser: ## install Debian's Chromium for the chat page's browser test (needs root; skipped otherwise)
+	@if command -v chromium >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "Installing Debian's chromium for the browser test..."; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null 2>&1 \
+		|| { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }; \
+	else echo "No chromium and no root: the chat page's browser test will be skipped (apt-get install chromium)."; fi
 
 test-unit: $(STAMP) ## the fast suites only (no trained model needed)
 	$(PY) -m pytest tests -m "not model"
 
-bench: $(STAMP) $(MODEL) ## reply latency and throughput over REST at 1 and 10 users, plus training time
+bench: $(STAMP) $(MODEL) ## REST reply latency at 1 and 10 users, training time, WhatsApp webhook ack latency at 20 senders
 	$(PY) -m bench.rest_bench
+	$(PY) -m bench.webhook_bench
 
 nlu-report: $(STAMP) $(MODEL) ## NLU figures on our held-out split and on the CLINC150 card benchmark
 	$(PY) -m bench.nlu_report

@@ -2,6 +2,8 @@
 channel answers through the sandbox's Graph API (no Meta account, no internet)."""
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 import time
@@ -85,3 +87,53 @@ def test_statement_arrives_as_a_document(sandbox_and_bot):
     assert "link" not in document  # uploaded to the media endpoint: no statement URL leaves the bank
     pdf = requests.get(f"{sandbox_url}/_sandbox/media/{document['id']}", timeout=10)
     assert pdf.status_code == 200 and pdf.content.startswith(b"%PDF") and b"/Encrypt" in pdf.content
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture
+def browser_page():
+    """Debian's Chromium, headless, driven by Playwright (no browser download)."""
+    if not CHROMIUM:
+        if os.environ.get("CARDCARE_REQUIRE_BROWSER"):
+            pytest.fail("Chromium is required here: `make browser` installs Debian's chromium")
+        pytest.skip("no Chromium on this machine: `make browser` installs Debian's chromium")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                             args=["--no-sandbox", "--disable-dev-shm-usage"])
+        context = browser.new_context(accept_downloads=True)
+        yield context.new_page()
+        context.close()
+        browser.close()
+
+
+def test_chat_page_in_headless_chromium_balance_and_statement_download(sandbox_and_bot, browser_page, tmp_path):
+    sandbox_url, _ = sandbox_and_bot
+    page = browser_page
+    page.goto(sandbox_url)
+    page.wait_for_selector(f'#persona option[value="{ONE_CARD}"]', state="attached")
+    page.select_option("#persona", ONE_CARD)
+
+    def say(text, expect, timeout=30_000):
+        before = page.locator(".msg.bot").count()
+        page.fill("#text", text)
+        page.press("#text", "Enter")
+        page.locator(".msg.me", has_text=text).last.wait_for()
+        page.wait_for_function("([n, t]) => [...document.querySelectorAll('.msg.bot')].slice(n)"
+                               ".some(e => e.textContent.includes(t))", arg=[before, expect], timeout=timeout)
+
+    say("what's my balance", "Outstanding")
+    assert "₹" in page.locator(".msg.bot", has_text="Outstanding").last.text_content()
+    say("send me my statement for last month", "Statement-")
+    link = page.locator(".msg.bot.doc a").last
+    assert link.get_attribute("download").endswith("-4821.pdf")
+    with page.expect_download() as download:
+        link.click()
+    saved = tmp_path / download.value.suggested_filename
+    download.value.save_as(saved)
+    assert saved.read_bytes().startswith(b"%PDF") and b"/Encrypt" in saved.read_bytes()
+    sent_to_phone = requests.get(f"{sandbox_url}/_sandbox/messages", params={"to": ONE_CARD}, timeout=5).json()
+    assert any(m["message"]["type"] == "document" for m in sent_to_phone)

@@ -37,6 +37,7 @@ SANDBOX_DEFAULTS = {
 }
 STORED_MEDIA = ("image", "document", "video", "audio")  # stickers are not evidence
 SWEEP_SECONDS = 30.0
+MAX_CONCURRENT_TURNS = 4  # turns are CPU-bound: more at once only slows the webhook's acknowledgements
 SETTINGS = {  # credentials.yml key -> environment variable used when the key is empty
     "verify_token": "WHATSAPP_VERIFY_TOKEN", "app_secret": "WHATSAPP_APP_SECRET",
     "access_token": "WHATSAPP_ACCESS_TOKEN", "phone_number_id": "WHATSAPP_PHONE_NUMBER_ID",
@@ -135,11 +136,14 @@ class WhatsAppInput(InputChannel):
             api_base=values["api_base"] or "https://graph.facebook.com", api_version=values["api_version"] or "v21.0",
             store_url=credentials.get("store_url"), media_dir=credentials.get("media_dir"),
             upload_documents=str(credentials.get("upload_documents", True)).lower() not in ("false", "0", "no"),
+            max_concurrent_turns=int(credentials.get("max_concurrent_turns")
+                                     or os.environ.get("WHATSAPP_MAX_CONCURRENT_TURNS") or MAX_CONCURRENT_TURNS),
         )
 
     def __init__(self, verify_token: Text, app_secrets: List[Text], access_token: Text, phone_number_id: Text,
                  api_base: Text, api_version: Text, store_url: Optional[Text] = None, media_dir: Optional[Text] = None,
-                 upload_documents: bool = True, sweep_seconds: float = SWEEP_SECONDS) -> None:
+                 upload_documents: bool = True, sweep_seconds: float = SWEEP_SECONDS,
+                 max_concurrent_turns: int = MAX_CONCURRENT_TURNS) -> None:
         self.verify_token = verify_token
         self.app_secrets = [s for s in app_secrets if s]
         self.phone_number_id = phone_number_id
@@ -152,6 +156,8 @@ class WhatsAppInput(InputChannel):
         self._locks: Dict[Text, asyncio.Lock] = {}
         self._tasks: Set[asyncio.Task] = set()   # turns being answered
         self._sweeper: Optional[asyncio.Task] = None
+        self.max_concurrent_turns = max(1, max_concurrent_turns)
+        self._turn_slots: Optional[asyncio.Semaphore] = None  # made on the serving loop
 
     def get_output_channel(self) -> OutputChannel:
         return WhatsAppOutput(self.client, upload_documents=self.upload_documents)
@@ -213,8 +219,11 @@ class WhatsAppInput(InputChannel):
 
     async def _answer_one(self, message: PendingMessage,
                           on_new_message: Callable[[UserMessage], Awaitable[Any]]) -> None:
+        if self._turn_slots is None:
+            self._turn_slots = asyncio.Semaphore(self.max_concurrent_turns)
         try:
-            await self._answer(message, on_new_message)
+            async with self._turn_slots:
+                await self._answer(message, on_new_message)
             state = "done"
         except asyncio.CancelledError:
             raise  # shutting down: the message stays pending and is answered after the restart
@@ -294,7 +303,9 @@ class WhatsAppInput(InputChannel):
             for message in parsed.messages:
                 if message.kind in ("reaction",):
                     continue  # a reaction to our message needs no answer
-                recorded = await asyncio.to_thread(self._record, message)
+                # recorded before the 200, in the handler itself: one short insert, no queueing
+                # behind the turns' database work in the thread pool
+                recorded = self._record(message)
                 if recorded and message.sender not in senders:
                     senders.append(message.sender)
             for status in parsed.statuses:
