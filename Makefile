@@ -53,7 +53,8 @@ reseed: $(STAMP) ## recreate the card system's demo data from scratch
 
 run: $(STAMP) $(MODEL) $(DB) ## set everything up, start the action server, Rasa (:5005) and the WhatsApp sandbox (:5006)
 	@echo "Starting the action server (:$(ACTION_PORT)), Rasa (:$(RASA_PORT)) and the WhatsApp sandbox (:$(SANDBOX_PORT))."
-	@echo ">>> Chat page: http://localhost:$(SANDBOX_PORT)/   (Ctrl-C stops everything)"
+	@$(PY) -m cardsystem.agents demo
+	@echo ">>> Chat page: http://localhost:$(SANDBOX_PORT)/   Agent console: http://localhost:$(RASA_PORT)/webhooks/whatsapp/agents   (Ctrl-C stops everything)"
 	@$(RASA) run actions --port $(ACTION_PORT) & actions=$$!; \
 	$(PY) -m connectors.sandbox --port $(SANDBOX_PORT) --bot-url http://localhost:$(RASA_PORT)/webhooks/whatsapp/webhook & sandbox=$$!; \
 	trap 'kill $$actions $$sandbox 2>/dev/null' EXIT INT TERM; \

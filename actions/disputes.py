@@ -9,6 +9,7 @@ from rasa_sdk.events import EventType, SlotSet
 from rasa_sdk.executor import CollectingDispatcher
 
 from actions.common import card_entity, short_title, CustomerAction, card_label, card_system, current_customer, in_thread, money, pick_card
+from actions.handoff import dispute_needs_a_person, hand_off
 from actions.forms import ConfirmedSubmit, latest_intent, CardFormValidation, dumps, latest_attachment
 from cardsystem.formatting import format_date, format_datetime, parse_amount_paise
 from cardsystem.service import DISPUTE_REASONS, REFERENCE_RE
@@ -245,7 +246,12 @@ class ActionFileDispute(ConfirmedSubmit):
         dispatcher.utter_message(response="utter_dispute_filed", txn_date=format_date(txn.posted_on), **fields)
         if request.reason == "not_recognised":
             dispatcher.utter_message(response="utter_dispute_fraud_advice")
-        return [SlotSet("reference_id", request.reference)]
+        events: List[EventType] = [SlotSet("reference_id", request.reference)]
+        person = dispute_needs_a_person(request.reason, request.amount_paise)
+        if person:
+            dispatcher.utter_message(response="utter_dispute_to_person")
+            events += await hand_off(dispatcher, tracker, person)
+        return events
 
 
 class ActionDisputeStatus(CustomerAction):

@@ -8,9 +8,9 @@ from rasa_sdk import Action, Tracker
 from rasa_sdk.events import ActionExecuted, ActiveLoop, EventType, SessionStarted, SlotSet
 from rasa_sdk.executor import CollectingDispatcher
 
-from actions.common import MAX_MESSAGE_CHARS, CustomerAction, current_customer, in_thread, card_system
+from actions.common import MAX_MESSAGE_CHARS, current_customer
 from actions.forms import form_reset
-from cardsystem.formatting import format_datetime, mask_phone
+from actions.handoff import hand_off
 
 logger = logging.getLogger(__name__)
 FORM_SLOTS = {
@@ -65,7 +65,7 @@ def consecutive_fallbacks(tracker: Tracker) -> int:
 
 
 class ActionFallback(Action):
-    """First miss: ask to rephrase with the main options. Second miss in a row: offer a person."""
+    """First miss: ask to rephrase with the main options. Second miss in a row: hand to a person."""
 
     def name(self) -> Text:
         return "action_fallback"
@@ -75,8 +75,9 @@ class ActionFallback(Action):
         if len(text) > MAX_MESSAGE_CHARS:
             dispatcher.utter_message(response="utter_too_long", limit=f"{MAX_MESSAGE_CHARS:,}")
             return []
-        if consecutive_fallbacks(tracker) >= 2:
-            dispatcher.utter_message(response="utter_offer_human")
+        if consecutive_fallbacks(tracker) >= 2:  # no bot loop: a person takes over
+            dispatcher.utter_message(response="utter_handoff_after_misses")
+            return await hand_off(dispatcher, tracker, "not_understood")
         else:
             dispatcher.utter_message(response="utter_rephrase")
         return []
@@ -95,16 +96,3 @@ class ActionCancelForm(Action):
             return []
         dispatcher.utter_message(response="utter_cancelled")
         return [ActiveLoop(None), SlotSet("requested_slot", None)] + form_reset(*FORM_SLOTS.get(form, ()))
-
-
-class ActionRequestCallback(CustomerAction):
-    """Until live handoff exists: a callback request with a promised time."""
-
-    def name(self) -> Text:
-        return "action_request_callback"
-
-    async def act(self, dispatcher, tracker, domain, customer) -> List[EventType]:
-        request = await in_thread(card_system().request_callback, customer.id, "customer asked for a person")
-        dispatcher.utter_message(response="utter_callback_booked", phone="+" + mask_phone(customer.phone),
-                                 promised=format_datetime(request.promised_by), reference=request.reference)
-        return [SlotSet("reference_id", request.reference)]

@@ -192,3 +192,72 @@ class AuditEntry(Base):
     entity = Column(String(40), nullable=False)
     entity_id = Column(String(40), nullable=False)
     details = Column(Text, nullable=True)
+
+
+# -- human handoff: agents, their sessions, tickets and what was said ----------------------------
+
+class Agent(Base):
+    """A bank employee who answers handed-off chats in the agent console."""
+
+    __tablename__ = "agents"
+
+    id = Column(Integer, primary_key=True)
+    username = Column(String(60), nullable=False, unique=True)
+    first_name = Column(String(60), nullable=False)
+    password_hash = Column(String(255), nullable=False)  # scrypt, salted (see cardsystem.handoff)
+    active = Column(Boolean, nullable=False, default=True)
+    created_at = Column(DateTime, nullable=False)
+    last_seen_at = Column(DateTime, nullable=True)  # the console polls: recent means online
+
+
+class AgentSession(Base):
+    __tablename__ = "agent_sessions"
+
+    id = Column(Integer, primary_key=True)
+    token_hash = Column(String(64), nullable=False, unique=True)  # SHA-256 of the cookie; never the token
+    agent_id = Column(Integer, ForeignKey("agents.id"), nullable=False, index=True)
+    csrf_token = Column(String(64), nullable=False)
+    created_at = Column(DateTime, nullable=False)
+    expires_at = Column(DateTime, nullable=False)
+
+
+class HandoffTicket(Base):
+    """A conversation handed to people: queued -> active -> closed (or callback / back to the bot)."""
+
+    __tablename__ = "handoff_tickets"
+
+    id = Column(Integer, primary_key=True)
+    reference = Column(String(20), nullable=False, unique=True)
+    sender = Column(String(160), nullable=False, index=True)   # the WhatsApp id replies go to
+    reply_by = Column(String(10), nullable=False, default="to")
+    customer_id = Column(Integer, ForeignKey("customers.id"), nullable=True, index=True)
+    card_last4 = Column(String(4), nullable=True)
+    reason = Column(String(40), nullable=False)
+    status = Column(String(12), nullable=False, index=True)  # queued | active | closed | callback | returned
+    agent_id = Column(Integer, ForeignKey("agents.id"), nullable=True, index=True)
+    summary = Column(Text, nullable=False)
+    context = Column(Text, nullable=False)  # JSON: intents, slots, open requests
+    created_at = Column(DateTime, nullable=False)
+    claimed_at = Column(DateTime, nullable=True)
+    closed_at = Column(DateTime, nullable=True)
+    last_notice_at = Column(DateTime, nullable=True)
+    resolution = Column(Text, nullable=True)
+    callback_reference = Column(String(20), nullable=True)
+    rating = Column(Integer, nullable=True)
+    rating_comment = Column(Text, nullable=True)
+
+    messages = relationship("HandoffMessage", order_by="HandoffMessage.id")
+
+
+class HandoffMessage(Base):
+    """The transcript: what the customer, the bot and agents said, and agents' private notes."""
+
+    __tablename__ = "handoff_messages"
+
+    id = Column(Integer, primary_key=True)
+    ticket_id = Column(Integer, ForeignKey("handoff_tickets.id"), nullable=False, index=True)
+    author = Column(String(10), nullable=False)  # customer | bot | agent | note | system
+    agent_id = Column(Integer, ForeignKey("agents.id"), nullable=True)
+    text = Column(Text, nullable=False, default="")
+    attachment = Column(Text, nullable=True)  # JSON of the channel's attachment metadata
+    created_at = Column(DateTime, nullable=False)

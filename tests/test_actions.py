@@ -13,7 +13,8 @@ from actions.disputes import (
 )
 from actions.forms import ActionAskCardLast4
 from actions.rewards import ActionAskRewardItem, ActionRedeemRewards, ActionShowRewards, ValidateRedeemForm
-from actions.session import ActionCancelForm, ActionFallback, ActionGreet, ActionRequestCallback, ActionSessionStart
+from actions.handoff import ActionHandoff
+from actions.session import ActionCancelForm, ActionFallback, ActionGreet, ActionSessionStart
 from actions.statements import ActionAskMonth, ActionSendStatement, ValidateStatementForm
 from cardsystem import files
 from cardsystem.paylinks import verify_payment_link
@@ -32,7 +33,7 @@ def _no_placeholders(texts):
 
 # -- who is talking -----------------------------------------------------------------------
 @pytest.mark.parametrize("action", [ActionShowBalance(), ActionPayBill(), ActionListTransactions(), ActionShowRewards(),
-                                    ActionDisputeStatus(), ActionRequestCallback(), ActionSendStatement()])
+                                    ActionDisputeStatus(), ActionSendStatement()])
 async def test_unknown_number_gets_no_account_data(system, domain, action):
     events, messages = await run_action(action, make_tracker(STRANGER, "check_balance"), domain)
     assert [m.get("response") for m in messages] == ["utter_not_registered"]
@@ -312,19 +313,20 @@ async def test_limit_increase_validates_the_amount_and_raises_a_request(system, 
 
 # -- people, fallback, cancelling ---------------------------------------------------------
 async def test_callback_request_promises_a_time_and_masks_the_number(system, domain):
-    _, messages = await run_action(ActionRequestCallback(), make_tracker(ONE_CARD, "talk_to_human"), domain)
+    # over REST (no live channel for an agent's replies) a person calls back instead
+    _, messages = await run_action(ActionHandoff(), make_tracker(ONE_CARD, "talk_to_human"), domain)
     text = rendered(messages, domain)[0]
     assert "+91******0001" in text and "23 Nov 2026, 2:30 PM" in text and "CBK" in text
 
 
-async def test_fallback_rephrase_then_offer_a_person(system, domain):
+async def test_fallback_rephrase_then_a_person(system, domain):
     miss = {"event": "user", "text": "blah", "parse_data": {"intent": {"name": "nlu_fallback"}}}
     first = make_tracker(ONE_CARD, "nlu_fallback", text="asdf qwerty")
     _, messages = await run_action(ActionFallback(), first, domain)
     assert messages[0]["response"] == "utter_rephrase"
     second = make_tracker(ONE_CARD, "nlu_fallback", text="zzz", history=[miss])
     _, messages = await run_action(ActionFallback(), second, domain)
-    assert messages[0]["response"] == "utter_offer_human"
+    assert [m["response"] for m in messages] == ["utter_handoff_after_misses", "utter_callback_booked"]
     huge = make_tracker(ONE_CARD, "nlu_fallback", text="x" * 5000)
     _, messages = await run_action(ActionFallback(), huge, domain)
     assert messages[0]["response"] == "utter_too_long"

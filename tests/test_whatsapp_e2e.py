@@ -2,6 +2,7 @@
 channel answers through the sandbox's Graph API (no Meta account, no internet)."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -14,7 +15,7 @@ import requests
 from tests.servers import MODEL, ROOT, free_port, running_bot, wait_for
 
 pytestmark = pytest.mark.model
-ONE_CARD, TWO_CARDS = "919800000001", "919800000002"
+ONE_CARD, TWO_CARDS, EXPIRING = "919800000001", "919800000002", "919800000004"
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,10 @@ def sandbox_and_bot(tmp_path_factory):
     sandbox_url = f"http://127.0.0.1:{sandbox_port}"
     try:
         wait_for(f"{sandbox_url}/_sandbox/personas", 120, sandbox, log)
-        with running_bot(workdir, rasa_port=rasa_port, extra_env={"WHATSAPP_API_BASE": sandbox_url}) as bot:
+        hours = {"CARDCARE_AGENT_HOURS": "00:00-00:00", "CARDCARE_AGENT_DAYS": "Mon-Sun"}  # agents always on duty
+        with running_bot(workdir, rasa_port=rasa_port, extra_env={"WHATSAPP_API_BASE": sandbox_url, **hours}) as bot:
+            subprocess.run([sys.executable, "-m", "cardsystem.agents", "demo"], cwd=ROOT, env=bot.env, check=True,
+                           capture_output=True)
             yield sandbox_url, bot
     finally:
         sandbox.terminate()
@@ -137,3 +141,57 @@ def test_chat_page_in_headless_chromium_balance_and_statement_download(sandbox_a
     assert saved.read_bytes().startswith(b"%PDF") and b"/Encrypt" in saved.read_bytes()
     sent_to_phone = requests.get(f"{sandbox_url}/_sandbox/messages", params={"to": ONE_CARD}, timeout=5).json()
     assert any(m["message"]["type"] == "document" for m in sent_to_phone)
+
+
+def test_handoff_in_headless_chromium_customer_agent_and_rating(sandbox_and_bot, browser_page):
+    """A customer on the chat page asks for a person; an agent signs in on the console, claims,
+    replies; the customer sees it; the agent closes; the customer rates the chat."""
+    from cardsystem.agents import DEMO
+    from cardsystem.config import Settings
+    from cardsystem.handoff import HandoffDesk
+    from cardsystem.service import CardSystem
+
+    sandbox_url, bot = sandbox_and_bot
+    customer = browser_page
+    agent = customer.context.browser.new_context().new_page()
+    agent.goto(f"{bot.url}/webhooks/whatsapp/agents")
+    agent.fill("#username", DEMO[0])
+    agent.fill("#password", DEMO[2])
+    agent.click("#login")
+    agent.wait_for_selector("#desk:not([hidden])")
+
+    customer.goto(sandbox_url)
+    customer.wait_for_selector(f'#persona option[value="{EXPIRING}"]', state="attached")
+    customer.select_option("#persona", EXPIRING)
+
+    def bot_says(text, timeout=30_000):
+        customer.locator(".msg.bot", has_text=text).last.wait_for(timeout=timeout)
+
+    def type_(text):
+        customer.fill("#text", text)
+        customer.press("#text", "Enter")
+
+    type_("I want to talk to a person")
+    bot_says("number 1 in the queue")
+    agent.locator("#queue li", has_text="Vikram").first.click()
+    agent.wait_for_selector("#chat:not([hidden])")
+    assert "was handed over because the customer asked for a person" in agent.text_content("#summary")
+    agent.locator("#messages .m.customer", has_text="I want to talk to a person").wait_for()
+    agent.click("#claim")
+    bot_says("Asha from the cardcare card team has joined")
+    agent.fill("#reply", "Hello Vikram, your points expire on the 30th. Shall I help you redeem them?")
+    agent.click("#send")
+    bot_says("your points expire on the 30th")
+    type_("no thanks, that is all")
+    agent.locator("#messages .m.customer", has_text="no thanks, that is all").wait_for(timeout=15_000)
+    agent.fill("#resolution", "told the customer about expiring points")
+    agent.click("#close")
+    bot_says("you're back with me")
+    customer.locator(".msg.bot .choices button", has_text="4 - Good").last.click()
+    bot_says("Anything you'd like to add")
+    customer.locator(".msg.bot .choices button", has_text="Skip").last.click()
+    bot_says("Thanks for your feedback")
+    desk = HandoffDesk(CardSystem(dataclasses.replace(Settings.from_env(), db_url=bot.env["CARDCARE_DB_URL"])))
+    ticket = desk.latest(EXPIRING)
+    assert ticket.status == "closed" and ticket.rating == 4 and ticket.agent.username == DEMO[0]
+    assert ticket.resolution == "told the customer about expiring points"

@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import logging
 import os
+import time
 import uuid
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Set, Text
 
@@ -23,7 +24,8 @@ from rasa.core.channels.channel import InputChannel, OutputChannel, UserMessage
 from cardsystem.formatting import mask_phone
 from connectors.whatsapp import outbound
 from connectors.whatsapp.graph import GraphClient, MediaError, OutsideServiceWindow
-from connectors.whatsapp.inbound import parse_webhook
+from connectors.handoff import wording
+from connectors.whatsapp.inbound import EVENT_KIND, Inbound, parse_webhook
 from connectors.whatsapp.media import MediaStore
 from connectors.whatsapp.signature import is_signed_by
 from connectors.whatsapp.store import LEASE_TTL, ChannelStore, PendingMessage
@@ -138,12 +140,21 @@ class WhatsAppInput(InputChannel):
             upload_documents=str(credentials.get("upload_documents", True)).lower() not in ("false", "0", "no"),
             max_concurrent_turns=int(credentials.get("max_concurrent_turns")
                                      or os.environ.get("WHATSAPP_MAX_CONCURRENT_TURNS") or MAX_CONCURRENT_TURNS),
+            desk=cls._handoff_desk() if str(credentials.get("handoff", True)).lower() not in ("false", "0", "no")
+            else None,
         )
+
+    @staticmethod
+    def _handoff_desk() -> Any:
+        from cardsystem.handoff import HandoffDesk
+        from cardsystem.service import CardSystem
+
+        return HandoffDesk(CardSystem())
 
     def __init__(self, verify_token: Text, app_secrets: List[Text], access_token: Text, phone_number_id: Text,
                  api_base: Text, api_version: Text, store_url: Optional[Text] = None, media_dir: Optional[Text] = None,
                  upload_documents: bool = True, sweep_seconds: float = SWEEP_SECONDS,
-                 max_concurrent_turns: int = MAX_CONCURRENT_TURNS) -> None:
+                 max_concurrent_turns: int = MAX_CONCURRENT_TURNS, desk: Any = None) -> None:
         self.verify_token = verify_token
         self.app_secrets = [s for s in app_secrets if s]
         self.phone_number_id = phone_number_id
@@ -152,6 +163,7 @@ class WhatsAppInput(InputChannel):
         self.client = GraphClient(api_base, api_version, phone_number_id, access_token, self.store)
         self.upload_documents = upload_documents
         self.sweep_seconds = sweep_seconds
+        self.desk = desk  # cardsystem.handoff.HandoffDesk: live agents (None: the bot answers everything)
         self.instance_id = uuid.uuid4().hex  # lease owner: one instance at a time answers a customer
         self._locks: Dict[Text, asyncio.Lock] = {}
         self._tasks: Set[asyncio.Task] = set()   # turns being answered
@@ -175,12 +187,22 @@ class WhatsAppInput(InputChannel):
     async def _answer(self, pending: PendingMessage, on_new_message: Callable[[UserMessage], Awaitable[Any]]) -> None:
         kind = pending.metadata.get("whatsapp", {})
         output = WhatsAppOutput(self.client, pending.reply_by, self.upload_documents)
+        text, metadata = pending.text, pending.metadata
+        if kind.get("type") == EVENT_KIND:  # the channel's own event for the bot (e.g. an agent closed the chat)
+            await on_new_message(UserMessage(text, output, pending.sender, input_channel=self.name(),
+                                             message_id=pending.message_id, metadata=metadata))
+            return
         await self.client.mark_read(pending.message_id)
+        if self.desk is not None:
+            ticket = await asyncio.to_thread(self.desk.open_ticket_for, pending.sender)
+            if ticket is not None:
+                if await self._to_agents(ticket, pending, output):
+                    return
+                text = "/handoff_returned"  # the waiting customer typed the return word
         menu = await asyncio.to_thread(self.store.take_menu, pending.sender)
-        if not kind.get("supported", True):
+        if not kind.get("supported", True) and text == pending.text:
             await output.send_text_message(pending.sender, UNSUPPORTED_REPLY)
             return
-        text, metadata = pending.text, pending.metadata
         choice = outbound.menu_choice(text, menu) if kind.get("type") == "text" and menu else None
         if choice:
             metadata["whatsapp"]["menu_choice"], text = text.strip(), choice
@@ -189,6 +211,37 @@ class WhatsAppInput(InputChannel):
             await self._keep_media(attachment)
         await on_new_message(UserMessage(text, output, pending.sender, input_channel=self.name(),
                                          message_id=pending.message_id, metadata=metadata))
+
+    async def _to_agents(self, ticket: Any, pending: PendingMessage, output: WhatsAppOutput) -> bool:
+        """A customer a person has (or will have): their message goes to the agents, not to Rasa.
+        False when a waiting customer chose the bot again."""
+        kind = pending.metadata.get("whatsapp", {}).get("type")
+        text = pending.text.strip()
+        if ticket.status == "queued" and kind == "text" and text.lower() == self.desk.settings.return_word:
+            await asyncio.to_thread(self.desk.return_to_bot, ticket.reference)
+            return False
+        attachment = pending.metadata.get("attachment")
+        if isinstance(attachment, dict) and attachment.get("media_id") and attachment.get("kind") in STORED_MEDIA:
+            await self._keep_media(attachment)
+        if isinstance(attachment, dict) and attachment.get("kind") == "location":
+            text = f"[location {attachment.get('latitude')}, {attachment.get('longitude')}] {attachment.get('name') or ''}"
+        elif not text or kind not in ("text", "interactive", "button"):
+            text = f"[{kind}] {text}".strip()
+        notify = await asyncio.to_thread(self.desk.customer_said, ticket.reference, text[:4096], attachment)
+        if notify:
+            place = await asyncio.to_thread(self.desk.place, ticket.reference)
+            await output.send_text_message(pending.sender, wording.QUEUE_NOTICE.format(
+                position=place.position, wait=place.wait_minutes, return_word=self.desk.settings.return_word))
+        return True
+
+    async def inject(self, sender: Text, reply_by: Text, text: Text,
+                     on_new_message: Callable[[UserMessage], Awaitable[Any]]) -> None:
+        """Queue an event for the bot in this customer's order (e.g. "/handoff_closed"): durable,
+        answered by whichever instance holds the customer, after anything they already wrote."""
+        event = Inbound(message_id=f"cardcare.{uuid.uuid4().hex}", sender=sender, reply_by=reply_by, kind=EVENT_KIND,
+                        text=text, timestamp=int(time.time()))
+        await asyncio.to_thread(self.store.record_inbound, event)
+        self._spawn(self.drain(sender, on_new_message))
 
     async def _renew_lease(self, sender: Text) -> None:
         while True:
@@ -244,6 +297,12 @@ class WhatsAppInput(InputChannel):
                 continue
             for sender in waiting:
                 self._spawn(self.drain(sender, on_new_message))
+            if self.desk is not None:
+                try:  # chats nobody took in time become callbacks; the bot tells the customer
+                    for ticket in await asyncio.to_thread(self.desk.expire_waiting):
+                        await self.inject(ticket.sender, ticket.reply_by, "/handoff_expired", on_new_message)
+                except Exception:
+                    logger.exception("expiring waiting handoffs failed")
 
     def _spawn(self, coroutine: Awaitable[Any]) -> asyncio.Task:
         task = asyncio.ensure_future(coroutine)
@@ -272,6 +331,11 @@ class WhatsAppInput(InputChannel):
         @whatsapp_webhook.listener("before_server_stop")
         async def stop_background_work(app, loop) -> None:
             await self.stop()
+
+        if self.desk is not None:
+            from connectors.handoff.console import add_console_routes
+
+            add_console_routes(whatsapp_webhook, self, on_new_message)
 
         @whatsapp_webhook.route("/", methods=["GET"])
         async def health(_: Request) -> HTTPResponse:

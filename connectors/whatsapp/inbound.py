@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 MEDIA_TYPES = ("image", "document", "audio", "video", "sticker")
+EVENT_KIND = "cardcare_event"  # not from WhatsApp: the channel's own event for the bot (never from a webhook)
 
 
 @dataclass(frozen=True)
@@ -117,6 +118,8 @@ def _read_message(message: Any, names: Dict[Any, Any], result: Webhook) -> None:
         result.problems.append("message without an id")
         return
     kind = str(message.get("type") or "unsupported")
+    if kind == EVENT_KIND:
+        kind = "unsupported"  # a webhook cannot pose as the channel's own events
     if kind == "system":
         return  # identity changes: not something the customer said
     sender, reply_by = message.get("from"), "to"

@@ -13,16 +13,17 @@ import os
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
-from sqlalchemy import Column, DateTime, Integer, String, Text, delete, or_, select, update
+from sqlalchemy import Column, DateTime, Integer, String, Text, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import declarative_base
 
 from cardsystem.config import PROJECT_ROOT
 from cardsystem.db import create_schema, get_engine, session_scope
-from connectors.whatsapp.inbound import Inbound, Status
+from connectors.whatsapp.inbound import EVENT_KIND, Inbound, Status
 
 Base = declarative_base()
 SERVICE_WINDOW = dt.timedelta(hours=24)
+STATUS_ORDER = {"refused": 0, "sent": 1, "delivered": 2, "read": 3, "failed": 4}  # statuses only move forward
 LEASE_TTL = dt.timedelta(seconds=60)
 
 
@@ -39,6 +40,7 @@ class InboundRecord(Base):
     reply_by = Column(String(10), nullable=False)
     text = Column(Text, nullable=False)
     meta = Column(Text, nullable=False)
+    sent_at = Column(Integer, nullable=True)  # WhatsApp's timestamp: webhooks may arrive out of order
     state = Column(String(10), nullable=False, default="pending", index=True)  # pending | done | failed
     received_at = Column(DateTime, nullable=False)
     handled_at = Column(DateTime, nullable=True)
@@ -113,9 +115,11 @@ class ChannelStore:
             with session_scope(self.engine) as s:
                 s.add(InboundRecord(message_id=message.message_id, sender=message.sender, reply_by=message.reply_by,
                                     text=message.text, meta=json.dumps(message.metadata(), ensure_ascii=False),
-                                    state="pending", received_at=moment))
-                window = s.get(ServiceWindow, message.sender)
-                if window is None:
+                                    sent_at=message.timestamp or None, state="pending", received_at=moment))
+                window = s.get(ServiceWindow, message.sender) if message.kind != EVENT_KIND else False
+                if window is False:
+                    pass  # the channel's own events do not open the customer's 24-hour window
+                elif window is None:
                     s.add(ServiceWindow(sender=message.sender, last_inbound_at=moment))
                 elif window.last_inbound_at < moment:
                     window.last_inbound_at = moment
@@ -129,7 +133,8 @@ class ChannelStore:
             query = select(InboundRecord).where(InboundRecord.state == "pending")
             if sender:
                 query = query.where(InboundRecord.sender == sender)
-            rows = s.execute(query.order_by(InboundRecord.received_at, InboundRecord.id)).scalars()
+            rows = s.execute(query.order_by(func.coalesce(InboundRecord.sent_at, 0), InboundRecord.received_at,
+                                            InboundRecord.id)).scalars()
             return [PendingMessage(r.message_id, r.sender, r.reply_by, r.text, json.loads(r.meta)) for r in rows]
 
     def finish(self, message_id: str, state: str = "done") -> None:
@@ -161,6 +166,8 @@ class ChannelStore:
             record = s.execute(select(OutboundRecord).where(OutboundRecord.wamid == status.message_id)).scalars().first()
             if record is None:
                 return False
+            if STATUS_ORDER.get(status.status, 0) <= STATUS_ORDER.get(record.status, 0):
+                return True  # a late or repeated receipt ("delivered" after "read"): already known
             record.status, record.updated_at = status.status, utcnow()
             if status.errors:
                 record.error_code = status.errors[0].get("code")

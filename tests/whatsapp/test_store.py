@@ -57,6 +57,21 @@ def test_sends_and_their_later_statuses(url):
     assert not store.record_status(Status("wamid.unknown", "read", None, 0))
     [send] = store.sends("919800000001")
     assert send["status"] == "failed" and send["error_code"] == 131026
+    store.record_send("919800000001", {"type": "text", "text": {"body": "again"}}, "sent", wamid="wamid.two")
+    for late in ("read", "delivered", "sent", "read"):  # receipts arrive out of order and twice
+        assert store.record_status(Status("wamid.two", late, "919800000001", 0))
+    assert store.sends("919800000001")[-1]["status"] == "read"
+
+
+def test_messages_are_answered_in_the_order_the_customer_sent_them(url):
+    store = ChannelStore(url)
+    later = Inbound(message_id="wamid.b", sender="919800000001", reply_by="to", kind="text", text="second",
+                    timestamp=1795500010)
+    earlier = Inbound(message_id="wamid.a", sender="919800000001", reply_by="to", kind="text", text="first",
+                      timestamp=1795500005)
+    store.record_inbound(later)    # webhooks may arrive out of order
+    store.record_inbound(earlier)
+    assert [p.text for p in store.pending("919800000001")] == ["first", "second"]
 
 
 def test_a_sender_lease_is_held_by_one_instance_until_released_or_expired(url):
