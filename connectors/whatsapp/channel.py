@@ -33,6 +33,13 @@ from connectors.whatsapp.store import LEASE_TTL, ChannelStore, PendingMessage
 logger = logging.getLogger(__name__)
 UNSUPPORTED_REPLY = ("Sorry, I can't read that kind of message. Please type your question, or send a photo or "
                      "document if I asked for one.")
+POLITE_REPLIES = {  # what the bot says to messages it cannot use (never silence, never a crash)
+    "reaction": "Thanks for the {text}! If there's anything else, just type it here, or type \"menu\" to see what I can do.",
+    "location": "Thanks for sharing your location, but I can't use locations here. Please type your question instead.",
+    "contacts": "Thanks, but I can't use shared contacts here. Please type your question instead.",
+    "sticker": "Nice sticker! Please type your question, or \"menu\" to see what I can do.",
+    "audio": "Sorry, I can't listen to voice messages. Please type your question, or \"agent\" to reach a person.",
+}
 SANDBOX_DEFAULTS = {
     "verify_token": "sandbox-verify-token", "app_secret": "sandbox-app-secret", "access_token": "sandbox-token",
     "phone_number_id": "100000000000001", "api_base": "http://localhost:5006", "api_version": "v21.0",
@@ -201,7 +208,8 @@ class WhatsAppInput(InputChannel):
                 text = "/handoff_returned"  # the waiting customer typed the return word
         menu = await asyncio.to_thread(self.store.take_menu, pending.sender)
         if not kind.get("supported", True) and text == pending.text:
-            await output.send_text_message(pending.sender, UNSUPPORTED_REPLY)
+            reply = POLITE_REPLIES.get(kind.get("type"), UNSUPPORTED_REPLY)
+            await output.send_text_message(pending.sender, reply.format(text=text))
             return
         choice = outbound.menu_choice(text, menu) if kind.get("type") == "text" and menu else None
         if choice:
@@ -365,8 +373,8 @@ class WhatsAppInput(InputChannel):
                 logger.info("webhook: %s", problem)
             senders = []
             for message in parsed.messages:
-                if message.kind in ("reaction",):
-                    continue  # a reaction to our message needs no answer
+                if message.kind == "reaction" and not message.text:
+                    continue  # a reaction taken back: nothing to answer
                 # recorded before the 200, in the handler itself: one short insert, no queueing
                 # behind the turns' database work in the thread pool
                 recorded = self._record(message)

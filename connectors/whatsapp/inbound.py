@@ -76,11 +76,15 @@ def _text_of(message: Dict[str, Any], kind: str) -> "tuple[str, Optional[Dict[st
         attachment = {"media_id": str(body["id"]), "mime_type": body.get("mime_type"),
                       "filename": body.get("filename"), "caption": body.get("caption"), "kind": kind,
                       "sha256": body.get("sha256")}
-        return str(body.get("caption") or ""), attachment, True
+        # voice notes and stickers are not something the bot can use (an agent can: see the channel)
+        return str(body.get("caption") or ""), attachment, kind not in ("audio", "sticker")
+    if kind == "reaction":  # an emoji on one of our messages ("" when the customer removes it)
+        return str(body.get("emoji") or ""), {"kind": "reaction", "emoji": body.get("emoji"),
+                                              "message_id": body.get("message_id")}, False
     if kind == "location":
         return "", {"kind": "location", "latitude": body.get("latitude"), "longitude": body.get("longitude"),
                     "name": body.get("name"), "address": body.get("address")}, False
-    return "", None, False  # contacts, reaction, order, unsupported, ...: answered politely
+    return "", None, False  # contacts, order, unsupported, ...: answered politely
 
 
 def parse_webhook(payload: Any, phone_number_id: Optional[str] = None) -> Webhook:

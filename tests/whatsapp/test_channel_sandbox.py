@@ -222,3 +222,33 @@ async def test_a_message_left_by_a_dead_instance_is_answered_by_another(world):
         if turns:
             break
     assert turns == ["block my card"] and channel.store.pending() == []
+
+
+async def test_messages_the_bot_cannot_use_get_a_polite_reply_and_never_reach_rasa(world):
+    outbox, start_bot, bot_port, _ = world
+    turns = []
+
+    async def bot(user_message):
+        turns.append(user_message.text)
+
+    channel, url = await start_bot(bot, port=bot_port)
+    kinds = [
+        message("location", {"latitude": 12.97, "longitude": 77.59, "name": "MG Road"}, "wamid.p1"),
+        message("contacts", [{"name": {"formatted_name": "Ravi"}}], "wamid.p2"),
+        message("reaction", {"message_id": "wamid.out1", "emoji": "\U0001F44D"}, "wamid.p3"),
+        message("reaction", {"message_id": "wamid.out1", "emoji": ""}, "wamid.p4"),  # taken back: no reply
+        message("audio", {"id": "9", "mime_type": "audio/ogg", "voice": True}, "wamid.p5"),
+        message("sticker", {"id": "10", "mime_type": "image/webp"}, "wamid.p6"),
+        {"from": CUSTOMER, "id": "wamid.p7", "timestamp": "1795500000", "type": "unsupported",
+         "errors": [{"code": 131051, "title": "Message type unknown"}]},
+    ]
+    for body in kinds:
+        status, _ = await post(url, envelope(body))
+        assert status == 200
+    await settle(channel)
+    replies = [m["message"]["text"]["body"] for m in outbox.messages]
+    assert len(replies) == 6 and turns == []
+    assert replies[0].startswith("Thanks for sharing your location") and "contacts" in replies[1]
+    assert replies[2].startswith("Thanks for the \U0001F44D") and "voice messages" in replies[3]
+    assert replies[4].startswith("Nice sticker") and replies[5].startswith("Sorry, I can't read that kind")
+    assert channel.store.pending() == []
