@@ -1,13 +1,23 @@
 """The agents' desk: queue, routing state, agents, sessions, ratings and the audit trail."""
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
+import os
 
 import pytest
+from sqlalchemy import create_engine
+from sqlalchemy.exc import OperationalError
+
+from actions.common import use_card_system
+from cardsystem.db import dispose_engine
+from cardsystem.models import Base
+from cardsystem.seed import seed
+from cardsystem.service import CardSystem
 
 from cardsystem.errors import NotAllowed, NotFound
 from cardsystem.handoff import HandoffDesk, HandoffSettings, hash_password, verify_password
-from tests.conftest import NOW, ONE_CARD, STRANGER, TWO_CARDS
+from tests.conftest import NOW, ONE_CARD, STRANGER, TODAY, TWO_CARDS, make_system
 
 
 class Clock:
@@ -16,6 +26,33 @@ class Clock:
 
     def __call__(self) -> dt.datetime:
         return self.moment
+
+
+POSTGRES = os.environ.get("CARDCARE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def system(request, tmp_path, seeded_template):
+    """The seeded card system on the embedded default and on PostgreSQL (production's)."""
+    if request.param == "sqlite":
+        (tmp_path / "cards.db").write_bytes(seeded_template.read_bytes())
+        system = make_system(tmp_path)
+    else:
+        try:
+            with create_engine(POSTGRES).connect():
+                pass
+        except OperationalError:
+            pytest.skip(f"no PostgreSQL at {POSTGRES}")
+        system = make_system(tmp_path)
+        system = CardSystem(dataclasses.replace(system.settings, db_url=POSTGRES), today=lambda: TODAY, now=lambda: NOW)
+        Base.metadata.drop_all(system.engine)
+        seed(system, TODAY, progress=False)
+    use_card_system(system)
+    yield system
+    use_card_system(None)
+    if request.param == "postgresql":
+        Base.metadata.drop_all(system.engine)
+    dispose_engine(system.settings.db_url)
 
 
 @pytest.fixture

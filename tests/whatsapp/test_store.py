@@ -1,17 +1,35 @@
 """The channel's durable state, shared by every instance through the database."""
 import datetime as dt
+import os
 
 import pytest
+from sqlalchemy import create_engine
+from sqlalchemy.exc import OperationalError
 
-from cardsystem.db import dispose_engine
+from cardsystem.db import dispose_engine, get_engine
 from connectors.whatsapp.inbound import Inbound, Status
-from connectors.whatsapp.store import ChannelStore
+from connectors.whatsapp.store import Base, ChannelStore
 
 
-@pytest.fixture
-def url(tmp_path):
-    url = f"sqlite:///{tmp_path / 'channel.db'}"
+POSTGRES = os.environ.get("CARDCARE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request, tmp_path):
+    """The embedded default and PostgreSQL (what several instances share in production)."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'channel.db'}"
+    else:
+        url = POSTGRES
+        try:
+            with create_engine(url).connect():
+                pass
+        except OperationalError:
+            pytest.skip(f"no PostgreSQL at {url}")
+        Base.metadata.drop_all(get_engine(url))
     yield url
+    if request.param == "postgresql":
+        Base.metadata.drop_all(get_engine(url))
     dispose_engine(url)
 
 
