@@ -21,6 +21,8 @@ def card_figures(card: CardView) -> Dict[Text, Text]:
         "card_label": card_label(card),
         "outstanding": money(card.outstanding_paise),
         "minimum_due": money(card.minimum_due_paise),
+        # a zero minimum beside an outstanding means payments since the statement covered it
+        "minimum_note": " (already paid)" if card.minimum_due_paise <= 0 < card.outstanding_paise else "",
         "due_date": date_or_dash(card.due_date),
         "credit_limit": money(card.credit_limit_paise),
         "available_limit": money(card.available_limit_paise),

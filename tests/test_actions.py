@@ -64,6 +64,13 @@ async def test_balance_for_a_single_card(system, domain):
     assert f"Outstanding: {format_money(card.outstanding_paise)}" in text
     assert card.due_date.strftime("%d %b %Y") in text
     assert slots_of(events) == {"card_last4": card.last4}
+    paid = card.minimum_due_paise <= 0 < card.outstanding_paise  # the seed's payments may cover the minimum
+    assert ("(already paid)" in text) == paid and f"Minimum due: {format_money(card.minimum_due_paise)}" in text
+    others = [c for c in system.cards_of(system.find_customer(TWO_CARDS).id) if c.minimum_due_paise > 0]
+    for other in others:
+        _, messages = await run_action(ActionShowBalance(), make_tracker(TWO_CARDS, "check_balance",
+                                                                         [("card_last4", other.last4)]), domain)
+        assert "(already paid)" not in rendered(messages, domain)[0]
 
 
 def format_money(paise):
