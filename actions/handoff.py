@@ -257,7 +257,7 @@ class ValidateRatingForm(FormValidationAction):
             return {}
         intent = (tracker.latest_message.get("intent") or {}).get("name")
         text = (tracker.latest_message.get("text") or "").strip()
-        if intent in ("deny", "goodbye", "thank") and len(text) < 25 or text.startswith("/"):
+        if (intent in ("deny", "goodbye", "thank") and len(text) < 25) or text.startswith("/"):
             return {"rating_comment": "none"}
         return {"rating_comment": text[:1000]} if text else {}
 

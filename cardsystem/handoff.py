@@ -336,9 +336,7 @@ class HandoffDesk:
             self.system._audit(s, "agent_view", ticket.customer_id, "handoff", ticket.reference, {},
                                actor=f"agent:{agent.username}")
             view = self._view(s, ticket)
-            messages = [{"id": m.id, "author": m.author, "text": m.text, "at": m.created_at.isoformat(timespec="seconds"),
-                         "agent": self._first_name(s, m.agent_id),
-                         "attachment": json.loads(m.attachment) if m.attachment else None} for m in ticket.messages]
+            messages = [self._message(s, m) for m in ticket.messages]
             context = json.loads(ticket.context)
         cards = []
         if view.customer_id:
@@ -361,8 +359,7 @@ class HandoffDesk:
             rows = s.execute(select(HandoffMessage).where(HandoffMessage.ticket_id == ticket.id,
                                                           HandoffMessage.id > after_id)
                              .order_by(HandoffMessage.id)).scalars()
-            return [{"id": m.id, "author": m.author, "text": m.text, "at": m.created_at.isoformat(timespec="seconds"),
-                     "attachment": json.loads(m.attachment) if m.attachment else None} for m in rows]
+            return [self._message(s, m) for m in rows]
 
     def claim(self, reference: str, agent: AgentView) -> TicketView:
         with session_scope(self.engine) as s:
@@ -492,14 +489,16 @@ class HandoffDesk:
                           AgentView(agent.id, agent.username, agent.first_name) if agent else None, t.summary,
                           t.created_at, t.claimed_at, t.closed_at, t.resolution, t.rating, t.callback_reference)
 
+    def _message(self, s, m: HandoffMessage) -> Dict[str, Any]:
+        """One transcript entry as the console shows it (the same whole or polled)."""
+        return {"id": m.id, "author": m.author, "text": m.text, "at": m.created_at.isoformat(timespec="seconds"),
+                "agent": self._first_name(s, m.agent_id),
+                "attachment": json.loads(m.attachment) if m.attachment else None}
+
     def _queue_row(self, s, t: HandoffTicket, now: dt.datetime, position: Optional[int]) -> Dict[str, Any]:
         context = json.loads(t.context)
-        last = s.execute(select(HandoffMessage).where(HandoffMessage.ticket_id == t.id,
-                                                      HandoffMessage.author == "customer")
-                         .order_by(HandoffMessage.id.desc())).scalars().first()
         return {"reference": t.reference, "status": t.status, "position": position, "reason": t.reason,
                 "customer": context.get("customer_name") or "Unregistered", "masked_sender": mask_phone(t.sender),
                 "card_last4": t.card_last4, "waiting_seconds": int((now - t.created_at).total_seconds()),
                 "agent": self._first_name(s, t.agent_id), "agent_id": t.agent_id,
-                "last_customer_message_id": last.id if last else None,
                 "created_at": format_datetime(t.created_at)}

@@ -145,6 +145,8 @@ def test_queue_order_claim_reply_transfer_close_and_rating(desk):
     desk.customer_said(first.reference, "my card 4111 1111 1111 1111 was charged")
     desk.note(first.reference, priya, "asked about a duplicate charge")
     detail = desk.ticket(first.reference, priya)
+    polled = desk.messages_since(first.reference, detail["messages"][2]["id"])
+    assert polled == detail["messages"][3:] and polled[0]["agent"] == "Priya"  # polled entries look the same
     assert [m["author"] for m in detail["messages"]] == ["customer", "bot", "system", "agent", "customer", "customer",
                                                          "note"]
     assert "4111111111111111" not in str(detail) and "XXXX-XXXX-XXXX-1111" in detail["messages"][5]["text"]

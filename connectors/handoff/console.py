@@ -62,6 +62,7 @@ def add_console_routes(bp: Blueprint, channel: "WhatsAppInput", on_new_message: 
             if found is None:
                 return error(401, "Please sign in.")
             agent, csrf = found
+            request.ctx.csrf = csrf
             if request.method != "GET" and not hmac.compare_digest(request.headers.get("X-CSRF-Token", ""), csrf):
                 logger.warning("console: %s sent a request without a valid CSRF token", agent.username)
                 return error(403, "This request is missing its security token. Reload the page.")
@@ -124,8 +125,7 @@ def add_console_routes(bp: Blueprint, channel: "WhatsAppInput", on_new_message: 
     @bp.route("/agents/api/me", methods=["GET"])
     @signed_in
     async def me(request: Request, agent) -> HTTPResponse:
-        _, csrf = await asyncio.to_thread(desk.session, request.cookies.get(COOKIE))
-        return ok({"agent": {"username": agent.username, "first_name": agent.first_name}, "csrf": csrf})
+        return ok({"agent": {"username": agent.username, "first_name": agent.first_name}, "csrf": request.ctx.csrf})
 
     @bp.route("/agents/api/logout", methods=["POST"])
     @signed_in
@@ -174,8 +174,9 @@ def add_console_routes(bp: Blueprint, channel: "WhatsAppInput", on_new_message: 
     @bp.route("/agents/api/tickets/<reference>/reply", methods=["POST"])
     @signed_in
     async def reply(request: Request, agent, reference: str) -> HTTPResponse:
-        view = await asyncio.to_thread(desk.agent_said, reference, agent, str(body_of(request).get("text") or ""))
-        delivered = await tell_customer(view, str(body_of(request).get("text")).strip())
+        text = str(body_of(request).get("text") or "").strip()
+        view = await asyncio.to_thread(desk.agent_said, reference, agent, text)
+        delivered = await tell_customer(view, text)
         if not delivered:
             await asyncio.to_thread(desk.bot_said, reference, "Not delivered: the customer last wrote more than 24 hours "
                                                               "ago, so only a template message can reach them.")

@@ -98,11 +98,18 @@ def make_app(bot_url: str, app_secret: str, phone_number_id: str, statuses: bool
     def authorised(request: web.Request) -> bool:
         return request.headers.get("Authorization", "").startswith("Bearer ")
 
-    async def messages_endpoint(request: web.Request) -> web.Response:
+    def refuse_post(request: web.Request) -> Optional[web.Response]:
+        """What the Graph API answers a POST without a token or to another phone number id."""
         if not authorised(request):
             return graph_error(GraphError(190, "Invalid OAuth access token.", 401))
         if request.match_info["phone_id"] != phone_number_id:
             return graph_error(GraphError(100, "Unsupported post request. Object with ID does not exist.", 400))
+        return None
+
+    async def messages_endpoint(request: web.Request) -> web.Response:
+        refused = refuse_post(request)
+        if refused is not None:
+            return refused
         try:
             body = await request.json()
         except ValueError:
@@ -119,10 +126,9 @@ def make_app(bot_url: str, app_secret: str, phone_number_id: str, statuses: bool
         return web.json_response(answer)
 
     async def media_upload(request: web.Request) -> web.Response:
-        if not authorised(request):
-            return graph_error(GraphError(190, "Invalid OAuth access token.", 401))
-        if request.match_info["phone_id"] != phone_number_id:
-            return graph_error(GraphError(100, "Unsupported post request. Object with ID does not exist.", 400))
+        refused = refuse_post(request)
+        if refused is not None:
+            return refused
         fields: Dict[str, Any] = {}
         content, filename, file_type = None, None, None
         try:

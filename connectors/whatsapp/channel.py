@@ -181,8 +181,10 @@ class WhatsAppInput(InputChannel):
     def get_output_channel(self) -> OutputChannel:
         return WhatsAppOutput(self.client, upload_documents=self.upload_documents)
 
-    async def _keep_media(self, attachment: Dict[Text, Any]) -> None:
+    async def _keep_media(self, attachment: Any) -> None:
         """Fetch a customer's photo or document now (ids expire) and note where it is kept."""
+        if not (isinstance(attachment, dict) and attachment.get("media_id") and attachment.get("kind") in STORED_MEDIA):
+            return
         try:
             media = await self.client.download_media(attachment["media_id"], attachment.get("sha256"))
             attachment["stored"] = await asyncio.to_thread(self.media.save, media.content, media.mime_type,
@@ -207,16 +209,14 @@ class WhatsAppInput(InputChannel):
                     return
                 text = "/handoff_returned"  # the waiting customer typed the return word
         menu = await asyncio.to_thread(self.store.take_menu, pending.sender)
-        if not kind.get("supported", True) and text == pending.text:
+        if not kind.get("supported", True):  # (a customer back from the queue wrote text: supported)
             reply = POLITE_REPLIES.get(kind.get("type"), UNSUPPORTED_REPLY)
             await output.send_text_message(pending.sender, reply.format(text=text))
             return
         choice = outbound.menu_choice(text, menu) if kind.get("type") == "text" and menu else None
         if choice:
             metadata["whatsapp"]["menu_choice"], text = text.strip(), choice
-        attachment = metadata.get("attachment")
-        if isinstance(attachment, dict) and attachment.get("media_id") and attachment.get("kind") in STORED_MEDIA:
-            await self._keep_media(attachment)
+        await self._keep_media(metadata.get("attachment"))
         await on_new_message(UserMessage(text, output, pending.sender, input_channel=self.name(),
                                          message_id=pending.message_id, metadata=metadata))
 
@@ -229,8 +229,7 @@ class WhatsAppInput(InputChannel):
             await asyncio.to_thread(self.desk.return_to_bot, ticket.reference)
             return False
         attachment = pending.metadata.get("attachment")
-        if isinstance(attachment, dict) and attachment.get("media_id") and attachment.get("kind") in STORED_MEDIA:
-            await self._keep_media(attachment)
+        await self._keep_media(attachment)
         if isinstance(attachment, dict) and attachment.get("kind") == "location":
             text = f"[location {attachment.get('latitude')}, {attachment.get('longitude')}] {attachment.get('name') or ''}"
         elif not text or kind not in ("text", "interactive", "button"):

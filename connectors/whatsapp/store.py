@@ -116,13 +116,12 @@ class ChannelStore:
                 s.add(InboundRecord(message_id=message.message_id, sender=message.sender, reply_by=message.reply_by,
                                     text=message.text, meta=json.dumps(message.metadata(), ensure_ascii=False),
                                     sent_at=message.timestamp or None, state="pending", received_at=moment))
-                window = s.get(ServiceWindow, message.sender) if message.kind != EVENT_KIND else False
-                if window is False:
-                    pass  # the channel's own events do not open the customer's 24-hour window
-                elif window is None:
-                    s.add(ServiceWindow(sender=message.sender, last_inbound_at=moment))
-                elif window.last_inbound_at < moment:
-                    window.last_inbound_at = moment
+                if message.kind != EVENT_KIND:  # the channel's own events do not open the 24-hour window
+                    window = s.get(ServiceWindow, message.sender)
+                    if window is None:
+                        s.add(ServiceWindow(sender=message.sender, last_inbound_at=moment))
+                    elif window.last_inbound_at < moment:
+                        window.last_inbound_at = moment
         except IntegrityError:
             return False
         return True
