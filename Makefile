@@ -5,7 +5,7 @@ SHELL := /bin/bash
 VENV        := .venv
 PY          := $(VENV)/bin/python
 RASA        := $(VENV)/bin/rasa
-STAMP       := $(VENV)/.installed-$(shell cat requirements.txt .python-version | cksum | cut -d' ' -f1)
+STAMP       := $(VENV)/.installed-$(shell cat requirements.txt requirements-nodeps.txt .python-version | cksum | cut -d' ' -f1)
 MODEL       := models/cardcare.tar.gz
 TRAIN_DATA  := config.yml domain.yml $(shell find data -name '*.yml' 2>/dev/null)
 DB          := var/cardcare.db
@@ -25,12 +25,13 @@ export SQLALCHEMY_SILENCE_UBER_WARNING ?= 1
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
 
-$(STAMP): requirements.txt .python-version
+$(STAMP): requirements.txt requirements-nodeps.txt .python-version
 	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 10), "Rasa 3.6 needs Python 3.10, got " + sys.version' \
 		|| { echo "Install Python 3.10 (e.g. pyenv install 3.10.13) or pass PYTHON=/path/to/python3.10"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -r requirements-nodeps.txt
 	rm -f $(VENV)/.installed-*; touch $@
 
 install: $(STAMP) ## create .venv and install the pinned requirements

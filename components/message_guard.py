@@ -1,4 +1,5 @@
-"""Marks messages no classifier should be trusted with (empty, or far too long) as not understood.
+"""Marks messages no classifier should be trusted with (empty, or far too long) as not understood,
+and a photo or document sent without a caption as `share_media`.
 
 A 5,000-character paste or an empty message must not be read as, say, a request to block a
 card. This component runs after the FallbackClassifier and sets `nlu_fallback` with full
@@ -17,6 +18,7 @@ from rasa.shared.nlu.constants import ENTITIES, INTENT, INTENT_RANKING_KEY, TEXT
 from rasa.shared.nlu.training_data.message import Message
 
 MAX_CHARS_KEY = "max_chars"
+MEDIA_INTENT = "share_media"  # a photo or document with no caption: kept, never read as "bye"
 
 
 @DefaultV1Recipe.register(DefaultV1Recipe.ComponentType.INTENT_CLASSIFIER, is_trainable=False)
@@ -40,6 +42,13 @@ class MessageGuard(GraphComponent):
             text = (message.get(TEXT) or "").strip()
             if text.startswith("/"):
                 continue  # a button payload: the intent is given, not guessed
+            attachment = (message.get("metadata") or {}).get("attachment")
+            if not text and isinstance(attachment, dict) and attachment.get("media_id"):
+                media = {"name": MEDIA_INTENT, "confidence": 1.0}
+                message.set(INTENT, media, add_to_output=True)
+                message.set(INTENT_RANKING_KEY, [media], add_to_output=True)
+                message.set(ENTITIES, [], add_to_output=True)
+                continue
             if not text or len(text) > self.max_chars:
                 fallback = {"name": DEFAULT_NLU_FALLBACK_INTENT_NAME, "confidence": 1.0}
                 message.set(INTENT, fallback, add_to_output=True)
