@@ -1,6 +1,7 @@
 """Balance, dues, credit limit and paying the bill."""
 from __future__ import annotations
 
+import re
 import secrets
 from abc import abstractmethod
 from typing import Any, Dict, List, Text
@@ -9,8 +10,8 @@ from rasa_sdk import Tracker
 from rasa_sdk.events import EventType
 from rasa_sdk.executor import CollectingDispatcher
 
-from actions.common import CustomerAction, card_label, card_system, date_or_dash, money, pick_card
-from cardsystem.formatting import format_datetime
+from actions.common import CustomerAction, card_label, card_system, date_or_dash, in_thread, money, pick_card
+from cardsystem.formatting import format_datetime, parse_amount_paise
 from cardsystem.paylinks import make_payment_link
 from cardsystem.views import CardView, CustomerView
 
@@ -35,28 +36,40 @@ class CardLookup(CustomerAction):
 
     intent: Text = ""
 
+    @abstractmethod
+    def name(self) -> Text:
+        """action_show_<what>"""
+
     async def act(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: Dict[Text, Any],
                   customer: CustomerView) -> List[EventType]:
-        card, events = await pick_card(dispatcher, tracker, customer, self.intent)
+        card, events = await pick_card(dispatcher, tracker, customer, self.intent, remember_card=self.remember_card)
         if card is not None:
-            self.answer(dispatcher, card)
+            await self.answer_about(dispatcher, tracker, card)
             if not card.is_active:
                 dispatcher.utter_message(response="utter_card_blocked_note")
         return events
 
-    @abstractmethod
+    remember_card: bool = True  # a lookup may reuse the card chosen earlier in the chat
+
+    async def answer_about(self, dispatcher: CollectingDispatcher, tracker: Tracker, card: CardView) -> None:
+        self.answer(dispatcher, card)
+
     def answer(self, dispatcher: CollectingDispatcher, card: CardView) -> None:
         """Tell the customer about `card`."""
 
 
 class ActionShowBalance(CardLookup):
+    """Total outstanding (billed and unbilled) beside what the last statement billed."""
+
     intent = "check_balance"
 
     def name(self) -> Text:
         return "action_show_balance"
 
-    def answer(self, dispatcher: CollectingDispatcher, card: CardView) -> None:
-        dispatcher.utter_message(response="utter_balance", **card_figures(card))
+    async def answer_about(self, dispatcher: CollectingDispatcher, tracker: Tracker, card: CardView) -> None:
+        statements = await in_thread(card_system().statements_of, card.id)
+        billed = money(statements[0].closing_balance_paise) if statements else money(0)
+        dispatcher.utter_message(response="utter_balance", billed=billed, **card_figures(card))
 
 
 class ActionShowDueDate(CardLookup):
@@ -84,7 +97,8 @@ class ActionShowMinDue(CardLookup):
         elif card.minimum_due_paise <= 0:
             dispatcher.utter_message(response="utter_min_due_paid", **card_figures(card))
         else:
-            dispatcher.utter_message(response="utter_min_due", **card_figures(card))
+            dispatcher.utter_message(response="utter_min_due", **card_figures(card), buttons=[
+                {"title": "Pay minimum due", "payload": f'/pay_bill{{"card_last4":"{card.last4}","pay":"minimum"}}'}])
 
 
 class ActionShowCreditLimit(CardLookup):
@@ -97,15 +111,22 @@ class ActionShowCreditLimit(CardLookup):
         dispatcher.utter_message(response="utter_credit_limit", **card_figures(card))
 
 
+_MINIMUM = re.compile(r"\b(?:min|minimum|minimal|kam se kam)\b", re.I)
+_TOTAL = re.compile(r"\b(?:full|total|entire|whole|poora|pura|all of it)\b", re.I)
+MIN_PAYMENT_PAISE = 10000  # ₹100: the smallest part-payment the payment page takes
+
+
 class ActionPayBill(CardLookup):
-    """Signed, expiring links to pay the total or the minimum due."""
+    """Signed, expiring links to pay the total, the minimum due or an amount the customer names
+    ("pay 5k"). Money moves: the card is asked each time unless the message names it."""
 
     intent = "pay_bill"
+    remember_card = False
 
     def name(self) -> Text:
         return "action_pay_bill"
 
-    def answer(self, dispatcher: CollectingDispatcher, card: CardView) -> None:
+    async def answer_about(self, dispatcher: CollectingDispatcher, tracker: Tracker, card: CardView) -> None:
         system = card_system()
         settings = system.settings
         if card.outstanding_paise <= 0:
@@ -117,9 +138,32 @@ class ActionPayBill(CardLookup):
             return make_payment_link(settings.payment_base_url, settings.payment_link_secret, card.id, amount,
                                      kind, now, settings.payment_link_ttl_minutes, secrets.token_urlsafe(6))
 
+        text = tracker.latest_message.get("text") or ""
+        wanted = next((e.get("value") for e in tracker.latest_message.get("entities") or [] if e.get("entity") == "pay"),
+                      None) or ("minimum" if _MINIMUM.search(text) else "total" if _TOTAL.search(text) else None)
+        amount_text = next(tracker.get_latest_entity_values("amount"), None)
+        amount = parse_amount_paise(amount_text) if amount_text and not text.startswith("/") else None
+        figures = card_figures(card)
+        if wanted == "minimum" and card.minimum_due_paise > 0:
+            minimum = link(card.minimum_due_paise, "minimum")
+            dispatcher.utter_message(response="utter_pay_amount", amount=money(card.minimum_due_paise),
+                                     what="the minimum due", link=minimum.url,
+                                     expires=format_datetime(minimum.expires_at), **figures)
+            return
+        if wanted == "minimum":
+            dispatcher.utter_message(response="utter_min_due_paid", **figures)
+        if amount is not None and wanted != "minimum":
+            if amount < MIN_PAYMENT_PAISE or amount >= card.outstanding_paise:
+                dispatcher.utter_message(response="utter_pay_amount_adjusted", asked=money(amount),
+                                         smallest=money(MIN_PAYMENT_PAISE), **figures)
+            else:
+                part = link(amount, "part")
+                dispatcher.utter_message(response="utter_pay_amount", amount=money(amount), what="a part payment",
+                                         link=part.url, expires=format_datetime(part.expires_at), **figures)
+                return
         total = link(card.outstanding_paise, "total")
-        figures = {**card_figures(card), "link_total": total.url, "expires": format_datetime(total.expires_at)}
-        if card.minimum_due_paise > 0 and card.minimum_due_paise < card.outstanding_paise:
+        figures = {**figures, "link_total": total.url, "expires": format_datetime(total.expires_at)}
+        if card.minimum_due_paise > 0 and card.minimum_due_paise < card.outstanding_paise and wanted != "total":
             figures["link_minimum"] = link(card.minimum_due_paise, "minimum").url
             dispatcher.utter_message(response="utter_pay_bill", **figures)
         else:

@@ -1,21 +1,31 @@
 """Blocking a lost or stolen card, and asking for a higher credit limit."""
 from __future__ import annotations
 
+import json
+import re
 from typing import Any, Dict, List, Text
 
 from rasa_sdk.events import EventType, SlotSet
 
 from actions.common import CustomerAction, card_label, card_system, current_customer, in_thread, money
-from actions.forms import ConfirmedSubmit, latest_intent, CardFormValidation
+from actions.forms import DECLINED_SLOT, AskWithChoices, ConfirmedSubmit, latest_intent, CardFormValidation
 from cardsystem.formatting import format_date, parse_amount_paise
 
 BLOCK_WORDS = (
-    ("stolen", ("stolen", "stole", "theft", "chori", "snatched", "pickpocket")),
-    ("suspicious", ("fraud", "suspicious", "hacked", "misuse", "unauthori", "compromised", "skimmed")),
-    ("lost", ("lost", "lose", "missing", "kho", "gum", "misplaced", "can't find", "cannot find")),
+    ("stolen", ("stolen", "stole", "theft", "chori", "snatched", "pickpocket", "robbed")),
+    ("suspicious", ("fraud", "suspicious", "hacked", "misuse", "unauthori", "compromised", "skimmed", "cvv", "otp",
+                    "someone has my", "someone knows", "somebody has my", "details leaked", "shared my card")),
+    ("lost", ("lost", "lose", "missing", "kho", "gum", "misplaced", "can't find", "cannot find", "cant find",
+              "left my card", "left it", "forgot my card", "dropped", "gir gaya", "nahi mil")),
 )
+BLOCK_REASON_BUTTONS = (("Lost", "lost"), ("Stolen", "stolen"), ("Suspicious activity", "suspicious"))
 BLOCK_SLOTS = ("block_reason", "block_confirm")
 LIMIT_SLOTS = ("new_limit", "limit_confirm")
+
+
+_LEFT_SOMEWHERE = re.compile(r"\b(?:left|forgot|dropped|lost)\b.{0,30}\bcard\b|\bcard\b.{0,30}\b(?:left|fell|dropped)\b", re.I)
+SURE = re.compile(r"\b(?:i'?m sure|i am sure|sure|confirm(?:ed)?|go ahead|do it|haan|ha|yes|yeah|block it|block kar(?:o|do))\b",
+                  re.I)
 
 
 def block_reason_from_text(text: Text):
@@ -23,12 +33,13 @@ def block_reason_from_text(text: Text):
     for reason, words in BLOCK_WORDS:
         if any(word in lowered for word in words):
             return reason
-    return None
+    return "lost" if _LEFT_SOMEWHERE.search(lowered) else None
 
 
 class ValidateBlockCardForm(CardFormValidation):
     form_intent = "block_card"
     active_cards_only = True
+    confirm_slot = "block_confirm"
 
     def name(self) -> Text:
         return "validate_block_card_form"
@@ -54,7 +65,26 @@ class ValidateBlockCardForm(CardFormValidation):
         return {"block_reason": None}
 
     async def extract_block_confirm(self, dispatcher, tracker, domain) -> Dict[Text, Any]:
+        if tracker.get_slot("requested_slot") != "block_confirm" and self.changed_mind(tracker):
+            return {"block_confirm": True}  # "no" a moment ago, now "ok block it, I'm sure"
         return self.yes_no(tracker, "block_confirm")
+
+    @staticmethod
+    def changed_mind(tracker) -> bool:
+        try:
+            declined = json.loads(tracker.get_slot(DECLINED_SLOT) or "{}")
+        except ValueError:
+            return False
+        text = tracker.latest_message.get("text") or ""
+        return declined.get("form") == "block_card_form" and latest_intent(tracker) == "block_card" and \
+            bool(SURE.search(text)) and not text.startswith("/")
+
+
+class ActionAskBlockReason(AskWithChoices):
+    response, slot, choices = "utter_ask_block_reason", "block_reason", BLOCK_REASON_BUTTONS
+
+    def name(self) -> Text:
+        return "action_ask_block_reason"
 
 
 class ActionAskBlockConfirm(CustomerAction):
@@ -68,8 +98,11 @@ class ActionAskBlockConfirm(CustomerAction):
 
 
 class ActionBlockCard(ConfirmedSubmit):
-    """Blocks the chosen card after an explicit yes. There is deliberately no unblock."""
+    """Blocks the chosen card after an explicit yes. There is deliberately no unblock.
+    A number that is not registered gets the emergency route (hotline, app), not a registration text."""
 
+    stranger_response = "utter_lost_card_stranger"
+    form_name = "block_card_form"
     form_slots = BLOCK_SLOTS
     confirm_slot = "block_confirm"
     declined_response = "utter_block_declined"
@@ -98,6 +131,7 @@ class ActionBlockCard(ConfirmedSubmit):
 class ValidateLimitIncreaseForm(CardFormValidation):
     form_intent = "request_limit_increase"
     active_cards_only = True
+    confirm_slot = "limit_confirm"
 
     def name(self) -> Text:
         return "validate_limit_increase_form"
@@ -162,6 +196,7 @@ class ActionAskLimitConfirm(CustomerAction):
 
 
 class ActionRequestLimitIncrease(ConfirmedSubmit):
+    form_name = "limit_increase_form"
     form_slots = LIMIT_SLOTS
     confirm_slot = "limit_confirm"
     declined_response = "utter_limit_declined"

@@ -107,21 +107,53 @@ def mentioned_last4(tracker: Tracker) -> Optional[Text]:
     return card_entity(tracker) or tracker.get_slot("card_last4")
 
 
+_OTHER_CARD = re.compile(r"\b(?:other|another|dusr[aei]|doosr[aei]|second|2nd|baaki|baki)\b", re.I)
+_FIRST_CARD = re.compile(r"\b(?:first|1st|pehl[aei]|pahl[aei])\b", re.I)
+_FOUR_DIGITS = re.compile(r"(?<![\d,.])(\d{4})(?![\d,])")
+
+
+def card_in_words(tracker: Tracker, cards: List[CardView]) -> Optional[CardView]:
+    """The card a message means without an entity: its last 4 digits anywhere in the text,
+    "the other one" (the card not chosen before), "the first/second one" (in listed order)."""
+    text = tracker.latest_message.get("text") or ""
+    if text.startswith("/"):
+        return None
+    by_last4 = {c.last4: c for c in cards}
+    for digits in _FOUR_DIGITS.findall(text):
+        if digits in by_last4:
+            return by_last4[digits]
+    if len(cards) < 2:
+        return None
+    current = tracker.get_slot("card_last4")
+    if _OTHER_CARD.search(text) and current in by_last4:
+        others = [c for c in cards if c.last4 != current]
+        return others[0] if len(others) == 1 else None
+    if _OTHER_CARD.search(text) and re.search(r"\b(?:second|2nd)\b", text, re.I):
+        return cards[1]
+    if _FIRST_CARD.search(text):
+        return cards[0]
+    return None
+
+
 async def pick_card(
     dispatcher: CollectingDispatcher,
     tracker: Tracker,
     customer: CustomerView,
     intent: Text,
     active_only: bool = False,
+    remember_card: bool = True,
 ) -> "tuple[Optional[CardView], List[EventType]]":
     """Find the card this request is about, or ask which one (buttons) and return None.
 
     The choice is kept in the `card_last4` slot, so a customer with two cards is asked once
-    per conversation.
+    per conversation; requests that move money pass `remember_card=False` and are asked
+    unless this message names the card.
     """
     cards = await in_thread(card_system().cards_of, customer.id)
     eligible = [c for c in cards if c.is_active] if active_only else cards
-    wanted = mentioned_last4(tracker)
+    said = card_in_words(tracker, cards)
+    wanted = card_entity(tracker) or (said.last4 if said else None) or (
+        tracker.get_slot("card_last4") if remember_card else None)
     if wanted:
         match = next((c for c in eligible if c.last4 == str(wanted)), None)
         if match:
@@ -139,11 +171,13 @@ async def pick_card(
 class CustomerAction(Action, ABC):
     """An action that needs a registered customer; unknown numbers get no account data."""
 
+    stranger_response: Text = "utter_not_registered"  # what an unknown number is told instead
+
     async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: Dict[Text, Any]) -> List[EventType]:
         customer = await current_customer(tracker)
         if customer is None:
             logger.info("%s: sender %s is not a customer", self.name(), mask_phone(tracker.sender_id))
-            dispatcher.utter_message(response="utter_not_registered")
+            dispatcher.utter_message(response=self.stranger_response)
             return []
         return await self.act(dispatcher, tracker, domain, customer)
 
@@ -152,3 +186,84 @@ class CustomerAction(Action, ABC):
         self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: Dict[Text, Any], customer: CustomerView
     ) -> List[EventType]:
         """The action's work, for a recognised customer."""
+
+
+# What answers each request: the action, or the form that asks its questions. Used to act on
+# a "yes" to an offer, on a follow-up ("and for the other card?"), and after a switch of form.
+REQUEST_ACTIONS: Dict[Text, Text] = {
+    "check_balance": "action_show_balance",
+    "ask_due_date": "action_show_due_date",
+    "ask_min_due": "action_show_min_due",
+    "check_credit_limit": "action_show_credit_limit",
+    "pay_bill": "action_pay_bill",
+    "list_transactions": "action_list_transactions",
+    "check_reward_points": "action_show_rewards",
+    "dispute_status": "action_dispute_status",
+    "request_statement": "statement_form",
+    "report_dispute": "dispute_form",
+    "block_card": "block_card_form",
+    "redeem_rewards": "redeem_form",
+    "request_limit_increase": "limit_increase_form",
+    "talk_to_human": "action_handoff",
+    "request_callback": "action_book_callback",
+    "help": "utter_help",
+}
+
+
+def last_request(tracker: Tracker, skip_latest: bool = True) -> Optional[Text]:
+    """The latest request intent the customer made (a lookup or a form), for follow-ups."""
+    seen_latest = False
+    for event in reversed(tracker.events):
+        if event.get("event") != "user":
+            continue
+        if skip_latest and not seen_latest:
+            seen_latest = True
+            continue
+        name = ((event.get("parse_data") or {}).get("intent") or {}).get("name")
+        if name in REQUEST_ACTIONS and name not in ("help", "talk_to_human", "request_callback"):
+            return name
+    return None
+
+
+def last_bot_message(tracker: Tracker) -> Dict[Text, Any]:
+    """The bot's latest message in this conversation (text, buttons, response name)."""
+    for event in reversed(tracker.events):
+        if event.get("event") == "user":
+            break
+    for event in reversed(tracker.events):
+        if event.get("event") == "bot":
+            data = event.get("data") or {}
+            return {"text": event.get("text") or "", "buttons": data.get("buttons") or [],
+                    "response": (event.get("metadata") or {}).get("utter_action")}
+    return {}
+
+
+def _action_classes() -> Dict[Text, type]:
+    classes: Dict[Text, type] = {}
+    pending = list(Action.__subclasses__())
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        try:
+            classes[cls().name()] = cls
+        except Exception:  # abstract helpers have no name
+            continue
+    return classes
+
+
+async def perform(intent: Text, dispatcher: CollectingDispatcher, tracker: Tracker,
+                  domain: Dict[Text, Any]) -> List[EventType]:
+    """Answer `intent` now, as if the customer had just asked: a lookup runs here, a form is
+    started next (FollowupAction), a response is sent."""
+    from rasa_sdk.events import FollowupAction
+
+    name = REQUEST_ACTIONS.get(intent)
+    if name is None:
+        return []
+    if name.endswith("_form"):
+        return [FollowupAction(name)]
+    if name.startswith("utter_"):
+        dispatcher.utter_message(response=name)
+        return []
+    action = _action_classes().get(name)
+    return await action().run(dispatcher, tracker, domain) if action else [FollowupAction(name)]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Dict, List, Optional, Text
 
 from rasa_sdk import Tracker
@@ -10,20 +11,34 @@ from rasa_sdk.executor import CollectingDispatcher
 
 from actions.common import card_entity, short_title, CustomerAction, card_label, card_system, current_customer, in_thread, money, pick_card
 from actions.handoff import dispute_needs_a_person, hand_off
-from actions.forms import ConfirmedSubmit, latest_intent, CardFormValidation, dumps, latest_attachment
+from actions.forms import AskWithChoices, ConfirmedSubmit, latest_intent, CardFormValidation, dumps, latest_attachment
 from cardsystem.formatting import format_date, format_datetime, parse_amount_paise
-from cardsystem.service import DISPUTE_REASONS, REFERENCE_RE
+from cardsystem.months import parse_day
+from cardsystem.service import DISPUTE_REASONS, DISPUTE_WINDOW_DAYS, REFERENCE_RE
 from cardsystem.views import CustomerView, ServiceRequestView, TransactionView
 
 RECENT_LIMIT = 5
 CHOICES_LIMIT = 8
 REASON_WORDS = (
-    ("charged_twice", ("twice", "double", "duplicate", "two times", "2 times", "do baar", "dobara")),
-    ("refund_not_received", ("refund", "return", "cancelled", "canceled", "paisa wapas", "wapas")),
-    ("wrong_amount", ("wrong amount", "more than", "extra", "overcharged", "zyada", "amount is wrong", "galat amount")),
+    ("charged_twice", ("twice", "double", "duplicate", "two times", "2 times", "do baar", "dobara", "2 baar",
+                       "charged again", "deducted again")),
+    ("refund_not_received", ("refund", "return", "cancelled", "canceled", "cancel kiya", "paisa wapas", "wapas",
+                             "money back", "reversal not")),
+    ("not_delivered", ("never came", "never arrived", "not delivered", "never delivered", "didn't receive",
+                       "did not receive", "not received", "didn't get the", "did not get the", "no delivery",
+                       "never got", "delivery nahi", "nahi mila", "nahi aaya order", "order nahi aaya")),
+    ("wrong_amount", ("wrong amount", "more than", "extra", "overcharged", "zyada", "amount is wrong", "galat amount",
+                      "instead of", "charged more", "higher amount")),
     ("not_recognised", ("recognise", "recognize", "not me", "didn't make", "did not make", "fraud", "unknown",
-                        "nahi kiya", "never made", "unauthori")),
+                        "nahi kiya", "never made", "unauthori", "no idea", "never used", "not mine", "don't know this",
+                        "dont know this", "pata nahi", "didnt do", "didn't do", "did not do", "never heard", "not done by me",
+                        "wasn't me", "wasnt me", "not by me", "maine nahi")),
 )
+APPROXIMATE = re.compile(r"\b(?:around|about|approx\w*|roughly|almost|nearly|lagbhag|karib|something like|~)\b|\d\s*k\b|~",
+                         re.I)
+REASON_BUTTONS = (("Don't recognise it", "not_recognised"), ("Charged twice", "charged_twice"),
+                  ("Refund not received", "refund_not_received"), ("Wrong amount", "wrong_amount"),
+                  ("Never received it", "not_delivered"))
 SKIP_WORDS = ("skip", "no screenshot", "don't have", "dont have", "nahi hai", "no")
 DISPUTE_SLOTS = ("transaction_id", "dispute_reason", "dispute_attachment", "dispute_confirm")
 KIND_LABELS = {"dispute": "Dispute", "block_card": "Card block & replacement", "limit_increase": "Limit increase",
@@ -40,7 +55,7 @@ def dispute_button(txn: TransactionView, intent: Text, last4: Optional[Text] = N
     entities = {"transaction_id": txn.reference}
     if last4:
         entities["card_last4"] = last4
-    return {"title": short_title(f"{money(txn.amount_paise).split('.')[0]} {txn.merchant}"),
+    return {"title": short_title(f"{money(txn.amount_paise)} {txn.merchant}", 24),
             "payload": f"/{intent}{dumps(entities)}"}
 
 
@@ -78,6 +93,8 @@ class ActionListTransactions(CustomerAction):
 
 class ValidateDisputeForm(CardFormValidation):
     form_intent = "report_dispute"
+    confirm_slot = "dispute_confirm"
+    skippable = ("dispute_attachment",)
 
     def name(self) -> Text:
         return "validate_dispute_form"
@@ -95,38 +112,61 @@ class ValidateDisputeForm(CardFormValidation):
         return await super().extract_card_last4(dispatcher, tracker, domain)
 
     async def matching_transactions(self, tracker: Tracker, customer: CustomerView) -> List[TransactionView]:
-        """Debits matching the merchant, amount or date the customer described, newest first."""
+        """Debits matching the merchant, amount and day the customer described, newest first.
+
+        The customer's words are matched against their own transactions: any merchant of
+        theirs named in the message, an amount ("around 4.5k" is taken as within 10%) and a
+        day ("on 3rd", "last week"). When everything together matches nothing, the closest
+        description that does match is used (amount and day loosened, then merchant alone)."""
         system = card_system()
         card = await in_thread(system.card_of, customer.id, tracker.get_slot("card_last4"))
         if card is None:
             return []
+        text = tracker.latest_message.get("text") or ""
+        if text.startswith("/"):
+            text = ""  # a button: only its entities count
+        recent = await in_thread(system.recent_transactions, card.id, 60, True)
         merchant = next(tracker.get_latest_entity_values("merchant"), None)
+        lowered = text.lower()
+        named = next((t.merchant for t in recent if t.merchant.lower().split()[0] in lowered), None)
+        merchant = named or merchant
         amount_text = next(tracker.get_latest_entity_values("amount"), None)
         amount = parse_amount_paise(amount_text) if amount_text else None
-        if not merchant and not amount:
-            text = (tracker.latest_message.get("text") or "").lower()
-            recent = await in_thread(system.recent_transactions, card.id, 40, True)
-            merchant = next((t.merchant for t in recent if t.merchant.lower().split()[0] in text), None)
-            if merchant is None and tracker.get_slot("requested_slot") == "transaction_id":
-                amount = parse_amount_paise(text)
-        if not merchant and not amount:
+        if amount is None and tracker.get_slot("requested_slot") == "transaction_id":
+            amount = parse_amount_paise(re.sub(r"\b\d{1,2}(?:st|nd|rd|th)\b|\d{1,2}[/.-]\d{1,2}(?:[/.-]\d{2,4})?", " ", lowered))
+        approximate = bool(APPROXIMATE.search(amount_text or lowered))
+        day = parse_day(next(tracker.get_latest_entity_values("date"), None) or lowered, system.today())
+        on, window = day if day else (None, 1)
+        if not merchant and not amount and not on:
             return []
-        return await in_thread(system.find_transactions, card.id, merchant, amount, None, CHOICES_LIMIT)
+        find = system.find_transactions
+        attempts = [(merchant, amount, on, approximate, window), (merchant, amount, on, True, max(window, 3)),
+                    (merchant, amount, None, True, 1), (merchant, None, on, False, max(window, 3))]
+        if merchant:
+            attempts.append((merchant, None, None, False, 1))
+        for name, paise, when, approx, days in attempts:
+            if not (name or paise or when):
+                continue
+            found = await in_thread(find, card.id, name, paise, when, CHOICES_LIMIT, approx, days)
+            if found:
+                return found
+        return []
 
     async def extract_transaction_id(self, dispatcher, tracker, domain) -> Dict[Text, Any]:
         reference = next(tracker.get_latest_entity_values("transaction_id"), None)
         if reference:
             return {"transaction_id": str(reference)}
-        starting = latest_intent(tracker) == self.form_intent
-        if not self.answered(tracker, "transaction_id") and not starting:
+        asked = self.answered(tracker, "transaction_id")
+        if not asked and tracker.get_slot("transaction_id"):
             return {}
         customer = await current_customer(tracker)
         if customer is None or not tracker.get_slot("card_last4"):
             return {}
         matches = await self.matching_transactions(tracker, customer)
         if len(matches) == 1:
+            dispatcher.utter_message(response="utter_dispute_matched", transaction=describe(matches[0]))
             return {"transaction_id": matches[0].reference}
-        if not matches and latest_intent(tracker) in ("inform", "nlu_fallback"):
+        if not matches and asked:
             dispatcher.utter_message(text="I couldn't find a transaction like that on this card.")
         # several (or no) matches: ask again; the question lists what matched
         return self.ask_again(tracker, "transaction_id")
@@ -142,19 +182,35 @@ class ValidateDisputeForm(CardFormValidation):
         if not txn.is_debit or txn.status == "reversed":
             dispatcher.utter_message(text=f"{describe(txn)} is a payment, refund or reversal, so there's nothing to dispute.")
             return {"transaction_id": None}
+        age = (card_system().today() - txn.posted_on).days
+        if age > DISPUTE_WINDOW_DAYS:  # said before any more questions, not after the confirmation
+            dispatcher.utter_message(response="utter_dispute_too_old", transaction=describe(txn),
+                                     days=str(DISPUTE_WINDOW_DAYS), support_phone=card_system().settings.support_phone)
+            return {"transaction_id": None}
         return {"transaction_id": txn.reference}
 
     async def extract_dispute_reason(self, dispatcher, tracker, domain) -> Dict[Text, Any]:
         entity = next(tracker.get_latest_entity_values("dispute_reason"), None)
         if entity:
             return {"dispute_reason": str(entity)}
-        asked = self.answered(tracker, "dispute_reason")
-        starting = latest_intent(tracker) == self.form_intent
-        if asked or starting:
+        if tracker.get_slot("dispute_reason") is None or self.answered(tracker, "dispute_reason"):
+            # the reason may come in the first message ("charged twice"), or as the answer
             reason = reason_from_text(tracker.latest_message.get("text") or "")
+            if reason == "not_recognised":
+                await self.offer_block_first(dispatcher, tracker)
             if reason:
                 return {"dispute_reason": reason}
         return self.ask_again(tracker, "dispute_reason")
+
+    async def offer_block_first(self, dispatcher, tracker) -> None:
+        """A transaction the customer didn't make: the card may be compromised, so blocking it
+        comes first (one tap), before the dispute's questions."""
+        customer = await current_customer(tracker)
+        card = await in_thread(card_system().card_of, customer.id, tracker.get_slot("card_last4")) if customer else None
+        if card is not None and card.is_active:
+            dispatcher.utter_message(response="utter_dispute_block_first", card_label=card_label(card), buttons=[
+                {"title": f"Block card {card.last4}",
+                 "payload": f'/block_card{{"card_last4":"{card.last4}","block_reason":"suspicious"}}'}])
 
     async def validate_dispute_reason(self, value, dispatcher, tracker, domain) -> Dict[Text, Any]:
         if value is None:
@@ -165,11 +221,15 @@ class ValidateDisputeForm(CardFormValidation):
         return {"dispute_reason": None}
 
     async def extract_dispute_attachment(self, dispatcher, tracker, domain) -> Dict[Text, Any]:
+        # A screenshot is welcome at any point of the dispute (or just before it): never dropped.
+        attachment = latest_attachment(tracker)
+        if attachment and not tracker.get_slot("dispute_attachment"):
+            return {"dispute_attachment": dumps(attachment), "pending_attachment": None}
+        pending = tracker.get_slot("pending_attachment")
+        if pending and not tracker.get_slot("dispute_attachment"):
+            return {"dispute_attachment": pending, "pending_attachment": None}
         if tracker.get_slot("requested_slot") != "dispute_attachment":
             return {}
-        attachment = latest_attachment(tracker)
-        if attachment:
-            return {"dispute_attachment": dumps(attachment)}
         text = (tracker.latest_message.get("text") or "").lower().strip()
         if latest_intent(tracker) == "deny" or any(w == text or w in text.split() for w in SKIP_WORDS):
             return {"dispute_attachment": "none"}
@@ -202,6 +262,13 @@ class ActionAskTransactionId(CustomerAction):
         return []
 
 
+class ActionAskDisputeReason(AskWithChoices):
+    response, slot, choices = "utter_ask_dispute_reason", "dispute_reason", REASON_BUTTONS
+
+    def name(self) -> Text:
+        return "action_ask_dispute_reason"
+
+
 class ActionAskDisputeConfirm(CustomerAction):
     def name(self) -> Text:
         return "action_ask_dispute_confirm"
@@ -218,6 +285,7 @@ class ActionAskDisputeConfirm(CustomerAction):
 
 
 class ActionFileDispute(ConfirmedSubmit):
+    form_name = "dispute_form"
     form_slots = DISPUTE_SLOTS
     confirm_slot = "dispute_confirm"
     declined_response = "utter_dispute_declined"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from abc import abstractmethod
 from typing import Any, Dict, List, Optional, Text, Tuple
 
@@ -11,14 +12,19 @@ from rasa_sdk.executor import CollectingDispatcher
 from rasa_sdk.forms import FormValidationAction
 from rasa_sdk.types import DomainDict
 
-from actions.common import card_entity, CustomerAction, card_buttons, card_system, current_customer, in_thread
+from actions.common import card_entity, card_in_words, CustomerAction, card_buttons, card_system, current_customer, in_thread
 from cardsystem.errors import CardSystemError
 from cardsystem.views import CardView, CustomerView
 
 # Intents that may carry an answer to the question the form asked. Anything else (a FAQ,
 # "never mind", another request) is left unextracted, so the form is interrupted and
-# the rules for interruptions take over.
-ANSWER_INTENTS = {"inform", "affirm", "deny", "nlu_fallback"}
+# the rules for interruptions take over: a new request is never taken as an answer.
+ANSWER_INTENTS = {"inform", "affirm", "deny", "nlu_fallback", "share_media", "rate"}
+DECLINED_SLOT = "declined_request"
+AFFIRMATIVE = re.compile(r"\b(?:i'?m sure|i am sure|sure|confirm(?:ed)?|go ahead|do it|haan|han|ha|yes|yeah|yep|ok)\b", re.I)
+REPROMPTS = 2  # a question is asked again at most twice; then choices and a person are offered
+MISSES_SLOT = "form_misses"
+GAVE_UP = "gave_up"
 
 
 def latest_intent(tracker: Tracker) -> Optional[Text]:
@@ -55,13 +61,56 @@ class CardFormValidation(FormValidationAction):
 
     form_intent: Text = ""
     active_cards_only: bool = False
+    confirm_slot: Text = ""  # the final yes/no; a "no" to an earlier question also answers it
+    skippable: Tuple[Text, ...] = ()  # questions where "no" means "skip" (no screenshot), not "stop"
 
     @abstractmethod
     def name(self) -> Text:
         """validate_<form name>"""
 
     def is_answer(self, tracker: Tracker) -> bool:
+        if latest_attachment(tracker) is not None:
+            return True  # a photo is an answer, whatever its caption says
         return latest_intent(tracker) in ANSWER_INTENTS | {self.form_intent}
+
+    async def get_extraction_events(self, dispatcher: CollectingDispatcher, tracker: Tracker,
+                                    domain: DomainDict) -> List[EventType]:
+        if not self.is_answer(tracker):
+            return []  # another request: the form is interrupted, the rules answer it
+        return await super().get_extraction_events(dispatcher, tracker, domain)
+
+    async def run(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> List[EventType]:
+        asked = tracker.get_slot("requested_slot")
+        answering = bool(asked) and self.is_answer(tracker) and latest_intent(tracker) != self.form_intent
+        if answering and latest_intent(tracker) == "deny" and self.confirm_slot and asked != self.confirm_slot \
+                and asked not in self.skippable:
+            # "no" (or "wait, no") to an earlier question: the request is declined, not asked again
+            return [SlotSet(self.confirm_slot, False), SlotSet("requested_slot", None)]
+        events = await super().run(dispatcher, tracker, domain)
+        if asked and latest_intent(tracker) == self.form_intent and tracker.slots.get(asked) is None:
+            return events + [SlotSet(asked, None)]  # asked for the same thing again: ask the question again
+        if not answering:
+            return events
+        if tracker.slots.get(asked) is not None:
+            return events + [SlotSet(MISSES_SLOT, None)]
+        misses = self.misses(tracker, asked) + 1
+        if misses > REPROMPTS:
+            dispatcher.utter_message(response="utter_form_gave_up", buttons=self.way_out_buttons())
+            return events + [SlotSet(MISSES_SLOT, GAVE_UP), SlotSet("requested_slot", None)]
+        if misses == REPROMPTS:
+            dispatcher.utter_message(response="utter_form_reprompt_hint")
+        return events + [SlotSet(MISSES_SLOT, f"{asked}:{misses}")]
+
+    @staticmethod
+    def misses(tracker: Tracker, slot: Text) -> int:
+        value = tracker.get_slot(MISSES_SLOT) or ""
+        name, _, count = str(value).partition(":")
+        return int(count) if name == slot and count.isdigit() else 0
+
+    def way_out_buttons(self) -> List[Dict[Text, Text]]:
+        return [{"title": "Talk to a person", "payload": "/talk_to_human"},
+                {"title": "Start again", "payload": f"/{self.form_intent}"},
+                {"title": "Main menu", "payload": "/help"}]
 
     def answered(self, tracker: Tracker, slot: Text) -> bool:
         """The customer replied to the question for `slot` (not a question of their own)."""
@@ -92,10 +141,13 @@ class CardFormValidation(FormValidationAction):
         named = card_entity(tracker)
         if named:
             return {"card_last4": named}  # checked in validate_card_last4
-        if tracker.get_slot("card_last4"):
-            return {}
         customer = await current_customer(tracker)
         if customer is None:
+            return {}
+        said = card_in_words(tracker, await in_thread(card_system().cards_of, customer.id))
+        if said is not None:
+            return {"card_last4": said.last4}
+        if tracker.get_slot("card_last4"):
             return {}
         cards = await self.eligible_cards(customer)
         if len(cards) == 1:
@@ -119,13 +171,14 @@ class CardFormValidation(FormValidationAction):
             dispatcher.utter_message(text=f"I couldn't find a card ending {str(value)[:4]} on your account.")
         return {"card_last4": None}
 
-    @staticmethod
-    def yes_no(tracker: Tracker, slot: Text) -> Dict[Text, Any]:
-        """Fill a confirmation slot from affirm/deny, only when that slot was asked."""
+    def yes_no(self, tracker: Tracker, slot: Text) -> Dict[Text, Any]:
+        """Fill a confirmation slot from affirm/deny, only when that slot was asked ("haan block
+        karo", the request itself with a yes in it, counts as yes)."""
         if tracker.get_slot("requested_slot") != slot:
             return {}
         intent = latest_intent(tracker)
-        if intent == "affirm":
+        text = tracker.latest_message.get("text") or ""
+        if intent == "affirm" or (intent == self.form_intent and AFFIRMATIVE.search(text) and not text.startswith("/")):
             return {slot: True}
         if intent == "deny":
             return {slot: False}
@@ -148,7 +201,12 @@ class ActionAskCardLast4(CustomerAction):
 
 def form_reset(*slots: Text) -> List[EventType]:
     """Forget a form's answers once it is done, so the next request starts afresh."""
-    return [SlotSet(slot, None) for slot in slots]
+    return [SlotSet(slot, None) for slot in slots + (MISSES_SLOT,)]
+
+
+def gave_up(tracker: Tracker) -> bool:
+    """The form stopped because its question was not understood three times (see run)."""
+    return tracker.get_slot(MISSES_SLOT) == GAVE_UP
 
 
 def dumps(value: Any) -> Text:
@@ -163,18 +221,40 @@ class ConfirmedSubmit(CustomerAction):
     confirm_slot: Text = ""
     declined_response: Text = ""
 
+    form_name: Text = ""
+
     async def act(self, dispatcher, tracker, domain, customer) -> List[EventType]:
         reset = form_reset(*self.form_slots)
-        if not await self.ready(dispatcher, tracker, customer):
+        if gave_up(tracker):
+            return reset
+        declined = tracker.get_slot(self.confirm_slot) is False
+        if not declined and not await self.ready(dispatcher, tracker, customer):
             return reset
         if tracker.get_slot(self.confirm_slot) is not True:
             dispatcher.utter_message(response=self.declined_response)
-            return reset
+            # "no", then "ok do it, I'm sure": the answers are kept for one change of mind
+            kept = {slot: tracker.get_slot(slot) for slot in ("card_last4",) + self.form_slots
+                    if slot != self.confirm_slot and tracker.get_slot(slot) is not None}
+            return reset + [SlotSet(DECLINED_SLOT, dumps({"form": self.form_name, "slots": kept}))]
         try:
-            return reset + await self.submit(dispatcher, tracker, customer)
+            done = await self.submit(dispatcher, tracker, customer)
         except CardSystemError as refused:
             dispatcher.utter_message(text=str(refused))
             return reset
+        return reset + done + self.back_to_left(dispatcher, tracker)
+
+    def back_to_left(self, dispatcher: CollectingDispatcher, tracker: Tracker) -> List[EventType]:
+        """The customer left a form for this one ("block my card first"): offer to go back."""
+        left = tracker.get_slot("left_request")
+        if not left or left == self.form_name:
+            return []
+        intent = {"statement_form": "request_statement", "dispute_form": "report_dispute",
+                  "redeem_form": "redeem_rewards", "limit_increase_form": "request_limit_increase",
+                  "block_card_form": "block_card"}.get(left)
+        if intent:
+            dispatcher.utter_message(response="utter_back_to_left", buttons=[
+                {"title": "Yes, continue", "payload": f"/{intent}"}, {"title": "No, thanks", "payload": "/deny"}])
+        return [SlotSet("left_request", None)]
 
     @abstractmethod
     async def ready(self, dispatcher: CollectingDispatcher, tracker: Tracker, customer: CustomerView) -> bool:
@@ -183,3 +263,21 @@ class ConfirmedSubmit(CustomerAction):
     @abstractmethod
     async def submit(self, dispatcher: CollectingDispatcher, tracker: Tracker, customer: CustomerView) -> List[EventType]:
         """Make the request, tell the customer, return extra events."""
+
+
+class AskWithChoices(CustomerAction):
+    """A form's question with one button per choice, each answering `/inform{"<slot>": value}`.
+    Built here, not in domain.yml: JSON in a domain button payload is read by Rasa as placeholders."""
+
+    response: Text = ""
+    slot: Text = ""
+    choices: Tuple[Tuple[Text, Text], ...] = ()  # (button title, slot value)
+
+    @abstractmethod
+    def name(self) -> Text:
+        """action_ask_<slot>"""
+
+    async def act(self, dispatcher, tracker, domain, customer) -> List[EventType]:
+        buttons = [{"title": title, "payload": "/inform" + dumps({self.slot: value})} for title, value in self.choices]
+        dispatcher.utter_message(response=self.response, buttons=buttons)
+        return []

@@ -40,6 +40,9 @@ DOING = {  # intent -> what the customer did, for the agent's summary
     "faq": "asked a general question", "complain": "complained", "nlu_fallback": "wrote something the bot did not understand",
 }
 RATING_LABELS = {5: "Excellent", 4: "Good", 3: "Okay", 2: "Poor", 1: "Very poor"}
+RATING_WORDS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "paanch": 5, "chaar": 4}
+# A request of its own after the rating question is answered, not stored as a comment.
+NOT_A_COMMENT_CONFIDENCE = 0.5
 PRIVATE_SLOTS = {"requested_slot", "customer_name", "handoff_ticket", "rating", "rating_comment"}
 TRANSCRIPT_LIMIT = 60
 _desk: Optional[HandoffDesk] = None
@@ -104,33 +107,52 @@ def summary_of(customer: Optional[CustomerView], card_last4: Optional[str], reas
     return " ".join(parts)
 
 
-async def hand_off(dispatcher: CollectingDispatcher, tracker: Tracker, reason: str) -> List[EventType]:
-    """Queue the conversation for an agent, or book a callback when none can take it now."""
-    desk = handoff_desk()
-    customer = await current_customer(tracker)
-    live = tracker.get_latest_input_channel() in LIVE_CHANNELS
-    availability = await in_thread(desk.availability)
-    if not live or not availability.open:
-        return await _callback_instead(dispatcher, customer, reason, None if not live else availability.why_not)
-    cards = await in_thread(card_system().cards_of, customer.id) if customer else []
-    card_last4 = tracker.get_slot("card_last4") or (cards[0].last4 if len(cards) == 1 else None)
+def handoff_context(tracker: Tracker, customer: Optional[CustomerView], card_last4: Optional[str], reason: str,
+                    requests: List[Dict[str, str]]) -> Tuple[Dict[str, Any], List[Tuple[str, str]], str]:
+    """What a colleague needs to pick the conversation up: context, transcript, summary."""
     slots = {k: v for k, v in tracker.current_slot_values().items()
              if v not in (None, "", [], False) and k not in PRIVATE_SLOTS}
-    requests = []
-    if customer:
-        for request in await in_thread(card_system().service_requests, customer.id, None, True, 5):
-            requests.append({"reference": request.reference, "kind": request.kind, "status": request.status,
-                             "promised_by": format_date(request.promised_by.date())})
     said = transcript(tracker)
     last_words = next((text for who, text in reversed(said) if who == "customer" and not text.startswith("[")), "")
     intents = intents_of(tracker)
     context = {"customer_name": customer.first_name if customer else None, "card_last4": card_last4,
                "intents": intents, "slots": slots, "open_requests": requests, "reason": REASONS.get(reason, reason),
                "masked_phone": mask_phone(tracker.sender_id)}
+    return context, said, summary_of(customer, card_last4, reason, intents, slots, requests, last_words)
+
+
+async def open_requests(customer: Optional[CustomerView]) -> List[Dict[str, str]]:
+    requests = []
+    if customer:
+        for request in await in_thread(card_system().service_requests, customer.id, None, True, 5):
+            requests.append({"reference": request.reference, "kind": request.kind, "status": request.status,
+                             "promised_by": format_date(request.promised_by.date())})
+    return requests
+
+
+async def card_in_question(tracker: Tracker, customer: Optional[CustomerView]) -> Optional[str]:
+    cards = await in_thread(card_system().cards_of, customer.id) if customer else []
+    return tracker.get_slot("card_last4") or (cards[0].last4 if len(cards) == 1 else None)
+
+
+_ASKED_FOR_A_CALL = re.compile(r"\b(?:call|callback|ring|phone)\b", re.I)
+
+
+async def hand_off(dispatcher: CollectingDispatcher, tracker: Tracker, reason: str) -> List[EventType]:
+    """Queue the conversation for an agent; when none can take it now, explain and offer a
+    callback (booked at once only when the customer asked to be called)."""
+    desk = handoff_desk()
+    customer = await current_customer(tracker)
+    live = tracker.get_latest_input_channel() in LIVE_CHANNELS
+    availability = await in_thread(desk.availability)
+    if not live or not availability.open:
+        return await _callback_instead(dispatcher, tracker, customer, reason, None if not live else availability.why_not)
+    card_last4 = await card_in_question(tracker, customer)
+    requests = await open_requests(customer)
+    context, said, summary = handoff_context(tracker, customer, card_last4, reason, requests)
     reply_by = ((tracker.latest_message.get("metadata") or {}).get("whatsapp") or {}).get("reply_by") or "to"
     ticket = await in_thread(desk.open_ticket, tracker.sender_id, reply_by, customer.id if customer else None,
-                             card_last4, reason, context, said,
-                             summary_of(customer, card_last4, reason, intents, slots, requests, last_words))
+                             card_last4, reason, context, said, summary)
     place = await in_thread(desk.place, ticket.reference)
     dispatcher.utter_message(response="utter_handoff_queued", position=place.position,
                              wait=f"{place.wait_minutes} minute{'s' if place.wait_minutes != 1 else ''}",
@@ -139,8 +161,8 @@ async def hand_off(dispatcher: CollectingDispatcher, tracker: Tracker, reason: s
     return [SlotSet("handoff_ticket", ticket.reference)]
 
 
-async def _callback_instead(dispatcher: CollectingDispatcher, customer: Optional[CustomerView], reason: str,
-                            why_not: Optional[str]) -> List[EventType]:
+async def _callback_instead(dispatcher: CollectingDispatcher, tracker: Tracker, customer: Optional[CustomerView],
+                            reason: str, why_not: Optional[str]) -> List[EventType]:
     system = card_system()
     if why_not == "closed":
         settings = handoff_desk().settings
@@ -151,10 +173,41 @@ async def _callback_instead(dispatcher: CollectingDispatcher, customer: Optional
     if customer is None:
         dispatcher.utter_message(response="utter_handoff_stranger", support_phone=system.settings.support_phone)
         return []
-    request = await in_thread(system.request_callback, customer.id, REASONS.get(reason, reason))
+    if _ASKED_FOR_A_CALL.search(tracker.latest_message.get("text") or "") or reason != "customer_asked":
+        return await book_callback(dispatcher, tracker, customer, reason)
+    dispatcher.utter_message(response="utter_offer_callback", phone="+" + mask_phone(customer.phone),
+                             support_phone=system.settings.support_phone,
+                             buttons=[{"title": "Yes, call me", "payload": "/request_callback"},
+                                      {"title": "No, thanks", "payload": "/deny"}])
+    return []
+
+
+async def book_callback(dispatcher: CollectingDispatcher, tracker: Tracker, customer: CustomerView,
+                        reason: str) -> List[EventType]:
+    """A callback request carrying the same context an agent would get in a live chat."""
+    card_last4 = await card_in_question(tracker, customer)
+    context, said, summary = handoff_context(tracker, customer, card_last4, reason, await open_requests(customer))
+    details = {"summary": summary, "context": context, "transcript": [{"who": w, "text": t} for w, t in said]}
+    request = await in_thread(card_system().request_callback, customer.id, REASONS.get(reason, reason), card_last4,
+                              details)
     dispatcher.utter_message(response="utter_callback_booked", phone="+" + mask_phone(customer.phone),
                              promised=format_datetime(request.promised_by), reference=request.reference)
     return [SlotSet("reference_id", request.reference)]
+
+
+class ActionBookCallback(Action):
+    """The customer accepted (or asked for) a call back."""
+
+    def name(self) -> Text:
+        return "action_book_callback"
+
+    async def run(self, dispatcher, tracker, domain) -> List[EventType]:
+        customer = await current_customer(tracker)
+        if customer is None:
+            dispatcher.utter_message(response="utter_handoff_stranger",
+                                     support_phone=card_system().settings.support_phone)
+            return []
+        return await book_callback(dispatcher, tracker, customer, "customer_asked")
 
 
 def dispute_needs_a_person(reason: Optional[str], amount_paise: Optional[int]) -> Optional[str]:
@@ -247,18 +300,26 @@ class ValidateRatingForm(FormValidationAction):
         if tracker.get_slot("requested_slot") != "rating":
             return {}
         entity = next(tracker.get_latest_entity_values("rating"), None)
-        text = (tracker.latest_message.get("text") or "").strip()
-        match = re.fullmatch(r"([1-5])(\s*(stars?|\u2b50+))?", text, re.I)
-        value = entity or (match.group(1) if match else None)
+        text = (tracker.latest_message.get("text") or "").strip().lower()
+        match = re.search(r"\b([1-5])\s*(?:/\s*5|out of 5|stars?|\u2b50+)?\b", text)
+        short = len(text.split()) <= 4  # "five stars", "4 out of 5", not a sentence that happens to hold a number
+        word = next((value for word, value in RATING_WORDS.items() if re.search(rf"\b{word}\b", text)), None) if short else None
+        stars = len(text) if text and set(text) == {"\u2b50"} and len(text) <= 5 else None
+        value = entity or (match.group(1) if match and short else None) or word or stars
         return {"rating": str(value)} if value else {}
 
     async def extract_rating_comment(self, dispatcher, tracker, domain) -> Dict[Text, Any]:
         if tracker.get_slot("requested_slot") != "rating_comment":
             return {}
+        from actions.common import REQUEST_ACTIONS
+
         intent = (tracker.latest_message.get("intent") or {}).get("name")
+        confidence = (tracker.latest_message.get("intent") or {}).get("confidence") or 0.0
         text = (tracker.latest_message.get("text") or "").strip()
         if (intent in ("deny", "goodbye", "thank") and len(text) < 25) or text.startswith("/"):
             return {"rating_comment": "none"}
+        if intent in REQUEST_ACTIONS and confidence >= NOT_A_COMMENT_CONFIDENCE:
+            return {"rating_comment": "none"}  # action_store_rating then answers the request
         return {"rating_comment": text[:1000]} if text else {}
 
     async def validate_rating(self, value, dispatcher, tracker, domain) -> Dict[Text, Any]:
@@ -278,9 +339,14 @@ class ActionStoreRating(Action):
         return "action_store_rating"
 
     async def run(self, dispatcher, tracker, domain) -> List[EventType]:
+        from actions.common import REQUEST_ACTIONS, perform
+
         rating, comment = tracker.get_slot("rating"), tracker.get_slot("rating_comment")
+        intent = (tracker.latest_message.get("intent") or {}).get("name")
+        request = intent if comment == "none" and intent in REQUEST_ACTIONS and intent != "deny" else None
         if rating:
             await in_thread(handoff_desk().rate, tracker.sender_id, int(rating),
                             None if comment in (None, "none") else comment)
-            dispatcher.utter_message(response="utter_rating_thanks")
-        return [SlotSet("rating", None), SlotSet("rating_comment", None), SlotSet("requested_slot", None)]
+            dispatcher.utter_message(response="utter_rating_thanks_short" if request else "utter_rating_thanks")
+        events: List[EventType] = [SlotSet("rating", None), SlotSet("rating_comment", None), SlotSet("requested_slot", None)]
+        return events + (await perform(request, dispatcher, tracker, domain) if request else [])

@@ -51,6 +51,7 @@ class ActionShowRewards(CustomerAction):
 
 class ValidateRedeemForm(CardFormValidation):
     form_intent = "redeem_rewards"
+    confirm_slot = "redeem_confirm"
 
     def name(self) -> Text:
         return "validate_redeem_form"
@@ -128,6 +129,7 @@ class ActionAskRedeemConfirm(CustomerAction):
 
 
 class ActionRedeemRewards(ConfirmedSubmit):
+    form_name = "redeem_form"
     form_slots = REDEEM_SLOTS
     confirm_slot = "redeem_confirm"
     declined_response = "utter_redeem_declined"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any, Dict, List, Optional, Text
 
 from rasa_sdk import Tracker
@@ -9,11 +10,11 @@ from rasa_sdk.events import EventType, SlotSet
 from rasa_sdk.executor import CollectingDispatcher
 from rasa_sdk.types import DomainDict
 
-from actions.common import CustomerAction, card_label, card_system, in_thread, money, date_or_dash
+from actions.common import CustomerAction, card_label, card_system, current_customer, in_thread, money, date_or_dash
 from actions.forms import latest_intent, CardFormValidation
 from cardsystem import files
 from cardsystem.formatting import format_month
-from cardsystem.months import FutureMonth, parse_month
+from cardsystem.months import FutureMonth, parse_month, shift_period
 from cardsystem.statement_pdf import PASSWORD_RULE, render_statement_pdf
 from cardsystem.views import CardView, CustomerView
 
@@ -31,6 +32,12 @@ class ValidateStatementForm(CardFormValidation):
     def name(self) -> Text:
         return "validate_statement_form"
 
+    async def latest_period(self, tracker: Tracker) -> Optional[Text]:
+        customer = await current_customer(tracker)
+        card = await in_thread(card_system().card_of, customer.id, tracker.get_slot("card_last4")) if customer else None
+        statements = await in_thread(card_system().statements_of, card.id) if card else []
+        return statements[0].period if statements else None
+
     async def extract_month(self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: DomainDict) -> Dict[Text, Any]:
         entity = next(tracker.get_latest_entity_values("month"), None)
         if entity:
@@ -46,17 +53,61 @@ class ValidateStatementForm(CardFormValidation):
         if value is None:
             return {"month": None}
         system = card_system()
+        today = system.today()
+        said = str(value)
+        text = tracker.latest_message.get("text") or ""
+        previous = tracker.get_slot("last_statement_month")
+        step = relative_step(said + " " + text)
         try:
-            # NLU may catch only part of "for last month"; the whole message then decides.
-            period = parse_month(str(value), system.today()) or \
-                parse_month(tracker.latest_message.get("text") or "", system.today())
+            if step > 0 and not previous and not re.match(r"^\d{4}-\d\d$", said) and "last" not in said.lower():
+                raise FutureMonth(shift_period(f"{today.year:04d}-{today.month:02d}", 1))
+            if previous and step and not re.match(r"^\d{4}-\d\d$", said):
+                # "and next month's also" right after a statement: next after that one
+                period = shift_period(previous, step)
+                if period > f"{today.year:04d}-{today.month:02d}":
+                    raise FutureMonth(period)
+            else:
+                # NLU may catch only part of "for last month"; the whole message then decides.
+                period = parse_month(said, today) or parse_month(text, today)
         except FutureMonth as future:
             dispatcher.utter_message(response="utter_statement_future", month_label=format_month(str(future)))
             return {"month": None}
+        if period and period != "latest" and upcoming_month_named(said, today):
+            # "december statement" late in November: the bill due in December, or last December?
+            latest = await self.latest_period(tracker)
+            if latest and latest != period:
+                dispatcher.utter_message(response="utter_which_month", named=format_month(period),
+                                         upcoming=format_month(shift_period(period, 12)), latest=format_month(latest),
+                                         buttons=month_buttons([latest, period]))
+                return {"month": None}
         if period is None:
             dispatcher.utter_message(text="Sorry, I didn't get the month. Try e.g. \"October\", \"last month\" or \"Sep 2026\".")
             return {"month": None}
         return {"month": period}
+
+
+_NEXT = re.compile(r"\b(?:next|agl[aei]|following|coming|after that)\b", re.I)
+_PREVIOUS = re.compile(r"\b(?:previous|prev|before that|earlier|uske pehle|usse pehle|one before)\b", re.I)
+
+
+def relative_step(text: Text) -> int:
+    """+1 for "next month's", -1 for "the one before", 0 otherwise ("last month" is about today)."""
+    if _NEXT.search(text):
+        return 1
+    if _PREVIOUS.search(text):
+        return -1
+    return 0
+
+
+def upcoming_month_named(text: Text, today) -> bool:
+    """A bare month name that is next month (no year): "december" on 28 November."""
+    from cardsystem.months import _MONTHS
+
+    lowered = text.lower()
+    if re.search(r"\b20\d\d\b|'\d\d\b", lowered):
+        return False
+    names = [w for w in re.findall(r"[a-z]+", lowered) if w in _MONTHS]
+    return bool(names) and _MONTHS[names[0]] == today.month % 12 + 1
 
 
 class ActionAskMonth(CustomerAction):
@@ -80,7 +131,9 @@ class ActionSendStatement(CustomerAction):
         return "action_send_statement"
 
     async def act(self, dispatcher, tracker, domain, customer) -> List[EventType]:
-        reset = [SlotSet("month", None)]
+        reset = [SlotSet("month", None), SlotSet("form_misses", None)]
+        if tracker.get_slot("form_misses") == "gave_up":
+            return reset
         system = card_system()
         card = await in_thread(system.card_of, customer.id, tracker.get_slot("card_last4"))
         period = tracker.get_slot("month")
@@ -111,4 +164,4 @@ class ActionSendStatement(CustomerAction):
         if tracker.get_latest_input_channel() == "cmdline":
             dispatcher.utter_message(text=f"(Saved on this machine as {path})")
         logger.info("statement %s sent for card **%s", chosen.period, card.last4)
-        return reset
+        return reset + [SlotSet("last_statement_month", chosen.period)]

@@ -19,6 +19,7 @@ DEFAULT_TURNAROUND_DAYS: Dict[str, int] = {
     "dispute:charged_twice": 7,
     "dispute:refund_not_received": 14,
     "dispute:wrong_amount": 10,
+    "dispute:not_delivered": 14,
     "block_card": 7,  # replacement card delivery
     "limit_increase": 3,
     "redemption": 7,

@@ -30,7 +30,7 @@ def format_inr(paise: int) -> str:
     return f"{sign}{RUPEE}{_group_indian(str(rupees))}.{rest:02d}"
 
 
-_AMOUNT_RE = re.compile(r"(?:rs\.?|inr|\u20b9)?\s*([0-9][0-9,]*(?:\.[0-9]{1,2})?)\s*(k|lakh|lac|l)?\b", re.I)
+_AMOUNT_RE = re.compile(r"(?:rs\.?|inr|\u20b9)?\s*([0-9][0-9,]*(?:\.[0-9]{1,2})?)\s*(k|lakhs?|lacs?|l|crores?|cr)?\b", re.I)
 
 
 def parse_amount_paise(text: str) -> Optional[int]:
@@ -47,8 +47,10 @@ def parse_amount_paise(text: str) -> Optional[int]:
     suffix = (match.group(2) or "").lower()
     if suffix == "k":
         value *= 1000
-    elif suffix in ("lakh", "lac", "l"):
+    elif suffix in ("lakh", "lakhs", "lac", "lacs", "l"):
         value *= 100000
+    elif suffix in ("crore", "crores", "cr"):
+        value *= 10000000
     paise = int((value * 100).to_integral_value())
     return paise if paise > 0 else None
 
@@ -91,3 +93,50 @@ def redact_card_numbers(text: str) -> str:
         return "XXXX-XXXX-XXXX-" + digits[-4:]
 
     return _CARD_NUMBER_RE.sub(_mask, text or "")
+
+
+# -- secrets a customer types by mistake ----------------------------------------------------------
+# Found and hidden before a message is stored or understood; the customer is warned. A card
+# number keeps its last four digits, so "my card 4111 ... 1111 is lost" still names the card.
+_SECRET_PATTERNS = (
+    ("cvv", re.compile(r"\b(?:cvv|cvc|cvv2)\b\W{0,3}(?:is\s+|hai\s+)?\d{3,4}\b", re.I)),
+    ("otp", re.compile(r"\b(?:otp|one time password)\b\W{0,3}(?:is\s+|hai\s+)?\d{4,8}\b|\b\d{4,8}\s+(?:is\s+)?(?:the\s+|my\s+)?otp\b", re.I)),
+    ("pin", re.compile(r"\b(?:atm\s+)?pin\b\W{0,3}(?:is\s+|hai\s+|number\s+)?\d{4,6}\b", re.I)),
+    ("date of birth", re.compile(
+        r"\b(?:dob|d\.o\.b\.?|date of birth|birth ?date|born on|janam tithi)\b\W{0,3}(?:is\s+)?"
+        r"(?:\d{1,2}[/.\- ]\d{1,2}[/.\- ](?:19|20)?\d\d|\d{1,2}(?:st|nd|rd|th)?\s+[a-z]{3,9},?\s+(?:19|20)\d\d)", re.I)),
+    ("date of birth", re.compile(r"\b(?:0?[1-9]|[12]\d|3[01])[/.-](?:0?[1-9]|1[0-2])[/.-](?:19[3-9]\d|200\d)\b")),
+    ("Aadhaar number", re.compile(r"\b[2-9]\d{3}[ -]?\d{4}[ -]?\d{4}\b(?![ -]?\d)")),
+    ("PAN", re.compile(r"\b[A-Z]{5}\d{4}[A-Z]\b")),
+)
+
+
+def _luhn_ok(digits: str) -> bool:
+    total, double = 0, False
+    for char in reversed(digits):
+        d = int(char)
+        if double:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+        double = not double
+    return total % 10 == 0
+
+
+def hide_secrets(text: str) -> "tuple[str, list]":
+    """(text with secrets hidden, the kinds found: 'card number', 'CVV', 'OTP', ...)."""
+    found: list = []
+
+    def card(match: "re.Match[str]") -> str:
+        digits = re.sub(r"\D", "", match.group(0))
+        if 13 <= len(digits) <= 19 and (_luhn_ok(digits) or len(digits) in (15, 16)):
+            found.append("card number")
+            return "XXXX-XXXX-XXXX-" + digits[-4:]
+        return match.group(0)
+
+    text = _CARD_NUMBER_RE.sub(card, text or "")
+    for kind, pattern in _SECRET_PATTERNS:
+        if pattern.search(text):
+            found.append(kind)
+            text = pattern.sub(f"[{kind} hidden]", text)
+    labels = {"cvv": "CVV", "otp": "OTP", "pin": "PIN"}
+    return text, list(dict.fromkeys(labels.get(k, k) for k in found))

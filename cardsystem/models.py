@@ -179,6 +179,21 @@ class StatusChange(Base):
     at = Column(DateTime, nullable=False, default=utcnow)
 
 
+class MessagingConsent(Base):
+    """Whether a WhatsApp number agreed to messages the bank sends first (reminders, updates).
+
+    Keyed by the number, not the customer: a number that is not (yet) a customer can say STOP too.
+    The history of changes is in the audit log.
+    """
+
+    __tablename__ = "messaging_consent"
+
+    phone = Column(String(20), primary_key=True)
+    opted_in = Column(Boolean, nullable=False)
+    source = Column(String(40), nullable=False)  # e.g. whatsapp:STOP, whatsapp:START, signup
+    changed_at = Column(DateTime, nullable=False, default=utcnow)
+
+
 class AuditEntry(Base):
     """Every change the bot (or an agent) makes, with masked details only."""
 

@@ -25,6 +25,7 @@ from cardsystem.models import (
     Base,
     Card,
     Customer,
+    MessagingConsent,
     Redemption,
     RewardItem,
     RewardLot,
@@ -53,6 +54,7 @@ DISPUTE_REASONS = {
     "charged_twice": "I was charged twice",
     "refund_not_received": "Refund not received",
     "wrong_amount": "Wrong amount charged",
+    "not_delivered": "Goods or service not received",
 }
 BLOCK_REASONS = ("lost", "stolen", "damaged", "suspicious")
 REFERENCE_PREFIX = {
@@ -205,17 +207,24 @@ class CardSystem:
         amount_paise: Optional[int] = None,
         on: Optional[dt.date] = None,
         limit: int = 5,
+        approximate: bool = False,
+        days_either_side: int = 1,
     ) -> List[TransactionView]:
-        """Debits matching what the customer described, newest first."""
+        """Debits matching what the customer described, newest first.
+
+        Amounts match within one rupee, or within 10% when the customer said "around 4.5k"
+        (`approximate`); dates within `days_either_side` days ("last week" is wider).
+        """
         with session_scope(self.engine) as s:
             query = select(Transaction).where(Transaction.card_id == card_id, Transaction.amount_paise > 0)
             if merchant:
                 query = query.where(func.lower(Transaction.merchant).contains(merchant.lower().strip()))
             if amount_paise:
-                # A customer rounds: accept within one rupee either side.
-                query = query.where(Transaction.amount_paise.between(amount_paise - 100, amount_paise + 100))
+                slack = max(100, amount_paise // 10) if approximate else 100
+                query = query.where(Transaction.amount_paise.between(amount_paise - slack, amount_paise + slack))
             if on:
-                query = query.where(Transaction.posted_on.between(on - dt.timedelta(days=1), on + dt.timedelta(days=1)))
+                window = dt.timedelta(days=days_either_side)
+                query = query.where(Transaction.posted_on.between(on - window, on + window))
             rows = s.execute(query.order_by(Transaction.posted_on.desc()).limit(limit)).scalars()
             return [_txn_view(t) for t in rows]
 
@@ -420,15 +429,49 @@ class CardSystem:
                         {"card": f"**{card.last4}", "new_limit_paise": new_limit_paise})
             return self._new_view(s, request)
 
-    def request_callback(self, customer_id: int, reason: str = "customer asked for an agent") -> ServiceRequestView:
+    def request_callback(self, customer_id: int, reason: str = "customer asked for an agent",
+                         card_last4: Optional[str] = None, context: Optional[dict] = None) -> ServiceRequestView:
+        """Book a call from a colleague. `context` (summary, transcript, intents) is kept with the
+        request so whoever calls knows the whole story, as an agent taking a live chat would."""
         with session_scope(self.engine) as s:
             existing = self._open_request(s, customer_id, "callback")
             if existing is not None:
                 return self._request_view(s, existing)
+            card = s.execute(select(Card).where(Card.customer_id == customer_id, Card.last4 == str(card_last4))
+                             ).scalar_one_or_none() if card_last4 else None
             promised = self._callback_time()
-            request = self._new_request(s, customer_id, "callback", promised, reason=reason[:40])
+            request = self._new_request(s, customer_id, "callback", promised, reason=reason[:40],
+                                        card_id=card.id if card else None, details=context or {})
             self._audit(s, "request_callback", customer_id, "service_request", request.reference, {"reason": reason[:80]})
             return self._new_view(s, request)
+
+    def request_details(self, customer_id: int, reference: str) -> dict:
+        """The context kept with a request (e.g. a callback's summary and transcript)."""
+        with session_scope(self.engine) as s:
+            request = s.execute(select(ServiceRequest).where(
+                ServiceRequest.customer_id == customer_id, ServiceRequest.reference == str(reference).upper())
+            ).scalar_one_or_none()
+            return json.loads(request.details or "{}") if request else {}
+
+    # -- consent to messages the bank sends first ---------------------------------------------
+    def set_consent(self, phone: str, opted_in: bool, source: str) -> None:
+        """Record a number's opt-in or opt-out (STOP / START), with when and how."""
+        phone = re.sub(r"\D", "", str(phone))[:20]
+        with session_scope(self.engine) as s:
+            row = s.get(MessagingConsent, phone)
+            if row is None:
+                s.add(MessagingConsent(phone=phone, opted_in=opted_in, source=source[:40], changed_at=utcnow()))
+            else:
+                row.opted_in, row.source, row.changed_at = opted_in, source[:40], utcnow()
+            customer = s.execute(select(Customer).where(Customer.phone == phone)).scalar_one_or_none()
+            self._audit(s, "opt_in" if opted_in else "opt_out", customer.id if customer else None, "consent",
+                        phone[-4:], {"source": source[:40]})
+
+    def consent_of(self, phone: str) -> Optional[bool]:
+        """True (opted in), False (opted out) or None (never said)."""
+        with session_scope(self.engine) as s:
+            row = s.get(MessagingConsent, re.sub(r"\D", "", str(phone))[:20])
+            return None if row is None else bool(row.opted_in)
 
     def _callback_time(self) -> dt.datetime:
         """N working hours from now (Mon-Sat, 9:00-18:00), rounded up to the half hour."""

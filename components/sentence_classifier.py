@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Text, Tuple
@@ -195,13 +196,25 @@ class SentenceIntentClassifier(GraphComponent, IntentClassifier):
                            "words": np.ascontiguousarray(coef[dims + width:]), "bias": classifier.intercept_}
         return self._split
 
+    def is_gibberish(self, text: Text) -> bool:
+        """No word the encoder or our training data knows ("asdfgh jkl"): not worth a guess."""
+        words = [w for w in re.findall(r"[a-z]+", normalise(text)) if len(w) >= 2]
+        if not words or re.search(r"\d", text):
+            return False
+        known = self.model["words"].vocabulary_
+        vocab = shared_encoder().tokenizer.vocab
+        return not any(w in known or w in vocab for w in words)
+
     def process(self, messages: List[Message]) -> List[Message]:
         if not self.model:
             return messages
         for message in messages:
             text = message.get(TEXT) or ""
-            if not text.strip():
-                continue  # the MessageGuard answers empty messages
+            if not text.strip() or self.is_gibberish(text):  # (the MessageGuard answers empty messages)
+                fallback = {INTENT_NAME_KEY: "nlu_fallback", PREDICTED_CONFIDENCE_KEY: 1.0}
+                message.set(INTENT, fallback, add_to_output=True)
+                message.set(INTENT_RANKING_KEY, [fallback], add_to_output=True)
+                continue
             classes, probs = self.probabilities(text)
             self._annotate(message, classes, probs)
         return messages

@@ -97,3 +97,62 @@ def running_bot(workdir: Path, today: Optional[str] = None, extra_env: Optional[
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+@contextmanager
+def running_whatsapp_bot(workdir: Path, extra_env: Optional[Dict[str, str]] = None) -> Iterator["tuple[str, Bot]"]:
+    """The whole WhatsApp path: the sandbox (Graph API stand-in and customer phones) posting
+    signed webhooks to a running bot whose channel answers through the sandbox."""
+    sandbox_port, rasa_port = free_port(), free_port()
+    log = workdir / "sandbox.log"
+    sandbox = subprocess.Popen(
+        [sys.executable, "-m", "connectors.sandbox", "--port", str(sandbox_port),
+         "--bot-url", f"http://127.0.0.1:{rasa_port}/webhooks/whatsapp/webhook"],
+        cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    sandbox_url = f"http://127.0.0.1:{sandbox_port}"
+    try:
+        wait_for(f"{sandbox_url}/_sandbox/personas", 120, sandbox, log)
+        env = {"WHATSAPP_API_BASE": sandbox_url, **(extra_env or {})}
+        with running_bot(workdir, rasa_port=rasa_port, extra_env=env) as bot:
+            subprocess.run([sys.executable, "-m", "cardsystem.agents", "demo"], cwd=ROOT, env=bot.env, check=True,
+                           capture_output=True)
+            yield sandbox_url, bot
+    finally:
+        sandbox.terminate()
+        sandbox.wait(timeout=20)
+
+
+class Phone:
+    """A customer's WhatsApp, through the sandbox: say something, get what the bot sent back."""
+
+    def __init__(self, sandbox_url: str, wa_id: str) -> None:
+        self.url, self.wa_id = sandbox_url, wa_id
+        self.seen = len(self._messages(0))
+
+    def _messages(self, after: int) -> list:
+        return requests.get(f"{self.url}/_sandbox/messages", params={"to": self.wa_id, "after": after}, timeout=10).json()
+
+    def send(self, text: str = "", reply: Optional[dict] = None, media: Optional[dict] = None,
+             quiet: float = 1.2, timeout: float = 40.0) -> list:
+        """Send one message; return the bot's messages once it has been quiet for `quiet` seconds."""
+        body: Dict[str, object] = {"from": self.wa_id, "name": "Customer"}
+        if reply:
+            body["reply"] = reply
+        elif media:
+            body["media"] = media
+        else:
+            body["text"] = text
+        response = requests.post(f"{self.url}/_sandbox/send", json=body, timeout=15).json()
+        assert response.get("bot_status") == 200, response
+        deadline = time.monotonic() + timeout
+        got: list = []
+        last_change = time.monotonic()
+        while time.monotonic() < deadline:
+            now = self._messages(self.seen)
+            if len(now) != len(got):
+                got, last_change = now, time.monotonic()
+            elif got and time.monotonic() - last_change >= quiet:
+                break
+            time.sleep(0.15)
+        self.seen += len(got)
+        return [m["message"] for m in got]

@@ -13,7 +13,7 @@ from actions.disputes import (
 )
 from actions.forms import ActionAskCardLast4
 from actions.rewards import ActionAskRewardItem, ActionRedeemRewards, ActionShowRewards, ValidateRedeemForm
-from actions.handoff import ActionHandoff
+from actions.handoff import ActionBookCallback, ActionHandoff
 from actions.session import ActionCancelForm, ActionFallback, ActionGreet, ActionSessionStart
 from actions.statements import ActionAskMonth, ActionSendStatement, ValidateStatementForm
 from cardsystem import files
@@ -118,7 +118,7 @@ async def test_dues_and_limits(system, domain, action, needle):
 async def test_pay_bill_links_are_signed_for_the_right_amounts(system, domain):
     customer = system.find_customer(TWO_CARDS)
     card = system.card_of(customer.id, "6392")
-    _, messages = await run_action(ActionPayBill(), make_tracker(TWO_CARDS, "pay_bill", slots={"card_last4": "6392"}), domain)
+    _, messages = await run_action(ActionPayBill(), make_tracker(TWO_CARDS, "pay_bill", entities=[("card_last4", "6392")]), domain)
     text = rendered(messages, domain)[0]
     _no_placeholders([text])
     links = re.findall(r"https://pay\.example\.test/pay\?\S+", text)
@@ -154,7 +154,9 @@ async def test_statement_is_sent_as_a_protected_pdf_document(system, domain):
     token = url.split("/")[-2]
     path = files.resolve(system.settings.statement_dir, token)
     assert url.endswith("-4821.pdf") and path is not None and path.read_bytes().startswith(b"%PDF")
-    assert slots_of(events) == {"month": None}
+    slots = slots_of(events)
+    latest = system.statements_of(system.card_of(system.find_customer(ONE_CARD).id, "4821").id)[0]
+    assert slots["month"] is None and slots["last_statement_month"] == latest.period  # for "next month's also"
 
 
 async def test_statement_for_a_month_without_one_lists_those_that_exist(system, domain):
@@ -319,11 +321,24 @@ async def test_limit_increase_validates_the_amount_and_raises_a_request(system, 
 
 
 # -- people, fallback, cancelling ---------------------------------------------------------
-async def test_callback_request_promises_a_time_and_masks_the_number(system, domain):
-    # over REST (no live channel for an agent's replies) a person calls back instead
-    _, messages = await run_action(ActionHandoff(), make_tracker(ONE_CARD, "talk_to_human"), domain)
+async def test_callback_is_offered_then_booked_with_the_whole_context(system, domain):
+    # over REST (no live channel for an agent's replies) a person can call back instead: offered, not imposed
+    history = [{"event": "user", "text": "what's my balance", "parse_data": {"intent": {"name": "check_balance"}}},
+               {"event": "bot", "text": "Outstanding: ...", "data": {}}]
+    _, messages = await run_action(ActionHandoff(), make_tracker(ONE_CARD, "talk_to_human", history=history), domain)
+    text = rendered(messages, domain)[0]
+    assert "+91******0001" in text and "call you" in text and "CBK" not in text
+    assert [b["payload"] for b in buttons_of(messages, domain)] == ["/request_callback", "/deny"]
+    customer = system.find_customer(ONE_CARD)
+    assert not system.service_requests(customer.id, "callback")
+    events, messages = await run_action(ActionBookCallback(), make_tracker(ONE_CARD, "request_callback", history=history),
+                                        domain)
     text = rendered(messages, domain)[0]
     assert "+91******0001" in text and "23 Nov 2026, 2:30 PM" in text and "CBK" in text
+    [request] = system.service_requests(customer.id, "callback")
+    details = system.request_details(customer.id, request.reference)
+    assert "checked the balance" in details["summary"] and details["context"]["card_last4"] == "4821"
+    assert details["transcript"][0] == {"who": "customer", "text": "what's my balance"}
 
 
 async def test_fallback_rephrase_then_a_person(system, domain):
@@ -370,3 +385,12 @@ async def test_confirmation_questions_restate_what_will_happen(system, domain):
         for needle in needles:
             assert needle in text, (action.name(), needle, text)
         assert buttons_of(messages, domain) or action.name() == "action_ask_new_limit"
+
+
+def test_the_action_server_registers_every_action_of_the_domain(domain):
+    from rasa_sdk.executor import ActionExecutor
+
+    executor = ActionExecutor()
+    executor.register_package("actions")  # fails like `rasa run actions` would on a nameless action
+    custom = {a for a in domain["actions"] if not a.startswith("utter_")}
+    assert custom <= set(executor.actions), custom - set(executor.actions)

@@ -135,7 +135,9 @@ def test_fallback_then_a_person(bot):
     assert "didn't quite get that" in first
     second = texts(bot.say(ONE_CARD, "x" * 5000))
     assert "shorter" in second
-    reply = texts(bot.say(ONE_CARD, "/talk_to_human"))
+    replies = bot.say(ONE_CARD, "/talk_to_human")  # REST cannot carry an agent: a call is offered
+    assert "+91******0001" in texts(replies) and "/request_callback" in payloads(replies)
+    reply = texts(bot.say(ONE_CARD, "/request_callback"))
     assert "+91******0001" in reply and REFERENCE.search(reply).group(0).startswith("CBK")
 
 

@@ -244,7 +244,10 @@ async def test_nobody_can_join_so_a_callback_is_booked(system, desk, domain):
     use_handoff_desk(desk)
     try:
         tracker = make_tracker(ONE_CARD, "talk_to_human", channel="whatsapp", metadata=WA)
-        _, messages = await run_action(ActionHandoff(), tracker, domain)  # no agent signed in
+        _, messages = await run_action(ActionHandoff(), tracker, domain)  # no agent signed in: a call is offered
+        assert [m["response"] for m in messages] == ["utter_handoff_no_agents", "utter_offer_callback"]
+        tracker = make_tracker(ONE_CARD, "talk_to_human", text="can someone call me", channel="whatsapp", metadata=WA)
+        _, messages = await run_action(ActionHandoff(), tracker, domain)  # asked to be called: booked
         assert [m["response"] for m in messages] == ["utter_handoff_no_agents", "utter_callback_booked"]
         desk.clock.moment = dt.datetime(2026, 11, 23, 22, 0)
         _, messages = await run_action(ActionHandoff(), make_tracker(TWO_CARDS, "complain", channel="whatsapp",

@@ -4,9 +4,10 @@ from rasa.shared.nlu.training_data.message import Message
 from components.message_guard import MessageGuard
 
 
-def classify(text: str) -> dict:
-    message = Message(data={"text": text, "intent": {"name": "block_card", "confidence": 0.97},
-                            "entities": [{"entity": "card_last4", "value": "1234"}]})
+def classify(text: str, intent: str = "block_card", metadata: dict = None, entities=None) -> dict:
+    message = Message(data={"text": text, "intent": {"name": intent, "confidence": 0.97},
+                            "entities": [{"entity": "card_last4", "value": "1234"}] if entities is None else entities,
+                            "metadata": metadata or {}})
     MessageGuard({"max_chars": 1000}).process([message])
     return message.data
 
@@ -21,3 +22,20 @@ def test_over_long_and_empty_messages_become_not_understood():
 def test_ordinary_messages_and_button_payloads_are_left_alone():
     assert classify("block my card")["intent"]["name"] == "block_card"
     assert classify("/block_card" + "x" * 2000)["intent"]["name"] == "block_card"
+
+
+def test_a_photo_without_a_caption_is_shared_media_not_a_goodbye():
+    photo = {"attachment": {"media_id": "m-1", "mime_type": "image/png"}}
+    assert classify("", metadata=photo)["intent"] == {"name": "share_media", "confidence": 1.0}
+    assert classify("", metadata={})["intent"]["name"] == "nlu_fallback"
+
+
+def test_a_short_answer_the_classifier_declined_is_an_answer():
+    card = [{"entity": "card_last4", "value": "6392"}]
+    assert classify("6392 wala", intent="out_of_scope", entities=card)["intent"]["name"] == "inform"
+    assert classify("the other one", intent="nlu_fallback", entities=[])["intent"]["name"] == "inform"
+    assert classify("and the other one?", intent="out_of_scope", entities=[])["intent"]["name"] == "inform"
+    # a real out-of-scope question that happens to hold a number stays out of scope
+    long_question = "what is the interest rate on a gold loan of 50000 for my daughter"
+    assert classify(long_question, intent="out_of_scope", entities=[{"entity": "amount", "value": "50000"}]
+                    )["intent"]["name"] == "out_of_scope"

@@ -5,14 +5,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-import subprocess
-import sys
 import time
 
 import pytest
 import requests
 
-from tests.servers import MODEL, ROOT, free_port, running_bot, wait_for
+from tests.servers import MODEL, running_whatsapp_bot
 
 pytestmark = pytest.mark.model
 ONE_CARD, TWO_CARDS, EXPIRING = "919800000001", "919800000002", "919800000004"
@@ -22,24 +20,9 @@ ONE_CARD, TWO_CARDS, EXPIRING = "919800000001", "919800000002", "919800000004"
 def sandbox_and_bot(tmp_path_factory):
     if not MODEL.exists():
         pytest.fail("models/cardcare.tar.gz is missing: run `make train` (make test does it for you)")
-    workdir = tmp_path_factory.mktemp("wa")
-    sandbox_port, rasa_port = free_port(), free_port()
-    log = workdir / "sandbox.log"
-    sandbox = subprocess.Popen(
-        [sys.executable, "-m", "connectors.sandbox", "--port", str(sandbox_port),
-         "--bot-url", f"http://127.0.0.1:{rasa_port}/webhooks/whatsapp/webhook"],
-        cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    sandbox_url = f"http://127.0.0.1:{sandbox_port}"
-    try:
-        wait_for(f"{sandbox_url}/_sandbox/personas", 120, sandbox, log)
-        hours = {"CARDCARE_AGENT_HOURS": "00:00-00:00", "CARDCARE_AGENT_DAYS": "Mon-Sun"}  # agents always on duty
-        with running_bot(workdir, rasa_port=rasa_port, extra_env={"WHATSAPP_API_BASE": sandbox_url, **hours}) as bot:
-            subprocess.run([sys.executable, "-m", "cardsystem.agents", "demo"], cwd=ROOT, env=bot.env, check=True,
-                           capture_output=True)
-            yield sandbox_url, bot
-    finally:
-        sandbox.terminate()
-        sandbox.wait(timeout=20)
+    hours = {"CARDCARE_AGENT_HOURS": "00:00-00:00", "CARDCARE_AGENT_DAYS": "Mon-Sun"}  # agents always on duty
+    with running_whatsapp_bot(tmp_path_factory.mktemp("wa"), extra_env=hours) as running:
+        yield running
 
 
 def conversation(sandbox_url: str, wa_id: str):

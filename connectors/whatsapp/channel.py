@@ -40,6 +40,8 @@ POLITE_REPLIES = {  # what the bot says to messages it cannot use (never silence
     "sticker": "Nice sticker! Please type your question, or \"menu\" to see what I can do.",
     "audio": "Sorry, I can't listen to voice messages. Please type your question, or \"agent\" to reach a person.",
 }
+SECRETS_WARNING = ("For your safety I've hidden the {what} you typed, and it isn't stored. Please never share your "
+                   "full card number, CVV, OTP, PIN or date of birth in a chat, not even with us: we never ask for them.")
 SANDBOX_DEFAULTS = {
     "verify_token": "sandbox-verify-token", "app_secret": "sandbox-app-secret", "access_token": "sandbox-token",
     "phone_number_id": "100000000000001", "api_base": "http://localhost:5006", "api_version": "v21.0",
@@ -202,6 +204,9 @@ class WhatsAppInput(InputChannel):
                                              message_id=pending.message_id, metadata=metadata))
             return
         await self.client.mark_read(pending.message_id)
+        hidden = kind.get("hidden") or []
+        if hidden:
+            await output.send_text_message(pending.sender, SECRETS_WARNING.format(what=" and ".join(hidden)))
         if self.desk is not None:
             ticket = await asyncio.to_thread(self.desk.open_ticket_for, pending.sender)
             if ticket is not None:

@@ -6,7 +6,9 @@ malformed part: it is reported in `Webhook.problems` and skipped.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
+
+from cardsystem.formatting import hide_secrets
 
 MEDIA_TYPES = ("image", "document", "audio", "video", "sticker")
 EVENT_KIND = "cardcare_event"  # not from WhatsApp: the channel's own event for the bot (never from a webhook)
@@ -26,12 +28,13 @@ class Inbound:
     attachment: Optional[Dict[str, Any]] = None
     context_id: Optional[str] = None
     supported: bool = True
+    hidden: Tuple[str, ...] = ()   # secrets hidden from the text before anyone stored it ("card number", "OTP")
 
     def metadata(self) -> Dict[str, Any]:
         data: Dict[str, Any] = {"whatsapp": {"message_id": self.message_id, "type": self.kind,
                                              "timestamp": self.timestamp, "profile_name": self.profile_name,
                                              "context_id": self.context_id, "reply_by": self.reply_by,
-                                             "supported": self.supported}}
+                                             "supported": self.supported, "hidden": list(self.hidden)}}
         if self.attachment:
             data["attachment"] = self.attachment
         return data
@@ -133,8 +136,15 @@ def _read_message(message: Any, names: Dict[Any, Any], result: Webhook) -> None:
         result.problems.append(f"message {message['id']} without a sender")
         return
     text, attachment, supported = _text_of(message, kind)
+    # A card number, CVV, OTP or date of birth typed by mistake is hidden before the message is
+    # recorded, shown to an agent or understood; the channel warns the customer (see channel.py).
+    text, hidden = hide_secrets(text)
+    if attachment and attachment.get("caption"):
+        attachment["caption"], hidden_caption = hide_secrets(str(attachment["caption"]))
+        hidden = list(dict.fromkeys(hidden + hidden_caption))
     result.messages.append(Inbound(
         message_id=str(message["id"]), sender=str(sender), reply_by=reply_by, kind=kind, text=text,
         timestamp=_timestamp(message.get("timestamp")), profile_name=names.get(sender),
         attachment=attachment, context_id=(message.get("context") or {}).get("id"), supported=supported,
+        hidden=tuple(hidden),
     ))

@@ -118,3 +118,16 @@ def test_documents_and_cutting_titles():
     assert document_message("a.pdf", media_id="m1")["document"]["id"] == "m1"
     assert cut("Travel Signature card ending 6392", 20) == "Travel Signature"
     assert cut("Supercalifragilisticexpialidocious", 20) == "Supercalifragilistic"
+
+
+def test_secrets_typed_by_mistake_are_hidden_before_anyone_stores_them():
+    payload = envelope(
+        message("text", {"body": "please block card 4532 7781 0093 4821 i lost it"}, "s1"),
+        message("image", {"id": "media-11", "mime_type": "image/png", "caption": "otp is 482913"}, "s2"),
+        message("text", {"body": "statement for 12/11 please"}, "s3"),
+    )
+    card, photo, plain = parse_webhook(payload, PHONE_ID).messages
+    assert "4532" not in card.text and "4821" in card.text and card.hidden == ("card number",)
+    assert card.metadata()["whatsapp"]["hidden"] == ["card number"]
+    assert "482913" not in photo.attachment["caption"] and photo.hidden == ("OTP",)
+    assert plain.text == "statement for 12/11 please" and plain.hidden == ()
