@@ -23,8 +23,11 @@ MEDIA_INTENT = "share_media"  # a photo or document with no caption: kept, never
 # A short message that is mostly an answer ("6392 wala", "1117", "agust", "the other one") is
 # an answer, whatever the classifier thought of so few words.
 ANSWER_ENTITIES = {"card_last4", "month", "amount", "reference_id", "date", "merchant", "transaction_id"}
+STRONG_ANSWERS = {"card_last4", "month", "reference_id", "transaction_id"}  # "6392 wala", "agust", a reference
 ANSWER_WORDS = 5
-LATEST = re.compile(r"\b(?:latest|newest|most recent|last one|recent one)\b", re.I)  # "just the latest one"
+UNSURE = 0.6  # only a classifier that was unsure is overruled; a confident "out of scope" stands
+LATEST = re.compile(r"^\W*(?:(?:just|only|show|give|send|tell)\s+(?:me\s+)?)?(?:the\s+)?"
+                    r"(?:latest|newest|most recent|last)(?:\s+one)?(?:\s+(?:please|pls))?\W*$", re.I)
 CHOOSING = re.compile(r"^\W*(?:(?:and|aur|n|what about|how about|same for|ok|okay)\s+)?(?:for\s+)?(?:the\s+)?"
                       r"(?:other|another|dusr[aei]|doosr[aei]|second|2nd|first|1st|pehl[aei])"
                       r"(?:\s+(?:one|card|wala|wali|vala|vali))?(?:\s+(?:too|also|bhi|please|pls))?\W*$", re.I)
@@ -49,12 +52,17 @@ class MessageGuard(GraphComponent):
     @staticmethod
     def _is_bare_answer(message: Message, text: Text) -> bool:
         intent = (message.get(INTENT) or {}).get("name")
+        confidence = (message.get(INTENT) or {}).get("confidence") or 0.0
         if intent not in ("out_of_scope", DEFAULT_NLU_FALLBACK_INTENT_NAME, "rate", None):
             return False
-        if CHOOSING.match(text) or (LATEST.search(text) and len(text.split()) <= 7):
+        if CHOOSING.match(text) or LATEST.match(text):
             return True
         found = {e.get("entity") for e in message.get(ENTITIES) or []}
-        return bool(found & ANSWER_ENTITIES) and len(text.split()) <= ANSWER_WORDS
+        if len(text.split()) > ANSWER_WORDS:
+            return False
+        if found & STRONG_ANSWERS:
+            return True
+        return bool(found & ANSWER_ENTITIES) and not (intent == "out_of_scope" and confidence >= UNSURE)
 
     def process(self, messages: List[Message]) -> List[Message]:
         for message in messages:

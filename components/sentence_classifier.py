@@ -175,14 +175,36 @@ class SentenceIntentClassifier(GraphComponent, IntentClassifier):
         embedding = shared_encoder().encode_one(key.split())[1]
         weights = self._weights()
         scores = (embedding * float(self.config["embedding_weight"])) @ weights["embedding"] + weights["bias"]
-        scores += (model["chars"].transform([key]) @ weights["chars"])[0]
-        scores += (model["words"].transform([key]) @ weights["words"])[0]
+        for name in ("chars", "words"):
+            scores += self._ngram_scores(model[name], weights[name], key)
         scores = np.exp(scores - scores.max())
         result = (model["classifier"].classes_, scores / scores.sum())  # = predict_proba, 10x faster
         self._cache[key] = result
         if len(self._cache) > int(self.config["cache_size"]):
             self._cache.popitem(last=False)
         return result
+
+    _analyzers: Dict[int, Any] = {}
+
+    @classmethod
+    def _ngram_scores(cls, vectorizer: TfidfVectorizer, weights: np.ndarray, text: Text) -> np.ndarray:
+        """`vectorizer.transform([text]) @ weights` for one text, without building a sparse
+        matrix (the same sublinear tf-idf, L2-normalised): a third of the time."""
+        counts: Dict[int, int] = {}
+        vocabulary = vectorizer.vocabulary_
+        analyzer = cls._analyzers.get(id(vectorizer))
+        if analyzer is None:
+            analyzer = cls._analyzers[id(vectorizer)] = vectorizer.build_analyzer()
+        for gram in analyzer(text):
+            index = vocabulary.get(gram)
+            if index is not None:
+                counts[index] = counts.get(index, 0) + 1
+        if not counts:
+            return np.zeros(weights.shape[1])
+        indices = np.fromiter(counts.keys(), dtype=np.int64, count=len(counts))
+        values = (1.0 + np.log(np.fromiter(counts.values(), dtype=np.float64, count=len(counts)))) * vectorizer.idf_[indices]
+        values /= np.linalg.norm(values)
+        return values @ weights[indices]
 
     def _weights(self) -> Dict[Text, np.ndarray]:
         """The regression's weights split by feature block, row-major: sklearn's predict_proba
