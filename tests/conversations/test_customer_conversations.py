@@ -718,3 +718,37 @@ def test_bot_question_is_not_a_complaint(customer):
     c = customer(ANANYA)
     reply = c.says("are you a bot?")
     assert "virtual assistant" in reply and not person_or_callback(c)
+
+
+def test_c02_balance_then_dues_in_hinglish(customer):
+    c = customer(ANANYA)
+    reply = c.says("mera balance kitna hai")
+    assert "4821" in reply and re.search(r"Outstanding: ₹[\d,]+\.\d\d", reply) and "Which card" not in reply
+    reply = c.says("aur minimum kitna dena hai")
+    assert "minimum" in reply.lower() and "Which card" not in reply
+    assert re.search(r"\d\d [A-Z][a-z]{2} 2026|Nothing is due", c.says("bill kab bharna hai"))
+    reply = c.says("thik hai thanks")
+    assert "welcome" in reply.lower() and not c.choices()
+
+
+def test_c11_points_expiring_and_a_transfer_to_a_spouse(customer):
+    c = customer(VIKRAM)
+    before = c.points()
+    reply = c.says("mere points expire ho rahe hai kya")
+    assert "3,200" in reply and "this month" in reply
+    reply = c.says("kya main ye points wife ke card pe transfer kar sakta hu")
+    assert "can't be moved to another person's card" in reply
+    c.says("ok rehne do")
+    assert c.points() == before
+
+
+def test_c47_requests_replacement_and_an_address_change(customer):
+    c = customer(PRIYA)
+    reply = c.says("status of my requests")
+    assert REFERENCE.search(reply)
+    reply = c.says("kab tak aayega naya card")
+    assert "working days" in reply or "resolve it by" in reply or "replacement" in reply.lower()
+    reply = c.says("can you send it to my office address instead")
+    assert "can't be changed in this chat" in reply
+    reply = c.says("and how much do i owe on the old card")
+    assert "7305" in reply and "Outstanding" in reply and "blocked" in reply
