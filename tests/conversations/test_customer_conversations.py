@@ -70,6 +70,7 @@ class Customer:
 
         self.system = CardSystem(dataclasses.replace(Settings.from_env(), db_url=self.bot.env["CARDCARE_DB_URL"]))
         self.customer = self.system.find_customer(wa_id)
+        self.audit_start = len(self.system.audit_entries())
 
     # -- talking --------------------------------------------------------------------------------
     def says(self, text: str) -> str:
@@ -130,6 +131,11 @@ class Customer:
     def debits(self, last4: str, limit: int = 40):
         card = self.card(last4)
         return [t for t in self.system.recent_transactions(card.id, limit, True) if t.status != "reversed"]
+
+    def changes(self) -> List[str]:
+        """What the bot changed in the bank's records since the conversation began (the audit log;
+        agents signing in to the console are not changes to the customer's records)."""
+        return [e["action"] for e in self.system.audit_entries()[self.audit_start:] if not e["action"].startswith("agent")]
 
     def points(self) -> int:
         return self.system.reward_summary(self.customer.id).balance
@@ -221,6 +227,8 @@ def test_c21_unblock_is_refused_with_a_person_on_offer(customer):
     assert "can't be unblocked" in reply or "person" in reply.lower()
     reply = c.says("status of my requests")
     assert REFERENCE.search(reply) and not c.card("7305").is_active
+    assert not c.changes()  # nothing in the bank's records changed
+
 
 
 def test_c22_stranger_reporting_a_stolen_card_gets_the_emergency_route(customer):
@@ -231,6 +239,8 @@ def test_c22_stranger_reporting_a_stolen_card_gets_the_emergency_route(customer)
     assert "₹" not in reply and "Ananya" not in reply
     reply = c.says("how do i register my number")
     assert "register" in reply.lower()
+    assert not c.changes()  # nothing in the bank's records changed
+
 
 
 def test_c23_full_card_number_is_hidden_and_warned_about(customer):
@@ -250,6 +260,8 @@ def test_c24_full_number_of_a_card_not_theirs(customer):
     assert "hidden the card number" in reply and "5241" not in reply
     reply = c.says("oh sorry, 1117")
     assert "1117" in reply and "Outstanding" in reply
+    assert not c.changes()  # nothing in the bank's records changed
+
 
 
 def test_c25_date_of_birth_typed_by_mistake(customer):
@@ -261,6 +273,8 @@ def test_c25_date_of_birth_typed_by_mistake(customer):
 
 
 # -- disputes in the customer's own words -------------------------------------------------------------
+    assert not c.changes()  # nothing in the bank's records changed
+
 
 def test_c12_dispute_everything_in_the_first_message(customer):
     c = customer(ROHAN)
@@ -324,6 +338,8 @@ def test_c15_dispute_status_latest(customer):
     c = customer(FATIMA)
     reply = c.says("status of my dispute")
     assert re.search(r"DSP\d{6}DEMO", reply) and "resolve it by" in reply
+    assert not c.changes()  # nothing in the bank's records changed
+
 
 
 def test_c16_a_mangled_reference_gets_not_found_then_the_latest(customer):
@@ -332,6 +348,8 @@ def test_c16_a_mangled_reference_gets_not_found_then_the_latest(customer):
     assert "couldn't find" in reply or "DEMO" in reply
     reply = c.says("just tell me the latest one")
     assert re.search(r"DSP\d{6}DEMO", reply)
+    assert not c.changes()  # nothing in the bank's records changed
+
 
 
 def test_c17_refund_dispute_then_its_status(customer):
@@ -414,12 +432,16 @@ def test_c03_two_cards_which_one_then_the_other(customer):
     assert "6392" in reply and "Outstanding" in reply and "1117" not in reply
     reply = c.says("and the other one?")
     assert "1117" in reply and "Outstanding" in reply and "Which card" not in reply
+    assert not c.changes()  # nothing in the bank's records changed
+
 
 
 def test_c04_limit_left_on_a_named_card(customer):
     c = customer(ROHAN)
     reply = c.says("how much limit left on 1117")
     assert "1117" in reply and "Available to spend" in reply and "6392" not in reply
+    assert not c.changes()  # nothing in the bank's records changed
+
 
 
 def test_pay_now_asks_which_card_again(customer):
@@ -430,6 +452,8 @@ def test_pay_now_asks_which_card_again(customer):
 
 
 # -- statements --------------------------------------------------------------------------------------
+    assert not c.changes()  # nothing in the bank's records changed
+
 
 def test_c05_statement_month_correction(customer):
     c = customer(ANANYA)
@@ -437,6 +461,8 @@ def test_c05_statement_month_correction(customer):
     assert "September 2026" in reply or "Sep 2026" in reply
     reply = c.says("sorry I meant october")
     assert "Oct" in reply and "[document" in reply
+    assert not c.changes()  # nothing in the bank's records changed
+
 
 
 def test_c06_last_month_then_next_months_also(customer):
@@ -448,6 +474,8 @@ def test_c06_last_month_then_next_months_also(customer):
     reply = c.says("next month's also")
     assert "Nov 2026" in reply or "November 2026" in reply  # the one after October: sent, or said to be missing
     assert "Sorry, I didn't" not in reply
+    assert not c.changes()  # nothing in the bank's records changed
+
 
 
 def test_c07_future_month_then_the_latest(customer):
@@ -456,6 +484,8 @@ def test_c07_future_month_then_the_latest(customer):
     assert "hasn't finished yet" in reply
     reply = c.says("ok the latest one then")
     assert "[document" in reply
+    assert not c.changes()  # nothing in the bank's records changed
+
 
 
 def test_c08_statement_with_typos(customer):
@@ -464,6 +494,8 @@ def test_c08_statement_with_typos(customer):
     assert "Aug" in reply
     reply = c.says("thnx. also wen is the due dt")
     assert re.search(r"\d\d [A-Z][a-z]{2} 2026", reply)
+    assert not c.changes()  # nothing in the bank's records changed
+
 
 
 def test_december_in_late_november_asks_which(customer):
@@ -473,11 +505,15 @@ def test_december_in_late_november_asks_which(customer):
 
 
 # -- rewards -----------------------------------------------------------------------------------------
+    assert not c.changes()  # nothing in the bank's records changed
+
 
 def test_c09_points_and_what_expires(customer):
     c = customer(VIKRAM)
     reply = c.says("my points")
     assert "3,200" in reply and "this month" in reply
+    assert not c.changes()  # nothing in the bank's records changed
+
 
 
 def test_c10_redeem_change_of_mind(customer):
@@ -504,6 +540,8 @@ def test_c45_never_mind_while_redeeming(customer):
     assert "stopped that" in reply
     reply = c.says("how much do i owe on my card")
     assert "Outstanding" in reply and c.points() == before
+    assert not c.changes()  # nothing in the bank's records changed
+
 
 
 def test_c48_photo_while_redeeming_is_not_lost(customer):
@@ -517,11 +555,15 @@ def test_c48_photo_while_redeeming_is_not_lost(customer):
 
 
 # -- paying ------------------------------------------------------------------------------------------
+    assert not c.changes()  # nothing in the bank's records changed
+
 
 def test_c26_pay_the_full_amount(customer):
     c = customer(ANANYA)
     reply = c.says("pay my bill")
     assert "pay.cardcare.example" in reply
+    assert not c.changes()  # nothing in the bank's records changed
+
 
 
 def test_c27_pay_the_minimum_in_hinglish(customer):
@@ -532,6 +574,8 @@ def test_c27_pay_the_minimum_in_hinglish(customer):
         assert "minimum due" in reply and reply.count("pay.cardcare.example") == 1
     else:
         assert "already paid the minimum" in reply
+    assert not c.changes()  # nothing in the bank's records changed
+
 
 
 def test_c28_pay_a_given_amount(customer):
@@ -542,6 +586,8 @@ def test_c28_pay_a_given_amount(customer):
         assert "₹1,000.00" in reply and "pay.cardcare.example" in reply
     else:
         assert "pay.cardcare.example" in reply
+    assert not c.changes()  # nothing in the bank's records changed
+
 
 
 def test_c29_due_date_in_the_middle_of_paying(customer):
@@ -552,6 +598,8 @@ def test_c29_due_date_in_the_middle_of_paying(customer):
     assert "Which card" in reply or "due" in reply
     reply = c.says("6392")
     assert "6392" in reply
+    assert not c.changes()  # nothing in the bank's records changed
+
 
 
 def test_min_due_answer_offers_a_link(customer):
@@ -564,6 +612,8 @@ def test_min_due_answer_offers_a_link(customer):
 
 
 # -- limits --------------------------------------------------------------------------------------------
+    assert not c.changes()  # nothing in the bank's records changed
+
 
 def test_c30_limit_increase(customer):
     c = customer(ANANYA)
@@ -583,12 +633,16 @@ def test_c31_limit_far_too_high_is_explained(customer):
 
 
 # -- questions ------------------------------------------------------------------------------------------
+    assert not c.changes()  # nothing in the bank's records changed
+
 
 def test_c32_interest_then_late_fee_then_own_due_date(customer):
     c = customer(ANANYA)
     assert "interest" in c.says("if i pay only minimum due what interest will be charged").lower()
     assert "late payment fee" in c.says("and late payment fee?").lower()
     assert re.search(r"due on \d\d [A-Z][a-z]{2} 2026|Nothing is due", c.says("when is mine due btw"))
+    assert not c.changes()  # nothing in the bank's records changed
+
 
 
 def test_c33_declined_abroad_then_available_limit(customer):
@@ -598,12 +652,16 @@ def test_c33_declined_abroad_then_available_limit(customer):
     assert "abroad" in reply or "international" in reply
     reply = c.says("ok how much is available on 6392")
     assert "6392" in reply and "Available" in reply
+    assert not c.changes()  # nothing in the bank's records changed
+
 
 
 def test_c34_pin_and_expiry(customer):
     c = customer(ANANYA)
     assert "PIN" in c.says("how to chnage pin")
     assert "new card" in c.says("also my card expires next month will i get a new one automatically")
+    assert not c.changes()  # nothing in the bank's records changed
+
 
 
 def test_c35_stranger_asks_general_questions(customer):
@@ -615,6 +673,8 @@ def test_c35_stranger_asks_general_questions(customer):
 
 
 # -- a person -----------------------------------------------------------------------------------------
+    assert not c.changes()  # nothing in the bank's records changed
+
 
 def test_c36_vague_first_then_clear(customer):
     c = customer(ANANYA)
@@ -698,6 +758,7 @@ def test_c40_stop_and_start(customer):
     reply = c.says("START")
     assert "Welcome back" in reply and c.system.consent_of(ANANYA) is True
     assert "Outstanding" in c.says("whats my balance") and c.card("4821").is_active
+    assert c.changes() == ["opt_out", "opt_in"]
 
 
 def test_c41_other_bank_products(customer):
@@ -705,6 +766,8 @@ def test_c41_other_bank_products(customer):
     assert "loans" in c.says("can i get a personal loan on my credit card")
     assert "deposits" in c.says("what are fd rates right now")
     assert re.search(r"due on|Nothing is due", c.says("ok whats my due date"))
+    assert not c.changes()  # nothing in the bank's records changed
+
 
 
 def test_c42_cricket_then_limit_in_hinglish(customer):
@@ -712,12 +775,16 @@ def test_c42_cricket_then_limit_in_hinglish(customer):
     assert "only help with your credit card" in c.says("who won the match yesterday? kohli ne kitne banaye")
     reply = c.says("haha ok. kitna limit bacha hai 1117 pe")
     assert "1117" in reply and "Available" in reply
+    assert not c.changes()  # nothing in the bank's records changed
+
 
 
 def test_bot_question_is_not_a_complaint(customer):
     c = customer(ANANYA)
     reply = c.says("are you a bot?")
     assert "virtual assistant" in reply and not person_or_callback(c)
+    assert not c.changes()  # nothing in the bank's records changed
+
 
 
 def test_c02_balance_then_dues_in_hinglish(customer):
@@ -729,6 +796,8 @@ def test_c02_balance_then_dues_in_hinglish(customer):
     assert re.search(r"\d\d [A-Z][a-z]{2} 2026|Nothing is due", c.says("bill kab bharna hai"))
     reply = c.says("thik hai thanks")
     assert "welcome" in reply.lower() and not c.choices()
+    assert not c.changes()  # nothing in the bank's records changed
+
 
 
 def test_c11_points_expiring_and_a_transfer_to_a_spouse(customer):
@@ -740,6 +809,8 @@ def test_c11_points_expiring_and_a_transfer_to_a_spouse(customer):
     assert "can't be moved to another person's card" in reply
     c.says("ok rehne do")
     assert c.points() == before
+    assert not c.changes()  # nothing in the bank's records changed
+
 
 
 def test_c47_requests_replacement_and_an_address_change(customer):
@@ -752,3 +823,5 @@ def test_c47_requests_replacement_and_an_address_change(customer):
     assert "can't be changed in this chat" in reply
     reply = c.says("and how much do i owe on the old card")
     assert "7305" in reply and "Outstanding" in reply and "blocked" in reply
+    assert not c.changes()  # nothing in the bank's records changed
+
