@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 from abc import ABC, abstractmethod
 import logging
 from typing import Any, Callable, Dict, List, Optional, Text, TypeVar
 
 from rasa_sdk import Action, Tracker
-from rasa_sdk.events import EventType, SlotSet
+from rasa_sdk.events import EventType, FollowupAction, SlotSet
 from rasa_sdk.executor import CollectingDispatcher
 
 from cardsystem.formatting import format_date, format_inr, mask_phone
@@ -228,9 +229,6 @@ def last_request(tracker: Tracker, skip_latest: bool = True) -> Optional[Text]:
 def last_bot_message(tracker: Tracker) -> Dict[Text, Any]:
     """The bot's latest message in this conversation (text, buttons, response name)."""
     for event in reversed(tracker.events):
-        if event.get("event") == "user":
-            break
-    for event in reversed(tracker.events):
         if event.get("event") == "bot":
             data = event.get("data") or {}
             return {"text": event.get("text") or "", "buttons": data.get("buttons") or [],
@@ -238,7 +236,9 @@ def last_bot_message(tracker: Tracker) -> Dict[Text, Any]:
     return {}
 
 
+@functools.lru_cache(maxsize=1)
 def _action_classes() -> Dict[Text, type]:
+    """Every action class of the server by its name (built once: the set is fixed at import)."""
     classes: Dict[Text, type] = {}
     pending = list(Action.__subclasses__())
     while pending:
@@ -255,8 +255,6 @@ async def perform(intent: Text, dispatcher: CollectingDispatcher, tracker: Track
                   domain: Dict[Text, Any]) -> List[EventType]:
     """Answer `intent` now, as if the customer had just asked: a lookup runs here, a form is
     started next (FollowupAction), a response is sent."""
-    from rasa_sdk.events import FollowupAction
-
     name = REQUEST_ACTIONS.get(intent)
     if name is None:
         return []

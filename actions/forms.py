@@ -12,7 +12,7 @@ from rasa_sdk.executor import CollectingDispatcher
 from rasa_sdk.forms import FormValidationAction
 from rasa_sdk.types import DomainDict
 
-from actions.common import card_entity, card_in_words, CustomerAction, card_buttons, card_system, current_customer, in_thread
+from actions.common import REQUEST_ACTIONS, card_entity, card_in_words, CustomerAction, card_buttons, card_system, current_customer, in_thread
 from cardsystem.errors import CardSystemError
 from cardsystem.views import CardView, CustomerView
 
@@ -248,9 +248,7 @@ class ConfirmedSubmit(CustomerAction):
         left = tracker.get_slot("left_request")
         if not left or left == self.form_name:
             return []
-        intent = {"statement_form": "request_statement", "dispute_form": "report_dispute",
-                  "redeem_form": "redeem_rewards", "limit_increase_form": "request_limit_increase",
-                  "block_card_form": "block_card"}.get(left)
+        intent = next((i for i, action in REQUEST_ACTIONS.items() if action == left), None)
         if intent:
             dispatcher.utter_message(response="utter_back_to_left", buttons=[
                 {"title": "Yes, continue", "payload": f"/{intent}"}, {"title": "No, thanks", "payload": "/deny"}])

@@ -127,6 +127,17 @@ def _item_view(i: RewardItem) -> RewardItemView:
     return RewardItemView(code=i.code, name=i.name, description=i.description, points_cost=i.points_cost)
 
 
+def _attachment_row(request_id: int, attachment: dict) -> Attachment:
+    """A customer's photo or document as kept with a service request (lengths cut to the columns)."""
+    return Attachment(
+        service_request_id=request_id, media_id=str(attachment["media_id"])[:128],
+        mime_type=(attachment.get("mime_type") or None), filename=(attachment.get("filename") or None),
+        caption=(attachment.get("caption") or "")[:500] or None,
+        stored_as=(str(attachment.get("stored") or "")[:100] or None),
+        sha256=(str(attachment.get("sha256") or "")[:64] or None),
+    )
+
+
 class CardSystem:
     """Facade over the card system's tables; see the module docstring."""
 
@@ -377,13 +388,7 @@ class CardSystem:
                 details={"description": (description or "")[:500]},
             )
             if attachment and attachment.get("media_id"):
-                s.add(Attachment(
-                    service_request_id=request.id, media_id=str(attachment["media_id"])[:128],
-                    mime_type=(attachment.get("mime_type") or None), filename=(attachment.get("filename") or None),
-                    caption=(attachment.get("caption") or "")[:500] or None,
-                    stored_as=(str(attachment.get("stored") or "")[:100] or None),
-                    sha256=(str(attachment.get("sha256") or "")[:64] or None),
-                ))
+                s.add(_attachment_row(request.id, attachment))
             self._audit(s, "file_dispute", customer_id, "service_request", request.reference,
                         {"transaction": txn.reference, "reason": reason, "attachment": bool(attachment)})
             s.flush()
@@ -444,6 +449,20 @@ class CardSystem:
                                         card_id=card.id if card else None, details=context or {})
             self._audit(s, "request_callback", customer_id, "service_request", request.reference, {"reason": reason[:80]})
             return self._new_view(s, request)
+
+    def attach_to_request(self, customer_id: int, reference: str, attachment: dict) -> bool:
+        """Add a photo or document to one of the customer's open disputes (sent after it was raised)."""
+        if not attachment or not attachment.get("media_id"):
+            return False
+        with session_scope(self.engine) as s:
+            request = s.execute(select(ServiceRequest).where(
+                ServiceRequest.customer_id == customer_id, ServiceRequest.reference == str(reference).upper(),
+                ServiceRequest.kind == "dispute", ServiceRequest.status.in_(OPEN_STATUSES))).scalar_one_or_none()
+            if request is None:
+                return False
+            s.add(_attachment_row(request.id, attachment))
+            self._audit(s, "attach_to_request", customer_id, "service_request", request.reference, {"attachment": True})
+            return True
 
     def request_details(self, customer_id: int, reference: str) -> dict:
         """The context kept with a request (e.g. a callback's summary and transcript)."""

@@ -220,13 +220,7 @@ class MiniLMEncoder:
             chunk = order[start:start + batch_size]
             hidden, mask = self._forward([prepared[i][0] for i in chunk])
             for row, index in enumerate(chunk):
-                spans = prepared[index][1]
-                states = hidden[row]
-                pooled = (states * mask[row][:, None]).sum(0) / mask[row].sum()
-                sentence = pooled / max(float(np.linalg.norm(pooled)), 1e-12)
-                words = np.stack([states[a:b].mean(0) if b > a else states[0] for a, b in spans]) \
-                    if spans else np.zeros((0, self.width), dtype=np.float32)
-                results[index] = (words.astype(np.float32), sentence.astype(np.float32))
+                results[index] = self._pool(hidden[row], mask[row], prepared[index][1])
         return results  # type: ignore[return-value]
 
     def sentence(self, text: str) -> np.ndarray:
@@ -244,11 +238,15 @@ class MiniLMEncoder:
         else:
             out, masks = self._forward([ids])
             hidden, mask = out[0][:len(ids)], masks[0][:len(ids)]
-        pooled = (hidden * mask[:, None]).sum(0) / mask.sum()
+        return self._pool(hidden, mask, spans)
+
+    def _pool(self, states: np.ndarray, mask: np.ndarray, spans: List[Tuple[int, int]]) -> Tuple[np.ndarray, np.ndarray]:
+        """(one vector per word: the mean of its pieces; the sentence: masked mean, L2-normalised)."""
+        pooled = (states * mask[:, None]).sum(0) / mask.sum()
         sentence = pooled / max(float(np.linalg.norm(pooled)), 1e-12)
-        words_out = np.stack([hidden[a:b].mean(0) if b > a else hidden[0] for a, b in spans]) \
+        words = np.stack([states[a:b].mean(0) if b > a else states[0] for a, b in spans]) \
             if spans else np.zeros((0, self.width), dtype=np.float32)
-        return words_out.astype(np.float32), sentence.astype(np.float32)
+        return words.astype(np.float32), sentence.astype(np.float32)
 
 
 

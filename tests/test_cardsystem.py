@@ -263,3 +263,17 @@ def test_published_files_need_a_valid_unexpired_token(tmp_path):
 def test_callback_promise_counts_working_hours_only(system, now, promised):
     system._now = lambda: now
     assert system._callback_time() == promised
+
+
+def test_a_photo_sent_after_a_dispute_is_attached_to_it(system):
+    customer = system.find_customer("919800000001")
+    card = system.cards_of(customer.id)[0]
+    txn = next(t for t in system.recent_transactions(card.id, 20, debits_only=True) if t.status != "reversed")
+    dispute = system.file_dispute(customer.id, txn.reference, "charged_twice")
+    photo = {"media_id": "media-77", "mime_type": "image/png", "stored": "ab" * 32, "sha256": "cd" * 32}
+    assert system.attach_to_request(customer.id, dispute.reference.lower(), photo)
+    assert system.service_request(customer.id, dispute.reference).attachments == 1
+    other = system.find_customer("919800000002")
+    assert not system.attach_to_request(other.id, dispute.reference, photo)  # not theirs: nothing written
+    assert not system.attach_to_request(customer.id, "DSP000000ZZZZ", photo)
+    assert system.service_request(customer.id, dispute.reference).attachments == 1

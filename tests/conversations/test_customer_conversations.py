@@ -825,3 +825,15 @@ def test_c47_requests_replacement_and_an_address_change(customer):
     assert "7305" in reply and "Outstanding" in reply and "blocked" in reply
     assert not c.changes()  # nothing in the bank's records changed
 
+
+
+def test_a_photo_after_the_dispute_is_added_to_it(customer):
+    c = customer(ANANYA)
+    c.says("i want to dispute a transaction")
+    c.taps(next(x["title"] for x in c.choices() if x["title"].startswith("₹")))
+    c.says("charged twice")
+    c.says("skip")
+    reference = REFERENCE.search(c.says("yes")).group(0)
+    reply = c.sends_photo()
+    assert f"added it to your dispute {reference}" in reply
+    assert c.system.service_request(c.customer.id, reference).attachments == 1
