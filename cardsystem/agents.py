@@ -1,22 +1,37 @@
 """Agent accounts for the console.
 
-    python -m cardsystem.agents add <username> --first-name Priya   (asks for the password twice,
-                                                                   or reads CARDCARE_AGENT_PASSWORD)
+    python -m cardsystem.agents add <username> --first-name Priya [--role supervisor]
+                                   (asks for the password twice, or reads CARDCARE_AGENT_PASSWORD;
+                                    the role is `agent` unless told)
     python -m cardsystem.agents list
-    python -m cardsystem.agents demo      development only: the demo agent `asha` (make run does it)
+    python -m cardsystem.agents unlock <username> [--address IP]
+                                   an account locked after wrong passwords can sign in again now
+                                   (and an address refused after too many failures, if given)
+    python -m cardsystem.agents demo      development only: the demo agent `asha` and the demo
+                                          supervisor `meera` (make run does it)
 """
 from __future__ import annotations
 
 import argparse
 import getpass
+import ipaddress
 import os
 import sys
 
 from cardsystem.errors import CardSystemError
-from cardsystem.handoff import HandoffDesk
+from cardsystem.handoff import ROLES, HandoffDesk
 from cardsystem.service import CardSystem
 
 DEMO = ("asha", "Asha", "cardcare-demo-agent")
+DEMO_SUPERVISOR = ("meera", "Meera", "cardcare-demo-supervisor")
+
+
+def address(text: str) -> str:
+    """An IP address as the console records it (so `::1` and `0:0::1` are the same one)."""
+    try:
+        return str(ipaddress.ip_address(text.strip()))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an IP address: {text}")
 
 
 def main(argv=None) -> int:
@@ -25,8 +40,13 @@ def main(argv=None) -> int:
     add = commands.add_parser("add", help="create an agent account")
     add.add_argument("username")
     add.add_argument("--first-name", required=True, help="shown to customers when the agent joins a chat")
+    add.add_argument("--role", choices=ROLES, default="agent",
+                     help="a supervisor sees every chat and note and may transfer any chat")
     commands.add_parser("list", help="list agent accounts")
-    commands.add_parser("demo", help="create the demo agent (not in production)")
+    unlock = commands.add_parser("unlock", help="let a locked-out agent sign in again")
+    unlock.add_argument("username")
+    unlock.add_argument("--address", type=address, help="also forget this client address's failed sign-ins")
+    commands.add_parser("demo", help="create the demo agent and supervisor (not in production)")
     args = parser.parse_args(argv)
     desk = HandoffDesk(CardSystem())
     try:
@@ -37,18 +57,26 @@ def main(argv=None) -> int:
                 if getpass.getpass("Again: ") != password:
                     print("The passwords differ; nothing was created.", file=sys.stderr)
                     return 1
-            agent = desk.create_agent(args.username, args.first_name, password)
-            print(f"Agent {agent.username} ({agent.first_name}) created.")
+            agent = desk.create_agent(args.username, args.first_name, password, args.role)
+            print(f"{agent.role.capitalize()} {agent.username} ({agent.first_name}) created.")
         elif args.command == "list":
             for agent in desk.agents():
-                print(f"{agent.username:<20} {agent.first_name:<20} {'online' if agent.online else ''}")
+                locked = desk.locked_until(agent.username)
+                status = f"locked until {locked:%H:%M}" if locked else ("online" if agent.online else "")
+                print(f"{agent.username:<20} {agent.first_name:<20} {agent.role:<11} {status}".rstrip())
+        elif args.command == "unlock":
+            desk.unlock(args.username, args.address)
+            print(f"{args.username} can sign in again" + (f"; {args.address} is no longer refused." if args.address
+                                                          else "."))
         else:
             if os.environ.get("CARDCARE_ENV", "development") == "production":
-                print("No demo agent in production: use `add`.", file=sys.stderr)
+                print("No demo accounts in production: use `add`.", file=sys.stderr)
                 return 1
-            if not any(a.username == DEMO[0] for a in desk.agents()):
-                desk.create_agent(*DEMO)
-            print(f"Demo agent: username {DEMO[0]}, password {DEMO[2]}")
+            existing = {a.username for a in desk.agents()}
+            for (username, first_name, password), role in ((DEMO, "agent"), (DEMO_SUPERVISOR, "supervisor")):
+                if username not in existing:
+                    desk.create_agent(username, first_name, password, role)
+                print(f"Demo {role}: username {username}, password {password}")
     except CardSystemError as refused:
         print(str(refused), file=sys.stderr)
         return 1

@@ -12,6 +12,13 @@ Configuration (environment):
   CARDCARE_HANDOFF_DISPUTE_PAISE "5000000"       disputes above this amount (₹50,000) go to a person
   CARDCARE_HANDOFF_RETURN_WORD   "bot"           what a waiting customer types to go back to the bot
   CARDCARE_AGENT_SESSION_HOURS   "8"             agent console sessions expire after this
+  CARDCARE_AGENT_LOCK_AFTER      "5"             consecutive wrong passwords that lock an account
+  CARDCARE_AGENT_LOCK_MINUTES    "15"            for how long
+  CARDCARE_LOGIN_ADDRESS_LIMIT   "20"            failed sign-ins from one address that refuse it...
+  CARDCARE_LOGIN_ADDRESS_MINUTES "15"            ...within this many minutes
+
+Agents have a role: an `agent` sees the waiting chats and their own, a `supervisor` sees every
+chat and every note and may move any chat to a colleague.
 """
 from __future__ import annotations
 
@@ -27,10 +34,10 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
-from sqlalchemy import func, select, update
+from sqlalchemy import Column, DateTime, Integer, String, delete, func, select, update
 
 from cardsystem.db import create_schema, session_scope
-from cardsystem.errors import NotAllowed, NotFound
+from cardsystem.errors import CardSystemError, NotAllowed, NotFound
 from cardsystem.formatting import format_date, format_datetime, format_inr, mask_phone, redact_card_numbers
 from cardsystem.models import Agent, AgentSession, Base, HandoffMessage, HandoffTicket
 from cardsystem.service import CardSystem
@@ -40,6 +47,40 @@ ONLINE_WITHIN = dt.timedelta(minutes=2)
 DAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 USERNAME_RE = re.compile(r"^[a-z0-9._-]{3,60}$")
 SCRYPT = {"n": 2 ** 14, "r": 8, "p": 1}  # 16 MiB per hash: memory-hard, ~50 ms here
+ROLES = ("agent", "supervisor")
+SUPERVISOR_HISTORY = 50  # finished chats a supervisor's queue lists besides the open ones
+
+# The accounts' role and sign-in protection. Declared here, beside the code that uses them, and
+# appended to the Agent model: create_schema adds them to databases made before (NULL role: agent).
+Agent.role = Column(String(12), nullable=True)
+Agent.failed_logins = Column(Integer, nullable=True)  # consecutive wrong passwords since the last success
+Agent.locked_until = Column(DateTime, nullable=True)
+
+
+class LoginFailure(Base):
+    """A failed console sign-in, by client address: counted to refuse an address that keeps guessing.
+    Only the recent ones are kept (the audit log has them all)."""
+
+    __tablename__ = "agent_login_failures"
+
+    id = Column(Integer, primary_key=True)
+    at = Column(DateTime, nullable=False, index=True)
+    address = Column(String(45), nullable=False, index=True)
+    username = Column(String(60), nullable=False)
+
+
+class Forbidden(NotAllowed):
+    """A chat (or a file sent in one) that is not this agent's to see (the console answers 403)."""
+
+
+class TooManyAttempts(CardSystemError):
+    """Too many failed sign-ins from one address: refused without checking the password."""
+
+    def __init__(self, retry_after: int) -> None:
+        minutes = math.ceil(retry_after / 60)
+        super().__init__("throttled", f"Too many failed sign-ins from this address. Try again in {minutes} "
+                                      f"minute{'s' if minutes != 1 else ''}.")
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -52,6 +93,10 @@ class HandoffSettings:
     dispute_paise: int = 50_000_00
     return_word: str = "bot"
     session_hours: int = 8
+    lock_after: int = 5
+    lock_for: dt.timedelta = dt.timedelta(minutes=15)
+    address_limit: int = 20
+    address_window: dt.timedelta = dt.timedelta(minutes=15)
 
     @classmethod
     def from_env(cls) -> "HandoffSettings":
@@ -67,6 +112,10 @@ class HandoffSettings:
             dispute_paise=int(env.get("CARDCARE_HANDOFF_DISPUTE_PAISE") or 50_000_00),
             return_word=(env.get("CARDCARE_HANDOFF_RETURN_WORD") or "bot").strip().lower(),
             session_hours=int(env.get("CARDCARE_AGENT_SESSION_HOURS") or 8),
+            lock_after=int(env.get("CARDCARE_AGENT_LOCK_AFTER") or 5),
+            lock_for=dt.timedelta(minutes=int(env.get("CARDCARE_AGENT_LOCK_MINUTES") or 15)),
+            address_limit=int(env.get("CARDCARE_LOGIN_ADDRESS_LIMIT") or 20),
+            address_window=dt.timedelta(minutes=int(env.get("CARDCARE_LOGIN_ADDRESS_MINUTES") or 15)),
         )
 
 
@@ -76,6 +125,11 @@ class AgentView:
     username: str
     first_name: str
     online: bool = False
+    role: str = "agent"
+
+    @property
+    def supervisor(self) -> bool:
+        return self.role == "supervisor"
 
 
 @dataclass(frozen=True)
@@ -149,7 +203,7 @@ class HandoffDesk:
 
     # -- agents and sessions ------------------------------------------------------------------
 
-    def create_agent(self, username: str, first_name: str, password: str) -> AgentView:
+    def create_agent(self, username: str, first_name: str, password: str, role: str = "agent") -> AgentView:
         username = username.strip().lower()
         if not USERNAME_RE.match(username):
             raise NotAllowed("refused", "username: 3-60 characters of a-z, 0-9, dot, dash or underscore")
@@ -157,31 +211,57 @@ class HandoffDesk:
             raise NotAllowed("refused", "password: at least 10 characters")
         if not first_name.strip():
             raise NotAllowed("refused", "first name is required")
+        if role not in ROLES:
+            raise NotAllowed("refused", f"role: one of {', '.join(ROLES)}")
         with session_scope(self.engine) as s:
             if s.execute(select(Agent).where(Agent.username == username)).scalar_one_or_none():
                 raise NotAllowed("refused", f"agent {username} exists already")
             agent = Agent(username=username, first_name=first_name.strip()[:60], password_hash=hash_password(password),
-                          active=True, created_at=self.now())
+                          role=role, active=True, created_at=self.now())
             s.add(agent)
             s.flush()
-            self.system._audit(s, "create_agent", None, "agent", username, {}, actor="admin")
-            return AgentView(agent.id, agent.username, agent.first_name)
+            self.system._audit(s, "create_agent", None, "agent", username, {"role": role}, actor="admin")
+            return self._agent_view(agent)
 
-    def sign_in(self, username: str, password: str) -> Optional[Tuple[str, str, AgentView]]:
-        """(session token, CSRF token, agent) for the right password; None otherwise."""
+    def sign_in(self, username: str, password: str,
+                address: Optional[str] = None) -> Optional[Tuple[str, str, AgentView]]:
+        """(session token, CSRF token, agent) for the right password of an unlocked account; None
+        otherwise, whatever the reason, so a caller cannot tell which usernames exist. An address
+        with too many recent failures is refused outright (TooManyAttempts)."""
+        name = (username or "").strip().lower()
         with session_scope(self.engine) as s:
-            agent = s.execute(select(Agent).where(Agent.username == (username or "").strip().lower())).scalar_one_or_none()
+            now = self.now()
+            if address:
+                wait = self._address_wait(s, address, now)
+                if wait:
+                    raise TooManyAttempts(wait)
+            agent = s.execute(select(Agent).where(Agent.username == name)).scalar_one_or_none()
+            # the hash is checked even for a locked or unknown account: the same work, no timing oracle
             good = verify_password(password or "", agent.password_hash if agent else _DUMMY_HASH)
-            if agent is None or not good or not agent.active:
-                self.system._audit(s, "agent_sign_in_failed", None, "agent", (username or "")[:40], {}, actor="console")
+            locked = agent is not None and agent.locked_until is not None and agent.locked_until > now
+            if agent is None or not good or not agent.active or locked:
+                self._sign_in_failed(s, agent, name, address, now, locked)
                 return None
             token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(24)
-            now = self.now()
             s.add(AgentSession(token_hash=_token_hash(token), agent_id=agent.id, csrf_token=csrf, created_at=now,
                                expires_at=now + dt.timedelta(hours=self.settings.session_hours)))
-            agent.last_seen_at = now
-            self.system._audit(s, "agent_sign_in", None, "agent", agent.username, {}, actor=f"agent:{agent.username}")
-            return token, csrf, AgentView(agent.id, agent.username, agent.first_name, True)
+            agent.last_seen_at, agent.failed_logins, agent.locked_until = now, 0, None
+            self.system._audit(s, "agent_sign_in", None, "agent", agent.username, {"address": address},
+                               actor=f"agent:{agent.username}")
+            return token, csrf, self._agent_view(agent, online=True)
+
+    def unlock(self, username: str, address: Optional[str] = None) -> None:
+        """Let a locked-out agent sign in again now (and forget an address's failures, if given)."""
+        with session_scope(self.engine) as s:
+            agent = s.execute(select(Agent).where(Agent.username == (username or "").strip().lower())
+                              ).scalar_one_or_none()
+            if agent is None:
+                raise NotFound("unknown_agent", f"no agent {username}")
+            agent.failed_logins, agent.locked_until = 0, None
+            self.system._audit(s, "agent_unlocked", None, "agent", agent.username, {}, actor="admin")
+            if address:
+                s.execute(delete(LoginFailure).where(LoginFailure.address == address))
+                self.system._audit(s, "address_unlocked", None, "address", address[:40], {}, actor="admin")
 
     def session(self, token: Optional[str]) -> Optional[Tuple[AgentView, str]]:
         """The signed-in agent and the session's CSRF token; marks the agent as online."""
@@ -196,7 +276,7 @@ class HandoffDesk:
             if agent is None or not agent.active:
                 return None
             agent.last_seen_at = now
-            return AgentView(agent.id, agent.username, agent.first_name, True), row.csrf_token
+            return self._agent_view(agent, online=True), row.csrf_token
 
     def sign_out(self, token: str) -> None:
         with session_scope(self.engine) as s:
@@ -210,8 +290,63 @@ class HandoffDesk:
     def agents(self) -> List[AgentView]:
         with session_scope(self.engine) as s:
             now = self.now()
-            return [AgentView(a.id, a.username, a.first_name, bool(a.last_seen_at and now - a.last_seen_at < ONLINE_WITHIN))
+            return [self._agent_view(a, online=bool(a.last_seen_at and now - a.last_seen_at < ONLINE_WITHIN))
                     for a in s.execute(select(Agent).where(Agent.active.is_(True)).order_by(Agent.username)).scalars()]
+
+    def locked_until(self, username: str) -> Optional[dt.datetime]:
+        """Until when an account is locked after wrong passwords (None: it is not)."""
+        with session_scope(self.engine) as s:
+            until = s.execute(select(Agent.locked_until).where(Agent.username == username)).scalar_one_or_none()
+            return until if until and until > self.now() else None
+
+    def _sign_in_failed(self, s, agent: Optional[Agent], name: str, address: Optional[str], now: dt.datetime,
+                        locked: bool) -> None:
+        """Audit a failure, count it against the account (locking it at the limit) and the address."""
+        self.system._audit(s, "agent_sign_in_failed", None, "agent", name[:40], {"address": address, "locked": locked},
+                           actor="console")
+        if agent is not None and not locked:
+            self._count_account_failure(s, agent, now)
+        if address:
+            since = now - self.settings.address_window
+            s.execute(delete(LoginFailure).where(LoginFailure.at <= since))  # older ones no longer count
+            s.add(LoginFailure(at=now, address=address, username=name[:60]))
+            if self._failures_from(s, address, since) == self.settings.address_limit:
+                self.system._audit(s, "address_locked", None, "address", address[:40],
+                                   {"failures": self.settings.address_limit}, actor="console")
+
+    def _count_account_failure(self, s, agent: Agent, now: dt.datetime) -> None:
+        # one UPDATE: failures arriving at once on several instances are all counted
+        s.execute(update(Agent).where(Agent.id == agent.id)
+                  .values(failed_logins=func.coalesce(Agent.failed_logins, 0) + 1)
+                  .execution_options(synchronize_session=False))
+        failures = s.execute(select(Agent.failed_logins).where(Agent.id == agent.id)).scalar_one()
+        if failures >= self.settings.lock_after:
+            until = now + self.settings.lock_for
+            s.execute(update(Agent).where(Agent.id == agent.id).values(failed_logins=0, locked_until=until)
+                      .execution_options(synchronize_session=False))
+            self.system._audit(s, "agent_locked", None, "agent", agent.username,
+                               {"failures": failures, "until": until}, actor="console")
+
+    def _address_wait(self, s, address: str, now: dt.datetime) -> int:
+        """Seconds until an address may try again (0: now): once `address_limit` failures fall
+        inside the window, it waits until the oldest of them leaves it."""
+        window, limit = self.settings.address_window, self.settings.address_limit
+        recent = s.execute(select(LoginFailure.at)
+                           .where(LoginFailure.address == address, LoginFailure.at > now - window)
+                           .order_by(LoginFailure.at.desc()).limit(limit)).scalars().all()
+        if len(recent) < limit:
+            return 0
+        return max(1, math.ceil((recent[-1] + window - now).total_seconds()))
+
+    @staticmethod
+    def _failures_from(s, address: str, since: dt.datetime) -> int:
+        return s.execute(select(func.count()).select_from(LoginFailure).where(
+            LoginFailure.address == address, LoginFailure.at > since)).scalar_one()
+
+    @staticmethod
+    def _agent_view(agent: Agent, online: bool = False) -> AgentView:
+        return AgentView(agent.id, agent.username, agent.first_name, online,
+                         "supervisor" if agent.role == "supervisor" else "agent")  # NULL (older rows): an agent
 
     # -- availability and the queue -----------------------------------------------------------
 
@@ -289,8 +424,9 @@ class HandoffDesk:
                                actor="customer")
             return self._view(s, ticket)
 
-    def queue(self) -> List[Dict[str, Any]]:
-        """Queued and active chats, oldest first, with how long each has waited."""
+    def queue(self, agent: AgentView) -> List[Dict[str, Any]]:
+        """The chats an agent may take or has, oldest first, with how long each has waited; a
+        supervisor sees every open chat and, after them, the latest finished ones."""
         with session_scope(self.engine) as s:
             now = self.now()
             rows = s.execute(select(HandoffTicket).where(HandoffTicket.status.in_(OPEN_STATES))
@@ -298,7 +434,12 @@ class HandoffDesk:
             result = []
             for position, ticket in enumerate([t for t in rows if t.status == "queued"], 1):
                 result.append(self._queue_row(s, ticket, now, position))
-            result += [self._queue_row(s, t, now, None) for t in rows if t.status == "active"]
+            result += [self._queue_row(s, t, now, None) for t in rows
+                       if t.status == "active" and (agent.supervisor or t.agent_id == agent.id)]
+            if agent.supervisor:
+                finished = s.execute(select(HandoffTicket).where(HandoffTicket.status.notin_(OPEN_STATES))
+                                     .order_by(HandoffTicket.id.desc()).limit(SUPERVISOR_HISTORY)).scalars()
+                result += [self._queue_row(s, t, now, None) for t in finished]
             return result
 
     def expire_waiting(self) -> List[TicketView]:
@@ -332,11 +473,11 @@ class HandoffDesk:
     def ticket(self, reference: str, agent: AgentView) -> Dict[str, Any]:
         """Everything an agent sees about one chat: summary, context, transcript, notes, cards."""
         with session_scope(self.engine) as s:
-            ticket = self._ticket(s, reference)
+            ticket = self._readable(s, reference, agent)
             self.system._audit(s, "agent_view", ticket.customer_id, "handoff", ticket.reference, {},
                                actor=f"agent:{agent.username}")
             view = self._view(s, ticket)
-            messages = [self._message(s, m) for m in ticket.messages]
+            messages = [self._message(s, m) for m in ticket.messages if self._shown(m, agent)]
             context = json.loads(ticket.context)
         cards = []
         if view.customer_id:
@@ -353,17 +494,37 @@ class HandoffDesk:
         data.pop("sender")
         return data
 
-    def messages_since(self, reference: str, after_id: int) -> List[Dict[str, Any]]:
+    def messages_since(self, reference: str, after_id: int, agent: Optional[AgentView] = None) -> List[Dict[str, Any]]:
+        """The transcript after one entry: as an agent may see it (their chats, their own notes),
+        or whole for the desk's own use (no agent)."""
         with session_scope(self.engine) as s:
-            ticket = self._ticket(s, reference)
+            ticket = self._readable(s, reference, agent) if agent else self._ticket(s, reference)
             rows = s.execute(select(HandoffMessage).where(HandoffMessage.ticket_id == ticket.id,
                                                           HandoffMessage.id > after_id)
                              .order_by(HandoffMessage.id)).scalars()
-            return [self._message(s, m) for m in rows]
+            return [self._message(s, m) for m in rows if not agent or self._shown(m, agent)]
+
+    def attachment(self, key: str, agent: AgentView) -> Dict[str, Any]:
+        """What a customer's stored file was sent as (type, name), for an agent who may read a chat
+        it was sent in; the file's key alone opens nothing."""
+        with session_scope(self.engine) as s:
+            rows = s.execute(select(HandoffMessage).where(HandoffMessage.attachment.contains(key, autoescape=True))
+                             ).scalars().all()
+            sent = [(m, json.loads(m.attachment)) for m in rows]
+            sent = [(m, attachment) for m, attachment in sent if attachment.get("stored") == key]
+            if not sent:
+                raise NotFound("unknown_file", "No such file.")
+            for message, attachment in sent:
+                ticket = s.get(HandoffTicket, message.ticket_id)
+                if self._may_read(ticket, agent):
+                    self.system._audit(s, "agent_file", ticket.customer_id, "handoff", ticket.reference,
+                                       {"file": key[:16]}, actor=f"agent:{agent.username}")
+                    return attachment
+            raise Forbidden("not_yours", "This file belongs to a chat you cannot open.")
 
     def claim(self, reference: str, agent: AgentView) -> TicketView:
         with session_scope(self.engine) as s:
-            ticket = self._ticket(s, reference)
+            ticket = self._readable(s, reference, agent)
             # one conditional update: of two agents claiming at once (on any instance), one wins
             won = s.execute(update(HandoffTicket).where(HandoffTicket.id == ticket.id, HandoffTicket.status == "queued")
                             .values(status="active", agent_id=agent.id, claimed_at=self.now())
@@ -396,18 +557,21 @@ class HandoffDesk:
         if not text:
             raise NotAllowed("refused", "an empty note was not saved")
         with session_scope(self.engine) as s:
-            ticket = self._ticket(s, reference)
+            ticket = self._readable(s, reference, agent)
             s.add(HandoffMessage(ticket_id=ticket.id, author="note", agent_id=agent.id, text=text[:4000],
                                  created_at=self.now()))
             self.system._audit(s, "agent_note", ticket.customer_id, "handoff", ticket.reference, {},
                                actor=f"agent:{agent.username}")
 
     def transfer(self, reference: str, agent: AgentView, to_username: str) -> Tuple[TicketView, AgentView]:
+        """Hand an active chat to a colleague: an agent their own, a supervisor anyone's."""
         with session_scope(self.engine) as s:
-            ticket = self._mine(s, reference, agent)
+            ticket = self._readable(s, reference, agent) if agent.supervisor else self._mine(s, reference, agent)
+            if ticket.status != "active":
+                raise NotAllowed("refused", "only a chat someone has can be transferred")
             target = s.execute(select(Agent).where(Agent.username == (to_username or "").strip().lower(),
                                                    Agent.active.is_(True))).scalar_one_or_none()
-            if target is None or target.id == agent.id:
+            if target is None or target.id == ticket.agent_id:
                 raise NotAllowed("refused", "choose another active agent")
             ticket.agent_id = target.id
             s.add(HandoffMessage(ticket_id=ticket.id, author="system",
@@ -415,7 +579,7 @@ class HandoffDesk:
                                  created_at=self.now()))
             self.system._audit(s, "agent_transfer", ticket.customer_id, "handoff", ticket.reference,
                                {"to": target.username}, actor=f"agent:{agent.username}")
-            return self._view(s, ticket), AgentView(target.id, target.username, target.first_name)
+            return self._view(s, ticket), self._agent_view(target)
 
     def close(self, reference: str, agent: AgentView, resolution: str) -> TicketView:
         resolution = (resolution or "").strip()
@@ -472,8 +636,24 @@ class HandoffDesk:
             raise NotFound("unknown_ticket", "No such chat.")
         return ticket
 
-    def _mine(self, s, reference: str, agent: AgentView) -> HandoffTicket:
+    def _readable(self, s, reference: str, agent: AgentView) -> HandoffTicket:
         ticket = self._ticket(s, reference)
+        if not self._may_read(ticket, agent):
+            raise Forbidden("not_yours", "This chat is not yours to open.")
+        return ticket
+
+    @staticmethod
+    def _may_read(ticket: HandoffTicket, agent: AgentView) -> bool:
+        """A supervisor reads every chat; an agent the waiting ones (to take one) and their own."""
+        return agent.supervisor or ticket.status == "queued" or ticket.agent_id == agent.id
+
+    @staticmethod
+    def _shown(message: HandoffMessage, agent: AgentView) -> bool:
+        """Private notes are for their author (and supervisors); everything else for whoever reads the chat."""
+        return message.author != "note" or agent.supervisor or message.agent_id == agent.id
+
+    def _mine(self, s, reference: str, agent: AgentView) -> HandoffTicket:
+        ticket = self._readable(s, reference, agent)
         if ticket.status != "active" or ticket.agent_id != agent.id:
             raise NotAllowed("refused", "claim this chat first" if ticket.status == "queued" else "this chat is not yours")
         return ticket
@@ -486,7 +666,7 @@ class HandoffDesk:
     def _view(self, s, t: HandoffTicket) -> TicketView:
         agent = s.get(Agent, t.agent_id) if t.agent_id else None
         return TicketView(t.reference, t.sender, t.reply_by, t.customer_id, t.card_last4, t.reason, t.status,
-                          AgentView(agent.id, agent.username, agent.first_name) if agent else None, t.summary,
+                          self._agent_view(agent) if agent else None, t.summary,
                           t.created_at, t.claimed_at, t.closed_at, t.resolution, t.rating, t.callback_reference)
 
     def _message(self, s, m: HandoffMessage) -> Dict[str, Any]:

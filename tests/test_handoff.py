@@ -130,7 +130,7 @@ def test_queue_order_claim_reply_transfer_close_and_rating(desk):
     desk.clock.moment += dt.timedelta(minutes=1)
     second = open_for(desk, TWO_CARDS)
     assert open_for(desk, ONE_CARD).reference == first.reference  # already waiting: same ticket
-    assert [(r["reference"], r["position"]) for r in desk.queue()] == [(first.reference, 1), (second.reference, 2)]
+    assert [(r["reference"], r["position"]) for r in desk.queue(priya)] == [(first.reference, 1), (second.reference, 2)]
     assert desk.place(second.reference).position == 2 and desk.place(second.reference).wait_minutes == 12
     assert desk.open_ticket_for(ONE_CARD).status == "queued" and desk.open_ticket_for(STRANGER) is None
     with pytest.raises(NotAllowed):

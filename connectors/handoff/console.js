@@ -1,4 +1,6 @@
 // cardcare agent console: sign in, queue, claim, reply, notes, transfer, close. Polls every 2 s.
+// The server decides what each agent sees: an agent the waiting chats and their own (and their own
+// notes), a supervisor every chat, finished ones included, and every note.
 const api = "/webhooks/whatsapp/agents/api";
 let csrf = null, current = null, lastId = 0, firstName = "";
 const $ = id => document.getElementById(id);
@@ -16,11 +18,17 @@ async function call(path, method = "GET", body) {
 
 function showSignIn() { csrf = null; $("signin").hidden = false; $("desk").hidden = true; $("logout").hidden = true; }
 function showDesk(data) {
-  csrf = data.csrf; $("who").textContent = data.agent.first_name + " (" + data.agent.username + ")";
+  csrf = data.csrf;
+  $("who").textContent = data.agent.first_name + " (" + data.agent.username + (data.agent.role === "supervisor" ? ", supervisor" : "") + ")";
   $("signin").hidden = true; $("desk").hidden = false; $("logout").hidden = false;
 }
 
 function minutes(seconds) { return seconds < 60 ? seconds + " s" : Math.floor(seconds / 60) + " min"; }
+function standing(row) {
+  if (row.status === "queued") return "waiting " + minutes(row.waiting_seconds);
+  if (row.status === "active") return "with " + row.agent + (row.mine ? " (you)" : "");
+  return row.status + (row.agent ? " (" + row.agent + ")" : "");
+}
 
 async function refreshQueue() {
   if (!csrf) return;
@@ -33,8 +41,7 @@ async function refreshQueue() {
     li.dataset.reference = row.reference;
     li.textContent = (row.status === "queued" ? "#" + row.position + " " : "") + row.customer + " - " + row.reason;
     const small = document.createElement("small");
-    small.textContent = row.reference + " | " + row.masked_sender + " | " + (row.status === "queued"
-      ? "waiting " + minutes(row.waiting_seconds) : "with " + row.agent + (row.mine ? " (you)" : ""));
+    small.textContent = row.reference + " | " + row.masked_sender + " | " + standing(row);
     li.appendChild(small);
     li.onclick = () => openTicket(row.reference);
     list.appendChild(li);
@@ -54,12 +61,12 @@ function addMessage(m) {
   const div = document.createElement("div");
   div.className = "m " + m.author;
   if (m.author !== "system") { const b = document.createElement("b");
-    b.textContent = {customer: "Customer", bot: "Assistant", agent: m.agent || "Agent", note: "Note"}[m.author] + " " + m.at.slice(11, 16);
+    b.textContent = {customer: "Customer", bot: "Assistant", agent: m.agent || "Agent", note: "Note by " + (m.agent || "an agent")}[m.author] + " " + m.at.slice(11, 16);
     div.appendChild(b); }
   div.appendChild(document.createTextNode(m.text));
   if (m.attachment && m.attachment.stored) { const a = document.createElement("a");
-    a.href = api + "/media/" + encodeURIComponent(m.attachment.stored); a.target = "_blank";
-    a.textContent = " [open " + (m.attachment.kind || "file") + "]"; div.appendChild(a); }
+    a.href = api + "/media/" + encodeURIComponent(m.attachment.stored); a.rel = "noopener noreferrer";
+    a.textContent = " [download " + (m.attachment.kind || "file") + "]"; div.appendChild(a); }
   $("messages").appendChild(div);
   $("messages").scrollTop = $("messages").scrollHeight;
   lastId = Math.max(lastId, m.id);
