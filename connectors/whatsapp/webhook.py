@@ -1,0 +1,117 @@
+"""Receiving one WhatsApp webhook: verify, parse, record, answer. No Rasa in here.
+
+Shared by the channel's own route (connectors.whatsapp.channel, `make run`) and by the ingress
+(connectors.whatsapp.ingress, `make serve`), a small process of its own that keeps taking
+webhooks while Rasa restarts, so that a customer's messages are recorded in the order they
+came even when Rasa was killed mid-burst.
+
+Answers: 403 for a bad signature; 200 for any validly signed body (a malformed part is
+logged and skipped, the rest recorded; a body that is not JSON is acknowledged, since a
+redelivery would not read better); 503 only when the channel database cannot be reached,
+so that Meta redelivers (the unique message id makes that harmless).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Mapping, Optional
+
+from sqlalchemy.exc import InterfaceError, OperationalError, TimeoutError as PoolTimeout
+
+from cardsystem.config import SANDBOX_DEFAULTS
+from connectors.whatsapp.inbound import Status, parse_webhook
+from connectors.whatsapp.signature import is_signed_by
+from connectors.whatsapp.store import ChannelStore
+
+logger = logging.getLogger(__name__)
+DATABASE_DOWN = (OperationalError, InterfaceError, PoolTimeout)
+SETTINGS = {  # credentials.yml key -> environment variable used when the key is empty
+    "verify_token": "WHATSAPP_VERIFY_TOKEN", "app_secret": "WHATSAPP_APP_SECRET",
+    "access_token": "WHATSAPP_ACCESS_TOKEN", "phone_number_id": "WHATSAPP_PHONE_NUMBER_ID",
+    "api_base": "WHATSAPP_API_BASE", "api_version": "WHATSAPP_API_VERSION",
+}
+
+
+def channel_settings(credentials: Optional[Mapping[str, Any]] = None) -> Dict[str, str]:
+    """The WhatsApp settings from credentials.yml, else the environment; outside production,
+    what is missing defaults to the local sandbox (python -m connectors.sandbox)."""
+    credentials = credentials or {}
+    values = {key: str(credentials.get(key) or os.environ.get(env, "")) for key, env in SETTINGS.items()}
+    if os.environ.get("CARDCARE_ENV", "development") != "production":
+        values = {key: value or SANDBOX_DEFAULTS[key] for key, value in values.items()}
+    return values
+
+
+@dataclass
+class Receipt:
+    status: int
+    answer: Dict[str, Any]
+    senders: List[str] = field(default_factory=list)  # customers with a newly recorded message
+
+
+class WebhookReceiver:
+    def __init__(self, store: ChannelStore, app_secrets: List[str], phone_number_id: str, verify_token: str) -> None:
+        self.store = store
+        self.app_secrets = [s for s in app_secrets if s]
+        self.phone_number_id = phone_number_id
+        self.verify_token = verify_token
+
+    def verify(self, args: Mapping[str, str]) -> "tuple[int, str]":
+        """Meta's subscription handshake: echo the challenge when the token is ours."""
+        if args.get("hub.mode") == "subscribe" and self.verify_token and args.get("hub.verify_token") == self.verify_token:
+            return 200, args.get("hub.challenge") or ""
+        logger.warning("webhook verification refused: wrong mode or token")
+        return 403, "forbidden"
+
+    def receive(self, body: bytes, signature: Optional[str]) -> Receipt:
+        if not is_signed_by(body, signature, self.app_secrets):
+            logger.warning("webhook refused: missing or wrong X-Hub-Signature-256 (%d bytes)", len(body))
+            return Receipt(403, {"error": "invalid signature"})
+        try:
+            payload = json.loads(body)
+        except (ValueError, UnicodeDecodeError, RecursionError):  # (RecursionError: nested too deep)
+            payload = None
+        if not isinstance(payload, dict):
+            logger.warning("webhook ignored: signed body is not a JSON object (%d bytes)", len(body))
+            return Receipt(200, {"status": "ignored"})
+        parsed = parse_webhook(payload, self.phone_number_id)
+        for problem in parsed.problems:
+            logger.info("webhook: %s", problem)
+        receipt = Receipt(200, {"status": "received"})
+        try:
+            for message in parsed.messages:
+                if message.kind == "reaction" and not message.text:
+                    continue  # a reaction taken back: nothing to answer
+                if self._record(self.store.record_inbound, message) and message.sender not in receipt.senders:
+                    receipt.senders.append(message.sender)
+            for status in parsed.statuses:
+                self._record(self._record_status, status)
+        except DATABASE_DOWN as exc:  # what was recorded is still answered (receipt.senders)
+            logger.error("webhook answered 503 for a redelivery: channel database unavailable (%s)", type(exc).__name__)
+            receipt.status, receipt.answer = 503, {"error": "channel database unavailable"}
+        return receipt
+
+    def _record_status(self, status: Status) -> bool:
+        known = self.store.record_status(status)
+        if status.callback_data:  # a reply of ours: settles one left "sending" by a crash
+            known = self.store.reply_accepted(status.callback_data, status.message_id) or known
+        return known
+
+    @staticmethod
+    def _record(record: Callable[[Any], bool], item: Any) -> bool:
+        """`record(item)` for one message or status (a transaction of its own), or False when it failed.
+
+        A database that cannot be reached raises, so that the webhook answers 503 and Meta redelivers.
+        Anything else that fails is this item's own problem: logged and the item skipped, or it would
+        hold back its whole batch on every redelivery.
+        """
+        try:
+            return record(item)
+        except DATABASE_DOWN:
+            raise
+        except Exception as exc:  # only the type: a database error quotes the customer's number and words
+            logger.error("webhook: %s %s skipped, it could not be recorded (%s)", type(item).__name__.lower(),
+                         item.message_id, type(exc).__name__)
+            return False
