@@ -302,8 +302,9 @@ class HandoffDesk:
     def _sign_in_failed(self, s, agent: Optional[Agent], name: str, address: Optional[str], now: dt.datetime,
                         locked: bool) -> None:
         """Audit a failure, count it against the account (locking it at the limit) and the address."""
-        self.system._audit(s, "agent_sign_in_failed", None, "agent", name[:40], {"address": address, "locked": locked},
-                           actor="console")
+        # an unknown name is not recorded: it may be a password typed into the wrong box
+        self.system._audit(s, "agent_sign_in_failed", None, "agent", agent.username if agent else "(unknown account)",
+                           {"address": address, "locked": locked}, actor="console")
         if agent is not None and not locked:
             self._count_account_failure(s, agent, now)
         if address:

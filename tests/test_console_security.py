@@ -123,6 +123,8 @@ async def test_wrong_passwords_lock_the_account_even_against_the_right_one_until
     failures = [a for a in desk.system.audit_entries() if a["action"] == "agent_sign_in_failed"]
     assert len(failures) == 7 and {f["details"]["address"] for f in failures} == {CLIENT}
     assert [f["details"]["locked"] for f in failures if f["entity_id"] == "priya"] == [False] * 5 + [True]
+    # a name that is no account is not recorded (it may be a password typed into the wrong box)
+    assert [f["entity_id"] for f in failures if f["entity_id"] != "priya"] == ["(unknown account)"]
     locked = [a for a in desk.system.audit_entries() if a["action"] == "agent_locked"]
     assert len(locked) == 1 and locked[0]["entity_id"] == "priya" and locked[0]["details"]["failures"] == 5
     assert ("admin", "agent_unlocked") in {(a["actor"], a["action"]) for a in desk.system.audit_entries()}

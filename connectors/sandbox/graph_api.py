@@ -71,6 +71,9 @@ def validate(body: Any, media: Optional[Dict[str, "StoredMedia"]] = None) -> str
         _require(len(payload.get("caption") or "") <= 1024, "(#100) Param caption must be at most 1024 characters long.")
     elif kind != "template":
         raise GraphError(131051, f"Unsupported message type {kind}")
+    callback = body.get("biz_opaque_callback_data")
+    _require(callback is None or (isinstance(callback, str) and len(callback) <= 512),
+             "(#100) Param biz_opaque_callback_data must be a string of at most 512 characters.")
     return str(recipient)
 
 
@@ -102,12 +105,15 @@ class Outbox:
         self.status_failures: List[int] = []   # accepted, then a "failed" status webhook with this code
         self.media: Dict[str, StoredMedia] = {}
         self.read: List[str] = []              # message ids the bot marked as read
+        self.outage_until = 0.0                # time.monotonic() until which every send gets HTTP 503
 
     def accept(self, body: Any) -> Dict[str, Any]:
         if isinstance(body, dict) and body.get("status") == "read":
             _require(bool(body.get("message_id")), "(#100) The parameter message_id is required.")
             self.read.append(str(body["message_id"]))
             return {"success": True}
+        if time.monotonic() < self.outage_until:
+            raise GraphError(2, "Service temporarily unavailable (sandbox outage)", 503)
         recipient = validate(body, self.media)
         if self.failures:
             code = self.failures.pop(0)

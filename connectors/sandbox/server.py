@@ -34,13 +34,15 @@ from aiohttp import web
 
 from cardsystem.seed import NOT_A_CUSTOMER, PERSONAS
 from connectors.sandbox.graph_api import MEDIA_LIMITS, GraphError, Outbox
-from connectors.whatsapp.channel import SANDBOX_DEFAULTS
+from cardsystem.config import SANDBOX_DEFAULTS
 from connectors.whatsapp.signature import sign
 
 logger = logging.getLogger(__name__)
 PAGE = Path(__file__).with_name("chat.html")
 _inbound_ids = itertools.count(1)
 MAX_UPLOAD = 101 * 1024 * 1024
+REDELIVERY_SECONDS = 900.0  # a customer's message: redelivered for 15 minutes (Meta: up to 7 days)
+STATUS_PATIENCE = 300.0     # a status webhook
 
 
 def webhook_body(phone_number_id: str, value: Dict[str, Any]) -> Dict[str, Any]:
@@ -56,9 +58,12 @@ def message_value(wa_id: str, name: str, message: Dict[str, Any]) -> Dict[str, A
                           "timestamp": str(int(time.time())), **message}]}
 
 
-def status_value(wamid: str, recipient: str, status: str, error_code: Optional[int] = None) -> Dict[str, Any]:
+def status_value(wamid: str, recipient: str, status: str, error_code: Optional[int] = None,
+                 callback_data: Optional[str] = None) -> Dict[str, Any]:
     entry: Dict[str, Any] = {"id": wamid, "status": status, "timestamp": str(int(time.time())),
                              "recipient_id": recipient}
+    if callback_data:  # echoed as WhatsApp does: lets the sender match a status to its own record
+        entry["biz_opaque_callback_data"] = callback_data
     if error_code:
         entry["errors"] = [{"code": error_code, "title": f"sandbox failure {error_code}",
                             "error_data": {"details": "as requested via /_sandbox/fail"}}]
@@ -87,13 +92,26 @@ def make_app(bot_url: str, app_secret: str, phone_number_id: str, statuses: bool
         background.add(task)
         task.add_done_callback(background.discard)
 
+    async def deliver(value: Dict[str, Any], patience: float = REDELIVERY_SECONDS) -> bool:
+        """Post a webhook until the bot answers 200, backing off, as Meta does (for days there;
+        `patience` seconds here). False if it never did."""
+        deadline, delay = time.monotonic() + patience, 0.5
+        while True:
+            try:
+                if await post_webhook(value) == 200:
+                    return True
+            except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
+                pass
+            if time.monotonic() + delay > deadline:
+                return False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
     async def report(statuses_to_send: List[Dict[str, Any]]) -> None:
         for value in statuses_to_send:
             await asyncio.sleep(0.05)
-            try:
-                await post_webhook(value)
-            except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
-                return  # no bot listening (e.g. a unit test): statuses are best effort, as at Meta
+            if not await deliver(value, patience=STATUS_PATIENCE):
+                return  # no bot listening (e.g. a unit test): statuses are best effort
 
     def authorised(request: web.Request) -> bool:
         return request.headers.get("Authorization", "").startswith("Bearer ")
@@ -120,9 +138,11 @@ def make_app(bot_url: str, app_secret: str, phone_number_id: str, statuses: bool
             return graph_error(error)
         if statuses and answer.get("messages"):
             wamid, recipient = answer["messages"][0]["id"], answer["contacts"][0]["wa_id"]
+            callback = body.get("biz_opaque_callback_data") if isinstance(body, dict) else None
             failure = outbox.status_failures.pop(0) if outbox.status_failures else None
-            later(report([status_value(wamid, recipient, "failed", failure)] if failure else
-                         [status_value(wamid, recipient, "sent"), status_value(wamid, recipient, "delivered")]))
+            later(report([status_value(wamid, recipient, "failed", failure, callback)] if failure else
+                         [status_value(wamid, recipient, "sent", None, callback),
+                          status_value(wamid, recipient, "delivered", None, callback)]))
         return web.json_response(answer)
 
     async def media_upload(request: web.Request) -> web.Response:
@@ -186,9 +206,13 @@ def make_app(bot_url: str, app_secret: str, phone_number_id: str, statuses: bool
             data = await request.json()
             outbox.failures = [int(c) for c in data.get("codes", [])]
             outbox.status_failures = [int(c) for c in data.get("status_codes", [])]
+            outage = float(data.get("outage_seconds") or 0)
+            outbox.outage_until = time.monotonic() + outage if outage > 0 else 0.0
         except (ValueError, TypeError, AttributeError):
-            return web.json_response({"error": 'expected {"codes": [int], "status_codes": [int]}'}, status=400)
-        return web.json_response({"failures": outbox.failures, "status_failures": outbox.status_failures})
+            return web.json_response({"error": 'expected {"codes": [int], "status_codes": [int], '
+                                               '"outage_seconds": number}'}, status=400)
+        return web.json_response({"failures": outbox.failures, "status_failures": outbox.status_failures,
+                                  "outage_seconds": max(0.0, outbox.outage_until - time.monotonic())})
 
     def customer_message(data: Dict[str, Any]) -> Dict[str, Any]:
         if data.get("reply"):
@@ -225,10 +249,18 @@ def make_app(bot_url: str, app_secret: str, phone_number_id: str, statuses: bool
             message = customer_message(data)
         except (ValueError, TypeError, KeyError, AttributeError, binascii.Error) as exc:
             return web.json_response({"error": f"bad request: {exc}"}, status=400)
+        value = message_value(wa_id, name, message)
+        message_id = value["messages"][0]["id"]
         try:
-            return web.json_response({"bot_status": await post_webhook(message_value(wa_id, name, message))})
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
-            return web.json_response({"bot_status": None, "error": f"bot not reachable at {bot_url}: {exc}"}, status=502)
+            status = await post_webhook(value)
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
+            status = None
+        if status == 200:
+            return web.json_response({"bot_status": 200, "message_id": message_id})
+        later(deliver(value))  # as Meta does: the webhook is delivered again until the bot takes it
+        return web.json_response({"bot_status": status, "message_id": message_id, "queued": True,
+                                  "error": f"the bot at {bot_url} did not take it now; it will be redelivered"},
+                                 status=202)
 
     async def personas(_: web.Request) -> web.Response:
         people = [{"number": p.phone, "name": p.name, "story": p.story} for p in PERSONAS]

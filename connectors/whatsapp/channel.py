@@ -8,27 +8,32 @@ the server starts.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import datetime as dt
-import json
 import logging
 import os
+import re
 import time
 import uuid
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Set, Text
+
+import aiohttp
 
 from sanic import Blueprint, response
 from sanic.request import Request
 from sanic.response import HTTPResponse
 
 from rasa.core.channels.channel import InputChannel, OutputChannel, UserMessage
+from rasa.shared.core.events import BotUttered, UserUttered
+from rasa.utils.endpoints import ClientResponseError, EndpointConfig
 from cardsystem.formatting import mask_phone
 from connectors.whatsapp import outbound
 from connectors.whatsapp.graph import GraphClient, MediaError, OutsideServiceWindow
 from connectors.handoff import wording
-from connectors.whatsapp.inbound import EVENT_KIND, Inbound, parse_webhook
+from connectors.whatsapp.inbound import EVENT_KIND, Inbound
 from connectors.whatsapp.media import MediaStore
-from connectors.whatsapp.signature import is_signed_by
-from connectors.whatsapp.store import LEASE_TTL, ChannelStore, PendingMessage
+from connectors.whatsapp.store import LEASE_TTL, ChannelStore, PendingMessage, QueuedReply, utcnow
+from connectors.whatsapp.webhook import WebhookReceiver, channel_settings
 
 logger = logging.getLogger(__name__)
 UNSUPPORTED_REPLY = ("Sorry, I can't read that kind of message. Please type your question, or send a photo or "
@@ -42,38 +47,96 @@ POLITE_REPLIES = {  # what the bot says to messages it cannot use (never silence
 }
 SECRETS_WARNING = ("For your safety I've hidden the {what} you typed, and it isn't stored. Please never share your "
                    "full card number, CVV, OTP, PIN or date of birth in a chat, not even with us: we never ask for them.")
-SANDBOX_DEFAULTS = {
-    "verify_token": "sandbox-verify-token", "app_secret": "sandbox-app-secret", "access_token": "sandbox-token",
-    "phone_number_id": "100000000000001", "api_base": "http://localhost:5006", "api_version": "v21.0",
-}
+APOLOGY = ("Sorry, I couldn't answer your message because of a problem on our side. Your reference is "
+           "{reference}: our team will look at it and call you back. You can also write again in a few minutes.")
 STORED_MEDIA = ("image", "document", "video", "audio")  # stickers are not evidence
 SWEEP_SECONDS = 30.0
+DUE_SECONDS = 1.0  # how often replies and turns waiting for a retry are looked for
+INGRESS_POLL_SECONDS = 0.1
+GIVE_UP_AFTER = dt.timedelta(minutes=float(os.environ.get("WHATSAPP_GIVE_UP_MINUTES", "10")))
+SENDING_GRACE = dt.timedelta(seconds=30)  # a reply left "sending" by a crash: wait this long for its status
+ACTION_TIMEOUT_SECONDS = 30.0
+TURN_RETRY_MAX = dt.timedelta(seconds=30)
 MAX_CONCURRENT_TURNS = 4  # turns are CPU-bound: more at once only slows the webhook's acknowledgements
-SETTINGS = {  # credentials.yml key -> environment variable used when the key is empty
-    "verify_token": "WHATSAPP_VERIFY_TOKEN", "app_secret": "WHATSAPP_APP_SECRET",
-    "access_token": "WHATSAPP_ACCESS_TOKEN", "phone_number_id": "WHATSAPP_PHONE_NUMBER_ID",
-    "api_base": "WHATSAPP_API_BASE", "api_version": "WHATSAPP_API_VERSION",
-}
+
+
+class TurnAborted(BaseException):
+    """A turn that cannot be completed (the action server refused, timed out or answered 5xx;
+    no model loaded). A BaseException on purpose: Rasa's processor catches every Exception of
+    an action and carries on without its events, which would answer the customer wrongly and
+    mark the message answered. Raised through it, the turn stops before its tracker is
+    saved, so nothing of it is kept and the whole turn is retried later."""
+
+
+_guarded = contextvars.ContextVar("cardcare_whatsapp_turn", default=False)
+
+
+class GuardedActionEndpoint(EndpointConfig):
+    """Rasa's action endpoint, except that inside a WhatsApp turn a failed call aborts the turn.
+    A 400 is an answer (a form's validation rejected the input), never a failure."""
+
+    def session(self) -> aiohttp.ClientSession:
+        if not _guarded.get():
+            return super().session()
+        # a customer waits: an action that hangs is a failed turn after 30 s, not after Rasa's 5 minutes
+        auth = aiohttp.BasicAuth(self.basic_auth["username"], self.basic_auth["password"]) if self.basic_auth else None
+        return aiohttp.ClientSession(headers=self.headers, auth=auth,
+                                     timeout=aiohttp.ClientTimeout(total=ACTION_TIMEOUT_SECONDS))
+
+    async def request(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().request(*args, **kwargs)
+        except ClientResponseError as exc:
+            if exc.status == 400 or not _guarded.get():
+                raise
+            raise TurnAborted(f"action server answered HTTP {exc.status}") from exc
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+            if not _guarded.get():
+                raise
+            raise TurnAborted(f"action server unreachable ({type(exc).__name__})") from exc
+
+    @classmethod
+    def wrapping(cls, endpoint: EndpointConfig) -> "GuardedActionEndpoint":
+        return cls(endpoint.url, endpoint.params, endpoint.headers, endpoint.basic_auth, endpoint.token,
+                   endpoint.token_name, endpoint.cafile, **endpoint.kwargs)
+
+
+def typed_text(text: Text) -> Text:
+    """What a customer typed is text: a leading "/" must not make it an intent (Rasa reads
+    "/block_card" as the intent itself). Only payloads of buttons the bot sent are intents."""
+    return re.sub(r"^\s*/+\s*", "", text or "")
+
+
+def turn_retry_delay(attempts: int) -> dt.timedelta:
+    """Back-off between tries of a failed turn: 1, 2, 4 ... seconds, at most 30."""
+    return min(dt.timedelta(seconds=2 ** max(0, attempts - 1)), TURN_RETRY_MAX)
 
 
 class WhatsAppOutput(OutputChannel):
     """Rasa's replies as WhatsApp messages (reply buttons, lists, numbered menus, documents).
 
-    A free-form reply to a customer outside the 24-hour window is refused (recorded, logged
-    with the reason) and `refused` counts it, so a caller can tell that a template is needed.
+    With `buffer` (a list), a turn's replies are collected there instead of sent: the channel
+    writes them to its outbox with the turn and sends them in order, retrying durably.
+    Otherwise each is sent at once; a free-form reply outside the 24-hour window is then
+    refused (recorded, logged) and `refused` counts it, so a caller can tell a template is needed.
     """
 
     @classmethod
     def name(cls) -> Text:
         return "whatsapp"
 
-    def __init__(self, client: GraphClient, reply_by: Text = "to", upload_documents: bool = True) -> None:
+    def __init__(self, client: GraphClient, reply_by: Text = "to", upload_documents: bool = True,
+                 buffer: Optional[List[Dict[Text, Any]]] = None) -> None:
         self.client = client
         self.reply_by = reply_by
         self.upload_documents = upload_documents
+        self.buffer = buffer
         self.refused = 0
 
     async def _send(self, recipient_id: Text, message: Dict[Text, Any]) -> Optional[Text]:
+        if self.buffer is not None:
+            self.buffer.append(message)
+            return None
         try:
             return await self.client.send(recipient_id, self.reply_by, message)
         except OutsideServiceWindow:
@@ -89,6 +152,8 @@ class WhatsAppOutput(OutputChannel):
         messages, menu = outbound.buttons_message(text, buttons)
         # a numbered menu (more than 10 choices) is remembered so that a typed "7" means its payload
         await asyncio.to_thread(self.client.store.save_menu, recipient_id, menu)
+        await asyncio.to_thread(self.client.store.save_offered, recipient_id,
+                                [str(b.get("payload") or "") for b in buttons])
         for message in messages:
             await self._send(recipient_id, message)
 
@@ -106,20 +171,21 @@ class WhatsAppOutput(OutputChannel):
             logger.warning("attachment without a link was not sent")
             return
         filename = filename or link.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1] or "document.pdf"
-        media_id = None
-        if self.upload_documents:
-            try:
-                content, mime_type = await self.client.fetch_link(link)
-                if mime_type in ("application/octet-stream", "binary/octet-stream") and filename.endswith(".pdf"):
-                    mime_type = "application/pdf"
-                media_id = await self.client.upload_media(content, mime_type, filename)
-            except MediaError as exc:
-                logger.warning("document upload failed (%s); sending it by link", exc)
+        if self.buffer is not None:  # fetched and uploaded when the outbox sends it
+            message = outbound.document_message(filename, link=link, caption=caption)
+            if self.upload_documents:
+                message["_upload"] = True
+            await self._send(recipient_id, message)
+            return
+        media_id = await self.client.upload_link(link, filename) if self.upload_documents else None
         await self._send(recipient_id, outbound.document_message(filename, link=None if media_id else link,
                                                                   media_id=media_id, caption=caption))
 
     async def send_custom_json(self, recipient_id: Text, json_message: Dict[Text, Any], **kwargs: Any) -> None:
         if isinstance(json_message, dict) and json_message.get("type"):
+            if json_message.get("type") == "template":  # its quick replies may come back as intents
+                await asyncio.to_thread(self.client.store.save_offered, recipient_id,
+                                        outbound.template_payloads(json_message))
             await self._send(recipient_id, json_message)  # a raw WhatsApp message, e.g. a template
         else:
             logger.warning("custom json without a WhatsApp 'type' was not sent")
@@ -135,10 +201,7 @@ class WhatsAppInput(InputChannel):
     @classmethod
     def from_credentials(cls, credentials: Optional[Dict[Text, Any]]) -> "WhatsAppInput":
         credentials = credentials or {}
-        values = {key: credentials.get(key) or os.environ.get(env, "") for key, env in SETTINGS.items()}
-        if os.environ.get("CARDCARE_ENV", "development") != "production":
-            # Development: talk to the local sandbox (python -m connectors.sandbox) out of the box.
-            values = {key: value or SANDBOX_DEFAULTS[key] for key, value in values.items()}
+        values = channel_settings(credentials)
         if not values["app_secret"] or not values["phone_number_id"] or not values["access_token"]:
             cls.raise_missing_credentials_exception()
         return cls(
@@ -151,6 +214,8 @@ class WhatsAppInput(InputChannel):
                                      or os.environ.get("WHATSAPP_MAX_CONCURRENT_TURNS") or MAX_CONCURRENT_TURNS),
             desk=cls._handoff_desk() if str(credentials.get("handoff", True)).lower() not in ("false", "0", "no")
             else None,
+            ingress=str(credentials.get("ingress") or os.environ.get("WHATSAPP_INGRESS", "")).lower()
+            in ("1", "true", "yes"),
         )
 
     @staticmethod
@@ -163,11 +228,12 @@ class WhatsAppInput(InputChannel):
     def __init__(self, verify_token: Text, app_secrets: List[Text], access_token: Text, phone_number_id: Text,
                  api_base: Text, api_version: Text, store_url: Optional[Text] = None, media_dir: Optional[Text] = None,
                  upload_documents: bool = True, sweep_seconds: float = SWEEP_SECONDS,
-                 max_concurrent_turns: int = MAX_CONCURRENT_TURNS, desk: Any = None) -> None:
+                 max_concurrent_turns: int = MAX_CONCURRENT_TURNS, desk: Any = None, ingress: bool = False) -> None:
         self.verify_token = verify_token
         self.app_secrets = [s for s in app_secrets if s]
         self.phone_number_id = phone_number_id
         self.store = ChannelStore(store_url)
+        self.receiver = WebhookReceiver(self.store, self.app_secrets, phone_number_id, verify_token)
         self.media = MediaStore(media_dir)
         self.client = GraphClient(api_base, api_version, phone_number_id, access_token, self.store)
         self.upload_documents = upload_documents
@@ -177,6 +243,12 @@ class WhatsAppInput(InputChannel):
         self._locks: Dict[Text, asyncio.Lock] = {}
         self._tasks: Set[asyncio.Task] = set()   # turns being answered
         self._sweeper: Optional[asyncio.Task] = None
+        self._retrier: Optional[asyncio.Task] = None
+        self._app: Any = None  # the Sanic app: its ctx.agent is Rasa's (None in tests without Rasa)
+        self.give_up_after = GIVE_UP_AFTER
+        # With an ingress (connectors.whatsapp.ingress) webhooks are recorded by another process:
+        # new messages are found by looking, every INGRESS_POLL_SECONDS.
+        self.ingress = ingress
         self.max_concurrent_turns = max(1, max_concurrent_turns)
         self._turn_slots: Optional[asyncio.Semaphore] = None  # made on the serving loop
 
@@ -195,13 +267,13 @@ class WhatsAppInput(InputChannel):
         except MediaError as exc:
             logger.warning("could not fetch media of a %s message: %s", attachment.get("kind"), exc)
 
-    async def _answer(self, pending: PendingMessage, on_new_message: Callable[[UserMessage], Awaitable[Any]]) -> None:
+    async def _answer(self, pending: PendingMessage, on_new_message: Callable[[UserMessage], Awaitable[Any]],
+                      output: WhatsAppOutput) -> None:
         kind = pending.metadata.get("whatsapp", {})
-        output = WhatsAppOutput(self.client, pending.reply_by, self.upload_documents)
         text, metadata = pending.text, pending.metadata
         if kind.get("type") == EVENT_KIND:  # the channel's own event for the bot (e.g. an agent closed the chat)
-            await on_new_message(UserMessage(text, output, pending.sender, input_channel=self.name(),
-                                             message_id=pending.message_id, metadata=metadata))
+            await self._run_turn(UserMessage(text, output, pending.sender, input_channel=self.name(),
+                                             message_id=pending.message_id, metadata=metadata), on_new_message)
             return
         await self.client.mark_read(pending.message_id)
         hidden = kind.get("hidden") or []
@@ -212,18 +284,69 @@ class WhatsAppInput(InputChannel):
             if ticket is not None:
                 if await self._to_agents(ticket, pending, output):
                     return
-                text = "/handoff_returned"  # the waiting customer typed the return word
+                await self._run_turn(UserMessage("/handoff_returned", output, pending.sender,  # typed the return word
+                                                 input_channel=self.name(), message_id=pending.message_id,
+                                                 metadata=metadata), on_new_message)
+                return
         menu = await asyncio.to_thread(self.store.take_menu, pending.sender)
-        if not kind.get("supported", True):  # (a customer back from the queue wrote text: supported)
+        if not kind.get("supported", True):
             reply = POLITE_REPLIES.get(kind.get("type"), UNSUPPORTED_REPLY)
             await output.send_text_message(pending.sender, reply.format(text=text))
             return
         choice = outbound.menu_choice(text, menu) if kind.get("type") == "text" and menu else None
         if choice:
             metadata["whatsapp"]["menu_choice"], text = text.strip(), choice
+        elif kind.get("type") in ("interactive", "button") and \
+                await asyncio.to_thread(self.store.was_offered, pending.sender, text):
+            pass  # a button the bot sent: its payload is the intent
+        else:
+            text = typed_text(text)
         await self._keep_media(metadata.get("attachment"))
-        await on_new_message(UserMessage(text, output, pending.sender, input_channel=self.name(),
-                                         message_id=pending.message_id, metadata=metadata))
+        await self._run_turn(UserMessage(text, output, pending.sender, input_channel=self.name(),
+                                         message_id=pending.message_id, metadata=metadata), on_new_message)
+
+    async def _run_turn(self, message: UserMessage, on_new_message: Callable[[UserMessage], Awaitable[Any]]) -> None:
+        """Rasa's turn, guarded: a failed action call or a missing model aborts it (TurnAborted)."""
+        agent = self._agent()
+        if agent is not None:
+            if not agent.is_ready():
+                raise TurnAborted("no model loaded")
+            for holder in (agent, agent.processor):
+                endpoint = getattr(holder, "action_endpoint", None)
+                if endpoint is not None and not isinstance(endpoint, GuardedActionEndpoint):
+                    holder.action_endpoint = GuardedActionEndpoint.wrapping(endpoint)
+        token = _guarded.set(True)
+        try:
+            await on_new_message(message)
+        finally:
+            _guarded.reset(token)
+
+    def _agent(self) -> Any:
+        ctx = getattr(self._app, "ctx", None) if self._app is not None else None
+        return getattr(ctx, "agent", None)
+
+    async def _replies_in_tracker(self, pending: PendingMessage, output: WhatsAppOutput) -> bool:
+        """After a crash mid-turn: if Rasa already saved this turn, rebuild its replies from the
+        tracker (into `output`) instead of running it again. False when the turn must run."""
+        agent = self._agent()
+        store = getattr(agent, "tracker_store", None)
+        if store is None:
+            return False
+        tracker = await store.retrieve(pending.sender)
+        if tracker is None:
+            return False
+        events = list(tracker.applied_events())
+        for index, event in enumerate(events):
+            if isinstance(event, UserUttered) and event.message_id == pending.message_id:
+                for later in events[index + 1:]:
+                    if isinstance(later, UserUttered):
+                        break
+                    if isinstance(later, BotUttered):
+                        await output.send_response(pending.sender, {"text": later.text, **(later.data or {})})
+                logger.info("turn for %s was already done before a restart: its replies are sent from the tracker",
+                            mask_phone(pending.sender))
+                return True
+        return False
 
     async def _to_agents(self, ticket: Any, pending: PendingMessage, output: WhatsAppOutput) -> bool:
         """A customer a person has (or will have): their message goes to the agents, not to Rasa.
@@ -261,41 +384,125 @@ class WhatsAppInput(InputChannel):
             await asyncio.to_thread(self.store.acquire, sender, self.instance_id)
 
     async def drain(self, sender: Optional[Text], on_new_message: Callable[[UserMessage], Awaitable[Any]]) -> None:
-        """Answer recorded messages in order: one sender's, or every waiting sender's (when None)."""
+        """Answer recorded messages in order and send their replies: one sender's, or every
+        waiting sender's (when None)."""
         if sender is None:
             senders = list(dict.fromkeys(p.sender for p in await asyncio.to_thread(self.store.pending, None)))
-            await asyncio.gather(*(self.drain(s, on_new_message) for s in senders), return_exceptions=True)
+            senders += await asyncio.to_thread(self.store.senders_due, SENDING_GRACE)
+            await asyncio.gather(*(self.drain(s, on_new_message) for s in dict.fromkeys(senders)),
+                                 return_exceptions=True)
             return
         async with self._locks.setdefault(sender, asyncio.Lock()):  # one task per sender in this process
             while await asyncio.to_thread(self.store.acquire, sender, self.instance_id):  # one instance in all
                 renewal = asyncio.ensure_future(self._renew_lease(sender))
                 try:
-                    while True:
-                        pending = await asyncio.to_thread(self.store.pending, sender)
-                        if not pending:
-                            break
-                        await self._answer_one(pending[0], on_new_message)
+                    waiting = await self._drain_held(sender, on_new_message)
                 finally:
                     renewal.cancel()
                     await asyncio.to_thread(self.store.release, sender, self.instance_id)
+                if waiting:
+                    break  # a back-off: the due-loop comes back for this sender
                 # a message recorded while another instance saw our lease is ours to answer now
                 if not await asyncio.to_thread(self.store.pending, sender):
                     break
 
+    async def _drain_held(self, sender: Text, on_new_message: Callable[[UserMessage], Awaitable[Any]]) -> bool:
+        """With the sender's lease: their replies out, then their messages answered one by one.
+        True when something must wait (a reply or a failed turn in back-off)."""
+        sent = await self.flush(sender)
+        while True:
+            pending = await asyncio.to_thread(self.store.pending, sender)
+            if not pending:
+                return not sent
+            head = pending[0]
+            if head.next_attempt_at is not None and head.next_attempt_at > utcnow():
+                return True
+            if not await self._answer_one(head, on_new_message):
+                return True
+            sent = await self.flush(sender)
+
     async def _answer_one(self, message: PendingMessage,
-                          on_new_message: Callable[[UserMessage], Awaitable[Any]]) -> None:
+                          on_new_message: Callable[[UserMessage], Awaitable[Any]]) -> bool:
+        """One turn: run (or recover) it, then its replies and the message's new state in one
+        transaction. False when the turn failed and waits for a retry."""
         if self._turn_slots is None:
             self._turn_slots = asyncio.Semaphore(self.max_concurrent_turns)
+        output = WhatsAppOutput(self.client, message.reply_by, self.upload_documents, buffer=[])
         try:
             async with self._turn_slots:
-                await self._answer(message, on_new_message)
-            state = "done"
+                if not (message.started and await self._replies_in_tracker(message, output)):
+                    await asyncio.to_thread(self.store.begin_turn, message.message_id)
+                    await self._answer(message, on_new_message, output)
         except asyncio.CancelledError:
             raise  # shutting down: the message stays pending and is answered after the restart
-        except Exception:  # one bad turn must not stop the queue; it is marked and logged
-            logger.exception("turn for %s failed", mask_phone(message.sender))
-            state = "failed"
-        await asyncio.to_thread(self.store.finish, message.message_id, state)
+        except (TurnAborted, Exception) as failure:  # noqa: B902 (TurnAborted is a BaseException on purpose)
+            return await self._turn_failed(message, failure)
+        await asyncio.to_thread(self.store.commit_turn, message.message_id, message.sender, message.reply_by,
+                                output.buffer)
+        return True
+
+    async def _turn_failed(self, message: PendingMessage, failure: BaseException) -> bool:
+        """Retry later with back-off; past the limit, apologise with a reference and keep the
+        message as a dead letter for the operators. True when the queue may move on."""
+        reason = f"{type(failure).__name__}: {failure}"[:200]
+        if message.first_failed_at is not None and utcnow() - message.first_failed_at >= self.give_up_after:
+            reference = await asyncio.to_thread(self.store.dead_letter, message.message_id, reason,
+                                                outbound.text_message(APOLOGY))
+            logger.error("gave up on a message from %s after %d tries (%s): dead letter %s",
+                         mask_phone(message.sender), message.attempts + 1, reason, reference)
+            return True
+        delay = turn_retry_delay(message.attempts + 1)
+        if isinstance(failure, TurnAborted):
+            logger.warning("turn for %s aborted (%s); retrying in %.0f s", mask_phone(message.sender), failure,
+                           delay.total_seconds())
+        else:
+            logger.exception("turn for %s failed; retrying in %.0f s", mask_phone(message.sender),
+                             delay.total_seconds(), exc_info=failure)
+        await asyncio.to_thread(self.store.turn_failed, message.message_id, reason, delay)
+        return False
+
+    async def flush(self, sender: Text) -> bool:
+        """Send a customer's queued replies in order. False when one must wait (a transient
+        Graph error in back-off, or a reply whose fate after a crash is not known yet)."""
+        for reply in await asyncio.to_thread(self.store.queued_replies, sender):
+            now = utcnow()
+            if reply.state == "sending" and now - reply.updated_at < SENDING_GRACE:
+                return False  # sent just before a crash? its status webhook will tell (reply_accepted)
+            if reply.state == "queued" and reply.next_attempt_at > now:
+                return False
+            if not await self._send_reply(reply):
+                return False
+        return True
+
+    async def _send_reply(self, reply: QueuedReply) -> bool:
+        """One attempt at one queued reply; False when it must be tried again later."""
+        body = dict(reply.body)
+        try:
+            await self.client.check_window(reply.recipient, body)
+        except OutsideServiceWindow:
+            await asyncio.to_thread(self.store.reply_done, reply.id, "expired", None, "outside the 24-hour window")
+            return True
+        if body.pop("_upload", False):
+            document = dict(body["document"])
+            media_id = await self.client.upload_link(document.pop("link"), document.get("filename") or "document.pdf")
+            if media_id is None:
+                document["link"] = reply.body["document"]["link"]
+            else:
+                document["id"] = media_id
+            body["document"] = document
+        await asyncio.to_thread(self.store.reply_sending, reply.id)
+        outcome = await self.client.attempt(reply.recipient, reply.reply_by, body, reply.attempts + 1,
+                                            callback_data=reply.key, max_attempts=None)
+        if outcome.wamid:
+            await asyncio.to_thread(self.store.reply_done, reply.id, "sent", outcome.wamid)
+            return True
+        if outcome.verdict.retry:
+            await asyncio.to_thread(self.store.reply_later, reply.id,
+                                    dt.timedelta(seconds=outcome.verdict.delay_seconds), outcome.verdict.meaning)
+            return False
+        await asyncio.to_thread(self.store.reply_done, reply.id, "failed", None,
+                                f"{outcome.code}: {outcome.verdict.meaning}")
+        return True
 
     async def sweep(self, on_new_message: Callable[[UserMessage], Awaitable[Any]]) -> None:
         """Now and then, answer messages left waiting (e.g. an instance died holding a customer)."""
@@ -316,6 +523,21 @@ class WhatsAppInput(InputChannel):
                 except Exception:
                     logger.exception("expiring waiting handoffs failed")
 
+    async def retry_due(self, on_new_message: Callable[[UserMessage], Awaitable[Any]]) -> None:
+        """Every second: customers with a reply or a failed turn whose back-off is over (and,
+        behind an ingress, every INGRESS_POLL_SECONDS: customers with a new message)."""
+        while True:
+            await asyncio.sleep(INGRESS_POLL_SECONDS if self.ingress else DUE_SECONDS)
+            try:
+                due = await asyncio.to_thread(self.store.senders_due, SENDING_GRACE, None, self.ingress)
+            except Exception:
+                logger.exception("looking for replies and turns to retry failed")
+                continue
+            for sender in due:
+                lock = self._locks.get(sender)
+                if lock is None or not lock.locked():
+                    self._spawn(self.drain(sender, on_new_message))
+
     def _spawn(self, coroutine: Awaitable[Any]) -> asyncio.Task:
         task = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
@@ -324,11 +546,11 @@ class WhatsAppInput(InputChannel):
 
     async def stop(self) -> None:
         """Stop background work; unanswered messages stay recorded for the next start."""
-        tasks = list(self._tasks) + ([self._sweeper] if self._sweeper else [])
+        tasks = list(self._tasks) + [t for t in (self._sweeper, self._retrier) if t]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self._sweeper = None
+        self._sweeper = self._retrier = None
         await self.client.close()
 
     def blueprint(self, on_new_message: Callable[[UserMessage], Awaitable[Any]]) -> Blueprint:
@@ -336,9 +558,11 @@ class WhatsAppInput(InputChannel):
 
         @whatsapp_webhook.listener("after_server_start")
         async def resume_unanswered(app, loop) -> None:
+            self._app = app
             self._spawn(self.drain(None, on_new_message))
             if self.sweep_seconds > 0:
                 self._sweeper = asyncio.ensure_future(self.sweep(on_new_message))
+            self._retrier = asyncio.ensure_future(self.retry_due(on_new_message))
 
         @whatsapp_webhook.listener("before_server_stop")
         async def stop_background_work(app, loop) -> None:
@@ -355,42 +579,16 @@ class WhatsAppInput(InputChannel):
 
         @whatsapp_webhook.route("/webhook", methods=["GET"])
         async def verify(request: Request) -> HTTPResponse:
-            if (request.args.get("hub.mode") == "subscribe" and self.verify_token
-                    and request.args.get("hub.verify_token") == self.verify_token):
-                return response.text(request.args.get("hub.challenge") or "")
-            logger.warning("webhook verification refused: wrong mode or token")
-            return response.text("forbidden", status=403)
+            status, text = self.receiver.verify({k: request.args.get(k) for k in request.args})
+            return response.text(text, status=status)
 
         @whatsapp_webhook.route("/webhook", methods=["POST"])
         async def webhook(request: Request) -> HTTPResponse:
-            body = request.body or b""
-            if not is_signed_by(body, request.headers.get("X-Hub-Signature-256"), self.app_secrets):
-                logger.warning("webhook refused: missing or wrong X-Hub-Signature-256 (%d bytes)", len(body))
-                return response.json({"error": "invalid signature"}, status=403)
-            try:
-                payload = json.loads(body)
-            except (ValueError, UnicodeDecodeError):
-                logger.warning("webhook refused: body is not JSON (%d bytes)", len(body))
-                return response.json({"error": "body is not JSON"}, status=400)
-            parsed = parse_webhook(payload, self.phone_number_id)
-            for problem in parsed.problems:
-                logger.info("webhook: %s", problem)
-            senders = []
-            for message in parsed.messages:
-                if message.kind == "reaction" and not message.text:
-                    continue  # a reaction taken back: nothing to answer
-                # recorded before the 200, in the handler itself: one short insert, no queueing
-                # behind the turns' database work in the thread pool
-                recorded = self._record(message)
-                if recorded and message.sender not in senders:
-                    senders.append(message.sender)
-            for status in parsed.statuses:
-                await asyncio.to_thread(self.store.record_status, status)
-            for sender in senders:
+            # recorded before the answer, in the handler itself: short inserts, no queueing behind
+            # the turns' database work in the thread pool
+            receipt = self.receiver.receive(request.body or b"", request.headers.get("X-Hub-Signature-256"))
+            for sender in receipt.senders:  # what was recorded is answered now, whatever waits for a redelivery
                 self._spawn(self.drain(sender, on_new_message))
-            return response.json({"status": "received"})
+            return response.json(receipt.answer, status=receipt.status)
 
         return whatsapp_webhook
-
-    def _record(self, message: Any) -> bool:
-        return self.store.record_inbound(message)

@@ -27,6 +27,7 @@ MEANINGS = {
 RETRY_SOON = {130429, 131000, 1, 2, 131016}      # seconds of back-off
 RETRY_LATER = {131056, 4, 80007}                 # pair or app rate limits: longer back-off
 MAX_ATTEMPTS = 5
+MAX_DELAY_SECONDS = 60.0
 
 
 @dataclass(frozen=True)
@@ -40,10 +41,12 @@ def meaning_of(code: Optional[int]) -> str:
     return MEANINGS.get(code, "unrecognised error") if code is not None else "no error code"
 
 
-def classify(code: Optional[int], http_status: int, attempt: int, rng: Optional[random.Random] = None) -> Verdict:
-    """Whether to retry a failed send (attempt counts from 1), and after how long (with jitter)."""
+def classify(code: Optional[int], http_status: int, attempt: int, rng: Optional[random.Random] = None,
+             max_attempts: Optional[int] = MAX_ATTEMPTS) -> Verdict:
+    """Whether to retry a failed send (attempt counts from 1), and after how long (with jitter,
+    at most MAX_DELAY_SECONDS). `max_attempts=None`: no limit (the outbox stops at the 24-hour window)."""
     rng = rng or random.Random()
-    if attempt >= MAX_ATTEMPTS:
+    if max_attempts is not None and attempt >= max_attempts:
         return Verdict(False, 0.0, meaning_of(code))
     if code in RETRY_SOON or (code is None and http_status >= 500) or (code is None and http_status == 429):
         base = 0.5 * 2 ** (attempt - 1)
@@ -51,4 +54,4 @@ def classify(code: Optional[int], http_status: int, attempt: int, rng: Optional[
         base = 6.0 * 2 ** (attempt - 1)  # the pair rate allows about one message per 6 s per customer
     else:
         return Verdict(False, 0.0, meaning_of(code))
-    return Verdict(True, base * rng.uniform(0.8, 1.2), meaning_of(code))
+    return Verdict(True, min(base, MAX_DELAY_SECONDS) * rng.uniform(0.8, 1.2), meaning_of(code))

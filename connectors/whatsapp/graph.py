@@ -14,7 +14,7 @@ from typing import Any, Dict, Optional
 import aiohttp
 
 from cardsystem.formatting import mask_phone
-from connectors.whatsapp.errors import classify, meaning_of
+from connectors.whatsapp.errors import MAX_ATTEMPTS, Verdict, classify, meaning_of
 from connectors.whatsapp.store import ChannelStore
 
 logger = logging.getLogger(__name__)
@@ -32,6 +32,13 @@ class Media:
     content: bytes
     mime_type: str
     sha256: str
+
+
+@dataclass(frozen=True)
+class Attempt:
+    wamid: Optional[str]        # set when WhatsApp accepted the message
+    code: Optional[int]         # the Graph error code otherwise
+    verdict: Verdict            # whether trying again can help, and when
 
 
 class OutsideServiceWindow(Exception):
@@ -57,31 +64,48 @@ class GraphClient:
         if self._session is not None:
             await self._session.close()
 
-    async def send(self, recipient: str, reply_by: str, message: Dict[str, Any]) -> Optional[str]:
-        """Send one message; returns its wamid, or None when it finally failed (recorded)."""
+    async def check_window(self, recipient: str, message: Dict[str, Any]) -> None:
+        """Refuse (and record) a free-form message to a customer silent for 24 hours."""
         if message.get("type") != "template" and not await asyncio.to_thread(self.store.window_open, recipient):
             await asyncio.to_thread(self.store.record_send, recipient, message, "refused", None, 131047,
                                     "outside the 24-hour window: a template is required", 0)
             logger.warning("not sending free-form message to %s: outside the 24-hour window", mask_phone(recipient))
             raise OutsideServiceWindow(recipient)
+
+    async def attempt(self, recipient: str, reply_by: str, message: Dict[str, Any], attempt: int = 1,
+                      callback_data: Optional[str] = None, max_attempts: Optional[int] = MAX_ATTEMPTS) -> Attempt:
+        """One POST of one message, its outcome recorded; the caller decides about retrying.
+
+        `callback_data` goes out as biz_opaque_callback_data: WhatsApp echoes it in the status
+        webhooks, which tells after a crash whether a request in flight was accepted."""
         body = {"messaging_product": "whatsapp", "recipient_type": "individual", reply_by: recipient, **message}
-        attempt = 0
+        if callback_data:
+            body["biz_opaque_callback_data"] = callback_data
+        status, answer = await self._post(body)
+        wamid = ((answer.get("messages") or [{}])[0] or {}).get("id") if status == 200 else None
+        if wamid:
+            await asyncio.to_thread(self.store.record_send, recipient, message, "sent", wamid, None, None, attempt)
+            return Attempt(str(wamid), None, Verdict(False, 0.0, "sent"))
+        code = (answer.get("error") or {}).get("code")
+        verdict = classify(code, status, attempt, max_attempts=max_attempts)
+        logger.warning("send to %s failed (HTTP %s, code %s: %s), attempt %d%s", mask_phone(recipient), status, code,
+                       meaning_of(code), attempt, f", retrying in {verdict.delay_seconds:.1f}s" if verdict.retry else "")
+        if not verdict.retry:
+            await asyncio.to_thread(self.store.record_send, recipient, message, "failed", None, code,
+                                    verdict.meaning, attempt)
+        return Attempt(None, code, verdict)
+
+    async def send(self, recipient: str, reply_by: str, message: Dict[str, Any]) -> Optional[str]:
+        """Send one message now, retrying in place; its wamid, or None when it finally failed (recorded).
+        Replies to customers go through the channel's outbox instead, which retries durably."""
+        await self.check_window(recipient, message)
+        number = 0
         while True:
-            attempt += 1
-            status, answer = await self._post(body)
-            wamid = ((answer.get("messages") or [{}])[0] or {}).get("id") if status == 200 else None
-            if wamid:
-                await asyncio.to_thread(self.store.record_send, recipient, message, "sent", wamid, None, None, attempt)
-                return wamid
-            code = (answer.get("error") or {}).get("code")
-            verdict = classify(code, status, attempt)
-            logger.warning("send to %s failed (HTTP %s, code %s: %s), attempt %d%s", mask_phone(recipient), status, code,
-                           meaning_of(code), attempt, f", retrying in {verdict.delay_seconds:.1f}s" if verdict.retry else "")
-            if not verdict.retry:
-                await asyncio.to_thread(self.store.record_send, recipient, message, "failed", None, code,
-                                        verdict.meaning, attempt)
-                return None
-            await asyncio.sleep(verdict.delay_seconds)
+            number += 1
+            outcome = await self.attempt(recipient, reply_by, message, number)
+            if outcome.wamid or not outcome.verdict.retry:
+                return outcome.wamid
+            await asyncio.sleep(outcome.verdict.delay_seconds)
 
     async def mark_read(self, message_id: str) -> None:
         status, answer = await self._post({"messaging_product": "whatsapp", "status": "read", "message_id": message_id})
@@ -133,6 +157,18 @@ class GraphClient:
         if expected and expected != digest:
             raise MediaError("media content does not match its sha256")
         return Media(bytes(content), str(info.get("mime_type") or "application/octet-stream"), digest)
+
+    async def upload_link(self, link: str, filename: str) -> Optional[str]:
+        """A document the bot links to, uploaded to the media endpoint (no public URL needed):
+        its media id, or None when that failed (the caller sends it by link)."""
+        try:
+            content, mime_type = await self.fetch_link(link)
+            if mime_type in ("application/octet-stream", "binary/octet-stream") and filename.endswith(".pdf"):
+                mime_type = "application/pdf"
+            return await self.upload_media(content, mime_type, filename)
+        except MediaError as exc:
+            logger.warning("document upload failed (%s); sending it by link", exc)
+            return None
 
     async def fetch_link(self, link: str, max_bytes: int = MEDIA_MAX_BYTES) -> "tuple[bytes, str]":
         """Download a file the bot links to (e.g. a statement), to upload it rather than expose its URL."""

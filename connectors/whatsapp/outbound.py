@@ -106,3 +106,13 @@ def menu_choice(text: str, menu: Dict[str, str]) -> Optional[str]:
     """The payload of a numbered menu entry the customer typed ("2", " 2. "), if any."""
     match = re.fullmatch(r"\s*(\d{1,2})\s*[.)]?\s*", text or "")
     return menu.get(match.group(1)) if match else None
+
+
+def template_payloads(message: Dict[str, Any]) -> List[str]:
+    """The quick-reply payloads a template message carries (they come back as button replies)."""
+    payloads = []
+    for component in (message.get("template") or {}).get("components") or []:
+        if isinstance(component, dict) and component.get("sub_type") == "quick_reply":
+            payloads += [str(p.get("payload")) for p in component.get("parameters") or []
+                         if isinstance(p, dict) and p.get("payload")]
+    return payloads

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import secrets
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
@@ -25,6 +26,7 @@ Base = declarative_base()
 SERVICE_WINDOW = dt.timedelta(hours=24)
 STATUS_ORDER = {"refused": 0, "sent": 1, "delivered": 2, "read": 3, "failed": 4}  # statuses only move forward
 LEASE_TTL = dt.timedelta(seconds=60)
+OFFER_VALID = dt.timedelta(days=7)  # an old button tapped within a week still works
 
 
 def utcnow() -> dt.datetime:
@@ -41,9 +43,57 @@ class InboundRecord(Base):
     text = Column(Text, nullable=False)
     meta = Column(Text, nullable=False)
     sent_at = Column(Integer, nullable=True)  # WhatsApp's timestamp: webhooks may arrive out of order
-    state = Column(String(10), nullable=False, default="pending", index=True)  # pending | done | failed
+    # pending -> answered (replies in the outbox) -> done (replies sent); dead (gave up, see wa_dead_letter)
+    state = Column(String(10), nullable=False, default="pending", index=True)
     received_at = Column(DateTime, nullable=False)
     handled_at = Column(DateTime, nullable=True)
+    started_at = Column(DateTime, nullable=True)       # a turn began: after a crash, look in the tracker first
+    attempts = Column(Integer, nullable=True)          # failed turns so far
+    next_attempt_at = Column(DateTime, nullable=True)  # not before (back-off after a failed turn)
+    first_failed_at = Column(DateTime, nullable=True)
+    last_error = Column(String(200), nullable=True)
+
+
+class OutboxRecord(Base):
+    """A reply to send: written with its turn, sent in order per customer, never sent twice.
+
+    `key` is "<inbound message id>:<reply index>". A row is `sending` only while a request is
+    in flight; one left `sending` by a crash is resolved by its status webhook (the key travels
+    as biz_opaque_callback_data) before it may be sent again.
+    """
+
+    __tablename__ = "wa_outbox"
+
+    id = Column(Integer, primary_key=True)
+    key = Column(String(300), nullable=False, unique=True)
+    message_id = Column(String(256), nullable=False, index=True)
+    recipient = Column(String(160), nullable=False, index=True)
+    reply_by = Column(String(10), nullable=False)
+    body = Column(Text, nullable=False)
+    state = Column(String(10), nullable=False, index=True)  # queued | sending | sent | failed | expired
+    attempts = Column(Integer, nullable=False, default=0)
+    next_attempt_at = Column(DateTime, nullable=False)
+    wamid = Column(String(256), nullable=True)
+    error = Column(String(200), nullable=True)
+    created_at = Column(DateTime, nullable=False)
+    updated_at = Column(DateTime, nullable=False)
+
+
+class DeadLetter(Base):
+    """A message the bot could not answer within the limit: the customer got an apology with
+    `reference`; operators list and replay them (python -m connectors.whatsapp.deadletters)."""
+
+    __tablename__ = "wa_dead_letter"
+
+    id = Column(Integer, primary_key=True)
+    reference = Column(String(20), nullable=False, unique=True)
+    message_id = Column(String(256), nullable=False, unique=True)
+    sender = Column(String(160), nullable=False)
+    reason = Column(String(200), nullable=False)
+    attempts = Column(Integer, nullable=False)
+    first_failed_at = Column(DateTime, nullable=False)
+    dead_at = Column(DateTime, nullable=False)
+    replayed_at = Column(DateTime, nullable=True)
 
 
 class OutboundRecord(Base):
@@ -88,6 +138,17 @@ class NumberedMenu(Base):
     sent_at = Column(DateTime, nullable=False)
 
 
+class OfferedPayload(Base):
+    """A button payload the bot showed a customer: only these become intents when tapped
+    (anything else a client sends as a button reply is read as typed text)."""
+
+    __tablename__ = "wa_offered"
+
+    sender = Column(String(160), primary_key=True)
+    payload = Column(String(256), primary_key=True)
+    offered_at = Column(DateTime, nullable=False)
+
+
 @dataclass(frozen=True)
 class PendingMessage:
     message_id: str
@@ -95,6 +156,37 @@ class PendingMessage:
     reply_by: str
     text: str
     metadata: Dict[str, Any]
+    started: bool = False                           # a turn for it began before (then failed or crashed)
+    attempts: int = 0                               # failed turns so far
+    next_attempt_at: Optional[dt.datetime] = None   # not before (back-off)
+    first_failed_at: Optional[dt.datetime] = None
+
+
+@dataclass(frozen=True)
+class QueuedReply:
+    id: int
+    key: str
+    message_id: str
+    recipient: str
+    reply_by: str
+    body: Dict[str, Any]
+    state: str
+    attempts: int
+    next_attempt_at: dt.datetime
+    updated_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class DeadLetterView:
+    reference: str
+    message_id: str
+    sender: str
+    text: str
+    reason: str
+    attempts: int
+    first_failed_at: dt.datetime
+    dead_at: dt.datetime
+    replayed_at: Optional[dt.datetime]
 
 
 def default_url() -> str:
@@ -109,21 +201,30 @@ class ChannelStore:
         create_schema(self.engine, Base.metadata)
 
     def record_inbound(self, message: Inbound, received_at: Optional[dt.datetime] = None) -> bool:
-        """Record a message once; False when this message id was already recorded (a redelivery)."""
-        moment = received_at or utcnow()
-        try:
-            with session_scope(self.engine) as s:
-                s.add(InboundRecord(message_id=message.message_id, sender=message.sender, reply_by=message.reply_by,
-                                    text=message.text, meta=json.dumps(message.metadata(), ensure_ascii=False),
-                                    sent_at=message.timestamp or None, state="pending", received_at=moment))
-                if message.kind != EVENT_KIND:  # the channel's own events do not open the 24-hour window
-                    window = s.get(ServiceWindow, message.sender)
-                    if window is None:
-                        s.add(ServiceWindow(sender=message.sender, last_inbound_at=moment))
-                    elif window.last_inbound_at < moment:
-                        window.last_inbound_at = moment
-        except IntegrityError:
-            return False
+        """Record a message once; False when this message id was already recorded (a redelivery).
+
+        Two instances may see a new customer's first messages at once: the loser of the race for
+        the service-window row tries again rather than taking its message for a redelivery."""
+        for _ in range(3):
+            try:
+                return self._record_inbound_once(message, received_at or utcnow())
+            except IntegrityError:
+                with session_scope(self.engine) as s:
+                    if s.execute(select(InboundRecord.id).where(InboundRecord.message_id == message.message_id)).first():
+                        return False
+        return self._record_inbound_once(message, received_at or utcnow())
+
+    def _record_inbound_once(self, message: Inbound, moment: dt.datetime) -> bool:
+        with session_scope(self.engine) as s:
+            s.add(InboundRecord(message_id=message.message_id, sender=message.sender, reply_by=message.reply_by,
+                                text=message.text, meta=json.dumps(message.metadata(), ensure_ascii=False),
+                                sent_at=message.timestamp or None, state="pending", received_at=moment))
+            if message.kind != EVENT_KIND:  # the channel's own events do not open the 24-hour window
+                window = s.get(ServiceWindow, message.sender)
+                if window is None:
+                    s.add(ServiceWindow(sender=message.sender, last_inbound_at=moment))
+                elif window.last_inbound_at < moment:
+                    window.last_inbound_at = moment
         return True
 
     def pending(self, sender: Optional[str] = None) -> List[PendingMessage]:
@@ -134,9 +235,182 @@ class ChannelStore:
                 query = query.where(InboundRecord.sender == sender)
             rows = s.execute(query.order_by(func.coalesce(InboundRecord.sent_at, 0), InboundRecord.received_at,
                                             InboundRecord.id)).scalars()
-            return [PendingMessage(r.message_id, r.sender, r.reply_by, r.text, json.loads(r.meta)) for r in rows]
+            return [PendingMessage(r.message_id, r.sender, r.reply_by, r.text, json.loads(r.meta), r.started_at is not None,
+                                   r.attempts or 0, r.next_attempt_at, r.first_failed_at) for r in rows]
+
+    def begin_turn(self, message_id: str) -> None:
+        """Note that a turn started: if it never finishes (a crash), the retry looks in the
+        tracker for what the turn already did instead of running it twice."""
+        with session_scope(self.engine) as s:
+            s.execute(update(InboundRecord).where(InboundRecord.message_id == message_id).values(started_at=utcnow()))
+
+    def turn_failed(self, message_id: str, error: str, delay: dt.timedelta) -> PendingMessage:
+        """Count a failed turn and set when to try again; returns the message as it now stands."""
+        now = utcnow()
+        with session_scope(self.engine) as s:
+            r = s.execute(select(InboundRecord).where(InboundRecord.message_id == message_id)).scalar_one()
+            r.attempts = (r.attempts or 0) + 1
+            r.first_failed_at = r.first_failed_at or now
+            r.next_attempt_at = now + delay
+            r.last_error = error[:200]
+            return PendingMessage(r.message_id, r.sender, r.reply_by, r.text, json.loads(r.meta), r.started_at is not None,
+                                  r.attempts, r.next_attempt_at, r.first_failed_at)
+
+    def commit_turn(self, message_id: str, recipient: str, reply_by: str, bodies: List[Dict[str, Any]],
+                    key_suffix: str = "") -> None:
+        """A turn's replies into the outbox and the message marked answered, in one transaction:
+        after a crash either both happened or neither did. Committing twice adds nothing."""
+        now = utcnow()
+        with session_scope(self.engine) as s:
+            record = s.execute(select(InboundRecord).where(InboundRecord.message_id == message_id)).scalar_one_or_none()
+            known = set(s.execute(select(OutboxRecord.key).where(OutboxRecord.message_id == message_id)).scalars())
+            for index, body in enumerate(bodies):
+                key = f"{message_id}:{key_suffix}{index}"
+                if key not in known:
+                    s.add(OutboxRecord(key=key, message_id=message_id, recipient=recipient, reply_by=reply_by,
+                                       body=json.dumps(body, ensure_ascii=False), state="queued", attempts=0,
+                                       next_attempt_at=now, created_at=now, updated_at=now))
+            if record is not None and record.state == "pending":
+                record.state, record.handled_at = ("answered" if bodies else "done"), now
+                if not bodies:
+                    return
+            s.flush()
+            self._finish_if_sent(s, message_id)
+
+    def queued_replies(self, recipient: str) -> List[QueuedReply]:
+        """A customer's unsent replies, in the order they must go out."""
+        with session_scope(self.engine) as s:
+            rows = s.execute(select(OutboxRecord).where(OutboxRecord.recipient == recipient,
+                                                        OutboxRecord.state.in_(("queued", "sending")))
+                             .order_by(OutboxRecord.id)).scalars()
+            return [QueuedReply(r.id, r.key, r.message_id, r.recipient, r.reply_by, json.loads(r.body), r.state,
+                                r.attempts, r.next_attempt_at, r.updated_at) for r in rows]
+
+    def reply_sending(self, reply_id: int) -> None:
+        """Mark a reply in flight (committed before the request goes out)."""
+        with session_scope(self.engine) as s:
+            s.execute(update(OutboxRecord).where(OutboxRecord.id == reply_id)
+                      .values(state="sending", attempts=OutboxRecord.attempts + 1, updated_at=utcnow()))
+
+    def reply_done(self, reply_id: int, state: str, wamid: Optional[str] = None, error: Optional[str] = None) -> None:
+        """A reply reached its end: sent, failed (permanent error) or expired (window closed)."""
+        with session_scope(self.engine) as s:
+            row = s.get(OutboxRecord, reply_id)
+            if row is None or row.state in ("sent", "failed", "expired"):
+                return
+            row.state, row.wamid, row.error, row.updated_at = state, wamid or row.wamid, (error or "")[:200] or None, utcnow()
+            s.flush()
+            self._finish_if_sent(s, row.message_id)
+
+    def reply_later(self, reply_id: int, delay: dt.timedelta, error: str) -> None:
+        """A transient failure: back to the queue, not before `delay`."""
+        now = utcnow()
+        with session_scope(self.engine) as s:
+            s.execute(update(OutboxRecord).where(OutboxRecord.id == reply_id, OutboxRecord.state.in_(("queued", "sending")))
+                      .values(state="queued", next_attempt_at=now + delay, error=error[:200], updated_at=now))
+
+    def reply_accepted(self, key: str, wamid: str) -> bool:
+        """A status webhook echoed this reply's key: WhatsApp has it (resolves a crash mid-send)."""
+        with session_scope(self.engine) as s:
+            row = s.execute(select(OutboxRecord).where(OutboxRecord.key == key)).scalar_one_or_none()
+            if row is None:
+                return False
+            if row.state in ("queued", "sending"):
+                row.state, row.wamid, row.updated_at = "sent", wamid, utcnow()
+                s.flush()
+                self._finish_if_sent(s, row.message_id)
+            return True
+
+    @staticmethod
+    def _finish_if_sent(s: Any, message_id: str) -> None:
+        unsent = s.execute(select(func.count()).select_from(OutboxRecord).where(
+            OutboxRecord.message_id == message_id, OutboxRecord.state.in_(("queued", "sending")))).scalar_one()
+        if not unsent:
+            s.execute(update(InboundRecord).where(InboundRecord.message_id == message_id,
+                                                  InboundRecord.state == "answered")
+                      .values(state="done", handled_at=utcnow()))
+
+    def senders_due(self, stale_sending: dt.timedelta, now: Optional[dt.datetime] = None,
+                    new_messages: bool = False) -> List[str]:
+        """Customers with a reply due for (re)sending, or a failed turn due for its retry (and with
+        `new_messages`, any unanswered message: another process recorded it)."""
+        now = now or utcnow()
+        with session_scope(self.engine) as s:
+            replies = s.execute(select(OutboxRecord.recipient).where(or_(
+                (OutboxRecord.state == "queued") & (OutboxRecord.next_attempt_at <= now),
+                (OutboxRecord.state == "sending") & (OutboxRecord.updated_at < now - stale_sending))).distinct()).scalars()
+            due = InboundRecord.next_attempt_at <= now
+            if new_messages:
+                due = or_(due, InboundRecord.next_attempt_at.is_(None))
+            retries = s.execute(select(InboundRecord.sender).where(InboundRecord.state == "pending", due)
+                                .distinct()).scalars()
+            return list(dict.fromkeys(list(replies) + list(retries)))
+
+    # -- button payloads offered -------------------------------------------------------------
+
+    def save_offered(self, sender: str, payloads: List[str]) -> None:
+        now = utcnow()
+        with session_scope(self.engine) as s:
+            for payload in dict.fromkeys(p for p in payloads if p):
+                row = s.get(OfferedPayload, (sender, payload[:256]))
+                if row is None:
+                    s.add(OfferedPayload(sender=sender, payload=payload[:256], offered_at=now))
+                else:
+                    row.offered_at = now
+
+    def was_offered(self, sender: str, payload: str, now: Optional[dt.datetime] = None) -> bool:
+        with session_scope(self.engine) as s:
+            row = s.get(OfferedPayload, (sender, payload[:256]))
+            return row is not None and (now or utcnow()) - row.offered_at < OFFER_VALID
+
+    # -- dead letters ---------------------------------------------------------------------------
+
+    def dead_letter(self, message_id: str, reason: str, apology: Dict[str, Any]) -> str:
+        """Give up on a message: it moves to the dead-letter table, and the apology carrying
+        its reference is queued, in one transaction. Returns the reference."""
+        now = utcnow()
+        with session_scope(self.engine) as s:
+            record = s.execute(select(InboundRecord).where(InboundRecord.message_id == message_id)).scalar_one()
+            existing = s.execute(select(DeadLetter).where(DeadLetter.message_id == message_id)).scalar_one_or_none()
+            reference = existing.reference if existing else f"CB-{secrets.token_hex(3).upper()}"
+            if existing is None:
+                s.add(DeadLetter(reference=reference, message_id=message_id, sender=record.sender, reason=reason[:200],
+                                 attempts=record.attempts or 0, first_failed_at=record.first_failed_at or now,
+                                 dead_at=now))
+            else:
+                existing.reason, existing.attempts, existing.dead_at, existing.replayed_at = \
+                    reason[:200], record.attempts or 0, now, None
+            record.state, record.handled_at = "dead", now
+            body = json.loads(json.dumps(apology).replace("{reference}", reference))
+            key = f"{message_id}:apology{int(now.timestamp())}"
+            if s.execute(select(OutboxRecord.id).where(OutboxRecord.key == key)).first() is None:
+                s.add(OutboxRecord(key=key, message_id=message_id, recipient=record.sender, reply_by=record.reply_by,
+                                   body=json.dumps(body, ensure_ascii=False), state="queued", attempts=0,
+                                   next_attempt_at=now, created_at=now, updated_at=now))
+            return reference
+
+    def dead_letters(self, include_replayed: bool = False) -> List[DeadLetterView]:
+        with session_scope(self.engine) as s:
+            query = select(DeadLetter, InboundRecord.text).join(
+                InboundRecord, InboundRecord.message_id == DeadLetter.message_id).order_by(DeadLetter.id)
+            if not include_replayed:
+                query = query.where(DeadLetter.replayed_at.is_(None))
+            return [DeadLetterView(d.reference, d.message_id, d.sender, text, d.reason, d.attempts, d.first_failed_at,
+                                   d.dead_at, d.replayed_at) for d, text in s.execute(query)]
+
+    def replay(self, reference: str) -> bool:
+        """Put a dead letter's message back in its customer's queue (a running server answers it)."""
+        with session_scope(self.engine) as s:
+            letter = s.execute(select(DeadLetter).where(DeadLetter.reference == reference)).scalar_one_or_none()
+            if letter is None or letter.replayed_at is not None:
+                return False
+            s.execute(update(InboundRecord).where(InboundRecord.message_id == letter.message_id).values(
+                state="pending", attempts=0, next_attempt_at=utcnow(), first_failed_at=None, handled_at=None))
+            letter.replayed_at = utcnow()
+            return True
 
     def finish(self, message_id: str, state: str = "done") -> None:
+        """Set a message's state directly (operators' tools and tests; turns use commit_turn)."""
         with session_scope(self.engine) as s:
             record = s.execute(select(InboundRecord).where(InboundRecord.message_id == message_id)).scalar_one_or_none()
             if record is not None:
