@@ -20,7 +20,7 @@ export PYTHONPATH := $(CURDIR)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export SQLALCHEMY_SILENCE_UBER_WARNING ?= 1
 
-.PHONY: help install run shell train test test-unit test-rasa seed reseed bench nlu-report clean browser
+.PHONY: help install run serve nginx shell train test test-unit test-rasa seed reseed bench nlu-report clean browser
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -52,21 +52,24 @@ seed: $(DB) ## create and fill the embedded card system (once)
 reseed: $(STAMP) ## recreate the card system's demo data from scratch
 	$(PY) -m cardsystem.seed
 
-run: $(STAMP) $(MODEL) $(DB) ## set everything up, start the action server, Rasa (:5005) and the WhatsApp sandbox (:5006)
+run: $(STAMP) $(MODEL) $(DB) ## the developers' demo on 127.0.0.1: action server, Rasa with REST and API (:5005), WhatsApp sandbox (:5006)
 	@echo "Starting the action server (:$(ACTION_PORT)), Rasa (:$(RASA_PORT)) and the WhatsApp sandbox (:$(SANDBOX_PORT))."
 	@$(PY) -m cardsystem.agents demo
 	@echo ">>> Chat page: http://localhost:$(SANDBOX_PORT)/   Agent console: http://localhost:$(RASA_PORT)/webhooks/whatsapp/agents   (Ctrl-C stops everything)"
-	@$(RASA) run actions --port $(ACTION_PORT) & actions=$$!; \
-	$(PY) -m connectors.sandbox --port $(SANDBOX_PORT) --bot-url http://localhost:$(RASA_PORT)/webhooks/whatsapp/webhook & sandbox=$$!; \
+	@umask 077; $(PY) -m deploy.action_server --host 127.0.0.1 --port $(ACTION_PORT) & actions=$$!; \
+	$(PY) -m connectors.sandbox --host 127.0.0.1 --port $(SANDBOX_PORT) --bot-url http://127.0.0.1:$(RASA_PORT)/webhooks/whatsapp/webhook & sandbox=$$!; \
 	trap 'kill $$actions $$sandbox 2>/dev/null' EXIT INT TERM; \
-	$(RASA) run --enable-api --port $(RASA_PORT) -m $(MODEL) --credentials credentials.yml --endpoints endpoints.yml
+	$(RASA) run --enable-api -i 127.0.0.1 --port $(RASA_PORT) -m $(MODEL) --credentials credentials.yml --endpoints endpoints.yml
+
+serve: $(STAMP) $(MODEL) ## production on one box: preflight, locked action server, Rasa (WhatsApp only), nginx on PUBLIC_PORT
+	@$(PY) -m deploy.serve
 
 shell: $(STAMP) $(MODEL) $(DB) ## talk to the bot in the terminal as a demo persona (PERSONA=<number>)
-	@$(RASA) run actions --port $(ACTION_PORT) >var/actions.log 2>&1 & actions=$$!; \
+	@umask 077; $(PY) -m deploy.action_server --host 127.0.0.1 --port $(ACTION_PORT) >var/actions.log 2>&1 & actions=$$!; \
 	trap 'kill $$actions 2>/dev/null' EXIT INT TERM; \
 	$(RASA) shell -m $(MODEL) --conversation-id $(PERSONA)
 
-test: $(STAMP) $(MODEL) browser ## run every test: pytest suites, data validation, rasa test stories, WhatsApp end to end
+test: $(STAMP) $(MODEL) browser nginx ## run every test: pytest suites, data validation, rasa test stories, WhatsApp end to end
 	$(PY) -m pytest tests
 
 browser: ## install Debian's Chromium for the chat page's browser test (needs root; skipped otherwise)
@@ -77,12 +80,21 @@ browser: ## install Debian's Chromium for the chat page's browser test (needs ro
 		|| { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }; \
 	else echo "No chromium and no root: the chat page's browser test will be skipped (apt-get install chromium)."; fi
 
+nginx: ## install Debian's nginx, the public door of make serve (needs root; its tests are skipped otherwise)
+	@if command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "Installing Debian's nginx-light for make serve..."; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null 2>&1 \
+		|| { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null; }; \
+	else echo "No nginx and no root: make serve's door tests through nginx will be skipped (apt-get install nginx-light)."; fi
+
 test-unit: $(STAMP) ## the fast suites only (no trained model needed)
 	$(PY) -m pytest tests -m "not model"
 
-bench: $(STAMP) $(MODEL) ## REST reply latency at 1 and 10 users, training time, WhatsApp webhook ack latency at 20 senders
+bench: $(STAMP) $(MODEL) ## REST reply latency, WhatsApp webhook ack latency at 20 senders, faults mid-burst (lost/duplicated/out of order)
 	$(PY) -m bench.rest_bench
 	$(PY) -m bench.webhook_bench
+	$(PY) -m bench.faults
 
 nlu-report: $(STAMP) $(MODEL) ## NLU figures on our held-out split and on the CLINC150 card benchmark
 	$(PY) -m bench.nlu_report

@@ -27,6 +27,12 @@ DEFAULT_TURNAROUND_DAYS: Dict[str, int] = {
 CALLBACK_WITHIN_HOURS = 4
 # How long the developer default payment-link secret may be used: only outside production.
 _DEV_PAYMENT_SECRET = "dev-only-payment-link-secret-change-me"
+# The local WhatsApp sandbox's credentials (python -m connectors.sandbox): used outside production
+# only; cardsystem.preflight refuses them in production.
+SANDBOX_DEFAULTS = {
+    "verify_token": "sandbox-verify-token", "app_secret": "sandbox-app-secret", "access_token": "sandbox-token",
+    "phone_number_id": "100000000000001", "api_base": "http://localhost:5006", "api_version": "v21.0",
+}
 
 
 @dataclass(frozen=True)
@@ -46,9 +52,10 @@ class Settings:
     def from_env(cls) -> "Settings":
         env = os.environ
         secret = env.get("CARDCARE_PAYMENT_LINK_SECRET", "")
-        if not secret:
-            if env.get("CARDCARE_ENV", "development") == "production":
-                raise RuntimeError("CARDCARE_PAYMENT_LINK_SECRET must be set in production")
+        if env.get("CARDCARE_ENV", "development") == "production":
+            if secret in ("", _DEV_PAYMENT_SECRET):
+                raise RuntimeError("CARDCARE_PAYMENT_LINK_SECRET must be set to a production secret")
+        elif not secret:
             secret = _DEV_PAYMENT_SECRET
         return cls(
             db_url=env.get("CARDCARE_DB_URL") or f"sqlite:///{DEFAULT_DB_PATH}",

@@ -1,6 +1,7 @@
 """Engine and session handling: one engine per URL, one short session per unit of work."""
 from __future__ import annotations
 
+import os
 import threading
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,6 +13,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 _engines: Dict[str, Engine] = {}
 _lock = threading.Lock()
+
+
+def _owner_only(path: str) -> None:
+    """Databases hold customers' money data: readable and writable by the service's user only
+    (SQLite gives its -wal and -shm files the database file's permissions)."""
+    file = Path(path)
+    if not file.exists():
+        file.touch(mode=0o600)
+    os.chmod(file, 0o600)
 
 
 def _sqlite_pragmas(dbapi_connection, _record) -> None:
@@ -31,8 +41,9 @@ def get_engine(url: str) -> Engine:
             kwargs = {"future": True, "pool_pre_ping": True}
             if url.startswith("sqlite"):
                 path = url.split("///", 1)[-1]
-                if path and path != ":memory:":
+                if path and path != ":memory:" and not path.startswith("file:"):
                     Path(path).parent.mkdir(parents=True, exist_ok=True)
+                    _owner_only(path)
                 kwargs["connect_args"] = {"check_same_thread": False}
             engine = create_engine(url, **kwargs)
             if url.startswith("sqlite"):

@@ -16,15 +16,16 @@ from pathlib import Path
 from typing import Optional
 
 _DEV_FILES_SECRET = "dev-only-files-secret-change-me"
-DEFAULT_TTL_SECONDS = 24 * 3600
+DEFAULT_TTL_SECONDS = 3600  # a statement link works for an hour; ask again for a new one
 _FILE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 
 
 def files_secret() -> bytes:
     secret = os.environ.get("CARDCARE_FILES_SECRET", "")
-    if not secret:
-        if os.environ.get("CARDCARE_ENV", "development") == "production":
-            raise RuntimeError("CARDCARE_FILES_SECRET must be set in production")
+    if os.environ.get("CARDCARE_ENV", "development") == "production":
+        if secret in ("", _DEV_FILES_SECRET):
+            raise RuntimeError("CARDCARE_FILES_SECRET must be set to a production secret")
+    elif not secret:
         secret = _DEV_FILES_SECRET
     return secret.encode("utf-8")
 
@@ -40,11 +41,14 @@ def _signature(file_id: str, expires: int, secret: bytes) -> str:
 def publish(directory: Path, content: bytes, filename: str, ttl_seconds: int = DEFAULT_TTL_SECONDS,
             now: Optional[float] = None) -> "tuple[str, Path]":
     """Store `content` and return (signed URL ending in `filename`, local path)."""
-    directory.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)  # customers' statements: readable by the service's own user only
     file_id = secrets.token_urlsafe(18)
     path = directory / f"{file_id}.pdf"
     tmp = directory / f".{file_id}.tmp"
-    tmp.write_bytes(content)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(content)
     tmp.replace(path)
     expires = int((now or time.time()) + ttl_seconds)
     token = f"{file_id}.{expires}.{_signature(file_id, expires, files_secret())}"

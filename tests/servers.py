@@ -52,47 +52,79 @@ class Bot:
         return response.json()
 
 
-@contextmanager
-def running_bot(workdir: Path, today: Optional[str] = None, extra_env: Optional[Dict[str, str]] = None,
-                sql_tracker: bool = False, rasa_port: Optional[int] = None) -> Iterator[Bot]:
-    """Seed a card system in `workdir`, start both servers, stop them afterwards.
+class Servers:
+    """The action server and Rasa as processes of their own, against a seeded card system in
+    `workdir`: started, killed and restarted separately (the fault benchmark does all three).
+    Conversations are kept in memory unless `sql_tracker` (the SQLite store `make run` uses)."""
 
-    Conversations are kept in memory unless `sql_tracker` (the SQLite store `make run` uses).
-    """
-    action_port, rasa_port = free_port(), rasa_port or free_port()
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "CARDCARE_DB_URL": f"sqlite:///{workdir / 'cards.db'}",
-        "CARDCARE_STATEMENT_DIR": str(workdir / "statements"),
-        "CARDCARE_PAYMENT_LINK_SECRET": "e2e-payment-secret",
-        "CARDCARE_FILES_SECRET": "e2e-files-secret",
-        "CARDCARE_FILES_BASE_URL": f"http://127.0.0.1:{rasa_port}/webhooks/files/statements",
-        "CARDCARE_CHANNEL_DB_URL": f"sqlite:///{workdir / 'channel.db'}",
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-        "SQLALCHEMY_SILENCE_UBER_WARNING": "1",
-        **(extra_env or {}),
-    }
-    seed_args = [sys.executable, "-m", "cardsystem.seed"] + (["--today", today] if today else [])
-    subprocess.run(seed_args, cwd=ROOT, env=env, check=True, capture_output=True)
-    endpoints = workdir / "endpoints.yml"
-    tracker = (f"tracker_store:\n  type: SQL\n  dialect: sqlite\n  db: {workdir / 'tracker.db'}\n"
-               if sql_tracker else "")  # the default endpoints.yml keeps conversations in SQLite too
-    endpoints.write_text(f'action_endpoint:\n  url: "http://127.0.0.1:{action_port}/webhook"\n{tracker}')
-    action_log, rasa_log = workdir / "actions.log", workdir / "rasa.log"
-    actions = subprocess.Popen([RASA, "run", "actions", "--port", str(action_port)], cwd=ROOT, env=env,
-                               stdout=action_log.open("w"), stderr=subprocess.STDOUT)
-    rasa = subprocess.Popen([RASA, "run", "--enable-api", "--port", str(rasa_port), "-i", "127.0.0.1", "-m", str(MODEL),
-                             "--endpoints", str(endpoints), "--credentials", str(ROOT / "credentials.yml")],
-                            cwd=ROOT, env=env, stdout=rasa_log.open("w"), stderr=subprocess.STDOUT)
-    try:
-        wait_for(f"http://127.0.0.1:{action_port}/health", 120, actions, action_log)
-        wait_for(f"http://127.0.0.1:{rasa_port}/status", 300, rasa, rasa_log)
-        yield Bot(f"http://127.0.0.1:{rasa_port}", workdir, env)
-    finally:
-        for process in (rasa, actions):
+    def __init__(self, workdir: Path, today: Optional[str] = None, extra_env: Optional[Dict[str, str]] = None,
+                 sql_tracker: bool = False, rasa_port: Optional[int] = None, ingress: bool = False) -> None:
+        self.workdir = workdir
+        self.ingress_port = free_port() if ingress else None
+        self.action_port, self.rasa_port = free_port(), rasa_port or free_port()
+        self.env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "CARDCARE_DB_URL": f"sqlite:///{workdir / 'cards.db'}",
+            "CARDCARE_STATEMENT_DIR": str(workdir / "statements"),
+            "CARDCARE_PAYMENT_LINK_SECRET": "e2e-payment-secret",
+            "CARDCARE_FILES_SECRET": "e2e-files-secret",
+            "CARDCARE_FILES_BASE_URL": f"http://127.0.0.1:{self.rasa_port}/webhooks/files/statements",
+            "CARDCARE_CHANNEL_DB_URL": f"sqlite:///{workdir / 'channel.db'}",
+            "CARDCARE_MEDIA_DIR": str(workdir / "media"),
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+            "SQLALCHEMY_SILENCE_UBER_WARNING": "1",
+            **({"WHATSAPP_INGRESS": "1"} if ingress else {}),
+            **(extra_env or {}),
+        }
+        seed_args = [sys.executable, "-m", "cardsystem.seed"] + (["--today", today] if today else [])
+        subprocess.run(seed_args, cwd=ROOT, env=self.env, check=True, capture_output=True)
+        self.endpoints = workdir / "endpoints.yml"
+        tracker = (f"tracker_store:\n  type: SQL\n  dialect: sqlite\n  db: {workdir / 'tracker.db'}\n"
+                   if sql_tracker else "")  # the default endpoints.yml keeps conversations in SQLite too
+        self.endpoints.write_text(f'action_endpoint:\n  url: "http://127.0.0.1:{self.action_port}/webhook"\n{tracker}')
+        self.action_log, self.rasa_log = workdir / "actions.log", workdir / "rasa.log"
+        self.actions: Optional[subprocess.Popen] = None
+        self.rasa: Optional[subprocess.Popen] = None
+        self.ingress: Optional[subprocess.Popen] = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.rasa_port}"
+
+    @property
+    def webhook_url(self) -> str:
+        """Where WhatsApp's webhooks go: the ingress when there is one, else Rasa's own route."""
+        base = f"http://127.0.0.1:{self.ingress_port}" if self.ingress_port else self.url
+        return f"{base}/webhooks/whatsapp/webhook"
+
+    def start_ingress(self) -> None:
+        log = self.workdir / "ingress.log"
+        self.ingress = subprocess.Popen(
+            [sys.executable, "-m", "connectors.whatsapp.ingress", "--host", "127.0.0.1", "--port", str(self.ingress_port)],
+            cwd=ROOT, env=self.env, stdout=log.open("a"), stderr=subprocess.STDOUT)
+        wait_for(f"http://127.0.0.1:{self.ingress_port}/healthz", 60, self.ingress, log)
+
+    def start_actions(self, wait: bool = True) -> None:
+        self.actions = subprocess.Popen(
+            [sys.executable, "-m", "deploy.action_server", "--host", "127.0.0.1", "--port", str(self.action_port)],
+            cwd=ROOT, env=self.env, stdout=self.action_log.open("a"), stderr=subprocess.STDOUT)
+        if wait:
+            wait_for(f"http://127.0.0.1:{self.action_port}/health", 120, self.actions, self.action_log)
+
+    def start_rasa(self, wait: bool = True) -> None:
+        self.rasa = subprocess.Popen(
+            [RASA, "run", "--enable-api", "--port", str(self.rasa_port), "-i", "127.0.0.1", "-m", str(MODEL),
+             "--endpoints", str(self.endpoints), "--credentials", str(ROOT / "credentials.yml")],
+            cwd=ROOT, env=self.env, stdout=self.rasa_log.open("a"), stderr=subprocess.STDOUT)
+        if wait:
+            wait_for(f"{self.url}/status", 300, self.rasa, self.rasa_log)
+
+    def stop(self) -> None:
+        running = [p for p in (self.rasa, self.actions, self.ingress) if p is not None]
+        for process in running:
             process.terminate()
-        for process in (rasa, actions):
+        for process in running:
             try:
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
@@ -100,18 +132,39 @@ def running_bot(workdir: Path, today: Optional[str] = None, extra_env: Optional[
 
 
 @contextmanager
+def running_bot(workdir: Path, today: Optional[str] = None, extra_env: Optional[Dict[str, str]] = None,
+                sql_tracker: bool = False, rasa_port: Optional[int] = None) -> Iterator[Bot]:
+    """Seed a card system in `workdir`, start both servers, stop them afterwards."""
+    servers = Servers(workdir, today, extra_env, sql_tracker, rasa_port)
+    try:
+        servers.start_actions()
+        servers.start_rasa()
+        yield Bot(servers.url, workdir, servers.env)
+    finally:
+        servers.stop()
+
+
+def start_sandbox(workdir: Path, bot_url: str, env: Optional[Dict[str, str]] = None) -> "tuple[subprocess.Popen, str]":
+    """The WhatsApp sandbox (Graph API stand-in and customers' phones) posting to `bot_url`."""
+    port, log = free_port(), workdir / "sandbox.log"
+    sandbox = subprocess.Popen([sys.executable, "-m", "connectors.sandbox", "--port", str(port), "--bot-url", bot_url],
+                               cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(f"{url}/_sandbox/personas", 120, sandbox, log)
+    except RuntimeError:
+        sandbox.kill()
+        raise
+    return sandbox, url
+
+
+@contextmanager
 def running_whatsapp_bot(workdir: Path, extra_env: Optional[Dict[str, str]] = None) -> Iterator["tuple[str, Bot]"]:
     """The whole WhatsApp path: the sandbox (Graph API stand-in and customer phones) posting
     signed webhooks to a running bot whose channel answers through the sandbox."""
-    sandbox_port, rasa_port = free_port(), free_port()
-    log = workdir / "sandbox.log"
-    sandbox = subprocess.Popen(
-        [sys.executable, "-m", "connectors.sandbox", "--port", str(sandbox_port),
-         "--bot-url", f"http://127.0.0.1:{rasa_port}/webhooks/whatsapp/webhook"],
-        cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    sandbox_url = f"http://127.0.0.1:{sandbox_port}"
+    rasa_port = free_port()
+    sandbox, sandbox_url = start_sandbox(workdir, f"http://127.0.0.1:{rasa_port}/webhooks/whatsapp/webhook")
     try:
-        wait_for(f"{sandbox_url}/_sandbox/personas", 120, sandbox, log)
         env = {"WHATSAPP_API_BASE": sandbox_url, **(extra_env or {})}
         with running_bot(workdir, rasa_port=rasa_port, extra_env=env) as bot:
             subprocess.run([sys.executable, "-m", "cardsystem.agents", "demo"], cwd=ROOT, env=bot.env, check=True,

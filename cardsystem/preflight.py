@@ -1,0 +1,88 @@
+"""Refuse to run in production with a missing, development or sandbox secret.
+
+    python -m cardsystem.preflight            exit 0 when the environment is fit for production,
+                                              else exit 2 naming every variable to fix
+
+`make serve` runs this before it starts anything: a bank's bot must never come up talking to
+customers with a secret from the repository (the sandbox's app secret would let anyone sign
+webhooks; the development payment-link secret would let anyone mint payment links).
+"""
+from __future__ import annotations
+
+import os
+import sys
+from typing import Dict, List, Mapping, Optional
+from urllib.parse import urlparse
+
+MIN_SECRET_LENGTH = 16
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def _known_development_values() -> Dict[str, set]:
+    """Values shipped in this repository: fine on a laptop, never in production."""
+    from cardsystem.config import _DEV_PAYMENT_SECRET, SANDBOX_DEFAULTS
+    from cardsystem.files import _DEV_FILES_SECRET
+
+    known = {"", "changeme", "change-me", "secret", "test", "dev", "development", "sandbox"}
+    return {
+        "WHATSAPP_APP_SECRET": known | {SANDBOX_DEFAULTS["app_secret"]},
+        "WHATSAPP_ACCESS_TOKEN": known | {SANDBOX_DEFAULTS["access_token"]},
+        "WHATSAPP_VERIFY_TOKEN": known | {SANDBOX_DEFAULTS["verify_token"]},
+        "WHATSAPP_PHONE_NUMBER_ID": known | {SANDBOX_DEFAULTS["phone_number_id"]},
+        "CARDCARE_PAYMENT_LINK_SECRET": known | {_DEV_PAYMENT_SECRET},
+        "CARDCARE_FILES_SECRET": known | {_DEV_FILES_SECRET},
+        "CARDCARE_ACTION_SECRET": known,
+        "RASA_AUTH_TOKEN": known,
+    }
+
+
+# Secrets the bank generates itself: long random strings (openssl rand -hex 32).
+GENERATED = ("CARDCARE_PAYMENT_LINK_SECRET", "CARDCARE_FILES_SECRET", "CARDCARE_ACTION_SECRET", "RASA_AUTH_TOKEN")
+
+
+def api_enabled(env: Mapping[str, str]) -> bool:
+    return env.get("RASA_ENABLE_API", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def problems(env: Optional[Mapping[str, str]] = None) -> List[str]:
+    """Everything that keeps this environment from serving customers, one line per variable."""
+    env = os.environ if env is None else env
+    found: List[str] = []
+    if env.get("CARDCARE_ENV") != "production":
+        found.append("CARDCARE_ENV must be 'production' (make serve sets it)")
+    required = [name for name in _known_development_values() if name != "RASA_AUTH_TOKEN" or api_enabled(env)]
+    development = _known_development_values()
+    for name in required:
+        value = env.get(name, "")
+        if not value.strip():
+            found.append(f"{name} is not set")
+        elif value.strip().lower() in development[name] or value in development[name]:
+            found.append(f"{name} is still a development or sandbox value: set the production one")
+        elif name in GENERATED and len(value) < MIN_SECRET_LENGTH:
+            found.append(f"{name} is too short ({len(value)} characters; use at least {MIN_SECRET_LENGTH}, "
+                         f"e.g. openssl rand -hex 32)")
+    if "WHATSAPP_PHONE_NUMBER_ID" in env and env["WHATSAPP_PHONE_NUMBER_ID"].strip() \
+            and not env["WHATSAPP_PHONE_NUMBER_ID"].strip().isdigit():
+        found.append("WHATSAPP_PHONE_NUMBER_ID must be the number's numeric id from the WhatsApp Manager")
+    base = env.get("WHATSAPP_API_BASE", "")
+    if base:
+        parsed = urlparse(base)
+        if parsed.scheme != "https" and parsed.hostname not in LOOPBACK_HOSTS:
+            found.append("WHATSAPP_API_BASE must be https:// (plain http only to a stand-in on this machine)")
+    return found
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    found = problems()
+    if not found:
+        print("preflight: production settings look right.")
+        return 0
+    print("Refusing to start in production:", file=sys.stderr)
+    for line in found:
+        print(f"  - {line}", file=sys.stderr)
+    print("Set them in the environment (never in git); see README, 'Running in production'.", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

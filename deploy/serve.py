@@ -1,0 +1,227 @@
+"""`make serve`: the production topology on one box, safe by default.
+
+    python -m deploy.serve [--dry-run]
+
+1. CARDCARE_ENV=production and umask 077 (databases, statements and media owner-only).
+2. Preflight: refuses to start, naming the variable, while a secret is missing or still a
+   development or sandbox value (cardsystem.preflight), or a variable the endpoints file
+   needs is unset.
+3. The WhatsApp ingress on 127.0.0.1:$INGRESS_PORT (connectors.whatsapp.ingress): takes and
+   records webhooks even while Rasa restarts; the action server on 127.0.0.1:$ACTION_PORT,
+   refusing calls without CARDCARE_ACTION_SECRET.
+4. Rasa on 127.0.0.1:$RASA_PORT with credentials.production.yml (WhatsApp and statement files,
+   no REST); its HTTP API off, or on with RASA_AUTH_TOKEN when RASA_ENABLE_API=1.
+5. nginx (when installed) on $PUBLIC_HOST:$PUBLIC_PORT as the only public door
+   (deploy/nginx.conf.template).
+
+If any of them stops, the others are stopped and this exits non-zero, so a process manager
+(systemd, a container runtime) restarts the whole set. `--dry-run` prints what would run.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional
+
+import requests
+
+from cardsystem.preflight import problems
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE = ROOT / "deploy" / "nginx.conf.template"
+NGINX_CANDIDATES = ("nginx", "/usr/sbin/nginx")
+STARTUP_SECONDS = 600  # loading the model on a busy box
+
+
+def settings(env: Mapping[str, str]) -> Dict[str, str]:
+    return {
+        "RASA_PORT": env.get("RASA_PORT", "5005"),
+        "ACTION_PORT": env.get("ACTION_PORT", "5055"),
+        "INGRESS_PORT": env.get("INGRESS_PORT", "5007"),
+        "PUBLIC_PORT": env.get("PUBLIC_PORT", "8080"),
+        "PUBLIC_HOST": env.get("PUBLIC_HOST", "0.0.0.0"),
+        "ENDPOINTS": env.get("ENDPOINTS", "endpoints.production.yml"),
+        "CREDENTIALS": env.get("CREDENTIALS", "credentials.production.yml"),
+        "MODEL": env.get("MODEL", "models/cardcare.tar.gz"),
+        "CONSOLE_ALLOW": env.get("CONSOLE_ALLOW", "all"),
+        "RUN_DIR": env.get("NGINX_RUN_DIR", str(ROOT / "var" / "nginx")),
+    }
+
+
+def production_env(base: Mapping[str, str]) -> Dict[str, str]:
+    """The children's environment: production, with the local addresses filled in."""
+    env = dict(base)
+    conf = settings(env)
+    env["CARDCARE_ENV"] = "production"
+    env["WHATSAPP_INGRESS"] = "1"  # Rasa's channel answers what the ingress recorded
+    env.setdefault("ACTION_SERVER_URL", f"http://127.0.0.1:{conf['ACTION_PORT']}/webhook")
+    # the bot fetches a statement itself and uploads it to WhatsApp: the link need not be public
+    env.setdefault("CARDCARE_FILES_BASE_URL", f"http://127.0.0.1:{conf['RASA_PORT']}/webhooks/files/statements")
+    env.setdefault("PYTHONPATH", str(ROOT))
+    return env
+
+
+def endpoint_variables(path: Path) -> List[str]:
+    """The ${VARIABLES} an endpoints file needs (Rasa fails later, and less clearly, without them)."""
+    return sorted(set(re.findall(r"\$\{([A-Z0-9_]+)\}", path.read_text())))
+
+
+def preflight(env: Mapping[str, str]) -> List[str]:
+    found = problems(env)
+    conf = settings(env)
+    for name in ("ENDPOINTS", "CREDENTIALS", "MODEL"):
+        if not (ROOT / conf[name]).is_file():
+            found.append(f"{name}: {conf[name]} does not exist" + (" (run make train)" if name == "MODEL" else ""))
+    if (ROOT / conf["ENDPOINTS"]).is_file():
+        for name in endpoint_variables(ROOT / conf["ENDPOINTS"]):
+            if not env.get(name) and not any(line.startswith(f"{name} ") for line in found):
+                found.append(f"{name} is not set (needed by {conf['ENDPOINTS']})")
+    if (ROOT / conf["CREDENTIALS"]).is_file() and re.search(r"^rest:", (ROOT / conf["CREDENTIALS"]).read_text(), re.M):
+        found.append(f"{conf['CREDENTIALS']} enables the REST channel: anyone could speak as any customer")
+    for name in ("RASA_PORT", "ACTION_PORT", "INGRESS_PORT", "PUBLIC_PORT"):
+        if not conf[name].isdigit():
+            found.append(f"{name} must be a port number")
+    return found
+
+
+def nginx_binary() -> Optional[str]:
+    for candidate in NGINX_CANDIDATES:
+        found = shutil.which(candidate)
+        if found:
+            return found
+    return None
+
+
+def console_access(allow: str) -> str:
+    """nginx allow/deny lines for the console: CONSOLE_ALLOW='10.0.0.0/8 192.168.1.0/24', or 'all'."""
+    networks = allow.replace(",", " ").split()
+    if not networks or networks == ["all"]:
+        return "            # reachable from anywhere: set CONSOLE_ALLOW to the bank's networks to restrict"
+    for network in networks:
+        if not re.fullmatch(r"[0-9a-fA-F:.]+(/\d{1,3})?", network):
+            raise SystemExit(f"CONSOLE_ALLOW: {network!r} is not an address or network")
+    return "\n".join([f"            allow {n};" for n in networks] + ["            deny all;"])
+
+
+def render_nginx(env: Mapping[str, str]) -> Path:
+    conf = settings(env)
+    run_dir = Path(conf["RUN_DIR"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    host = conf["PUBLIC_HOST"]
+    listen = f"[{host}]:{conf['PUBLIC_PORT']}" if ":" in host else f"{host}:{conf['PUBLIC_PORT']}"
+    text = TEMPLATE.read_text()
+    for key, value in {"RUN_DIR": str(run_dir), "RASA_PORT": conf["RASA_PORT"], "INGRESS_PORT": conf["INGRESS_PORT"],
+                       "PUBLIC_LISTEN": listen,
+                       "CONSOLE_ACCESS": console_access(conf["CONSOLE_ALLOW"])}.items():
+        text = text.replace("{{" + key + "}}", value)
+    path = run_dir / "nginx.conf"
+    path.write_text(text)
+    return path
+
+
+def commands(env: Mapping[str, str], nginx: Optional[str]) -> Dict[str, List[str]]:
+    conf = settings(env)
+    python = sys.executable
+    planned = {
+        "ingress": [python, "-m", "connectors.whatsapp.ingress", "--host", "127.0.0.1", "--port", conf["INGRESS_PORT"]],
+        "actions": [python, "-m", "deploy.action_server", "--host", "127.0.0.1", "--port", conf["ACTION_PORT"]],
+        "rasa": [python, "-m", "deploy.rasa_server", "-i", "127.0.0.1", "--port", conf["RASA_PORT"],
+                 "-m", conf["MODEL"], "--credentials", conf["CREDENTIALS"], "--endpoints", conf["ENDPOINTS"]],
+    }
+    if nginx:
+        run_dir = conf["RUN_DIR"]
+        planned["nginx"] = [nginx, "-p", run_dir, "-c", str(Path(run_dir) / "nginx.conf"), "-g", "daemon off;"]
+    return planned
+
+
+def wait_until_up(url: str, process: subprocess.Popen, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return True
+        except requests.RequestException:
+            pass
+        time.sleep(0.5)
+    return False
+
+
+def stop(processes: Dict[str, subprocess.Popen]) -> None:
+    for process in processes.values():
+        if process.poll() is None:
+            process.terminate()
+    for process in processes.values():
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dry-run", action="store_true", help="check the settings and print what would run")
+    args = parser.parse_args(argv)
+    os.umask(0o077)
+    env = production_env(os.environ)
+    found = preflight(env)
+    if found:
+        print("make serve: refusing to start in production:", file=sys.stderr)
+        for line in found:
+            print(f"  - {line}", file=sys.stderr)
+        print("Set them in the environment (never in git): see README, 'Running in production'.", file=sys.stderr)
+        return 2
+    conf = settings(env)
+    nginx = nginx_binary()
+    if nginx:
+        config = render_nginx(env)
+        checked = subprocess.run([nginx, "-t", "-q", "-p", conf["RUN_DIR"], "-c", str(config)],
+                                 capture_output=True, text=True)
+        if checked.returncode != 0:
+            print(f"make serve: the nginx configuration is not valid:\n{checked.stderr}", file=sys.stderr)
+            return 2
+    else:
+        print("make serve: nginx is not installed (apt-get install nginx-light): everything listens on 127.0.0.1 "
+              f"only; put the bank's own reverse proxy in front (webhook -> 127.0.0.1:{conf['INGRESS_PORT']}, "
+              f"statement links and console -> 127.0.0.1:{conf['RASA_PORT']}).", file=sys.stderr)
+    planned = commands(env, nginx)
+    if args.dry_run:
+        for name, command in planned.items():
+            print(f"{name}: {' '.join(command)}")
+        return 0
+    processes: Dict[str, subprocess.Popen] = {}
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        processes["ingress"] = subprocess.Popen(planned["ingress"], cwd=ROOT, env=env)
+        processes["actions"] = subprocess.Popen(planned["actions"], cwd=ROOT, env=env)
+        processes["rasa"] = subprocess.Popen(planned["rasa"], cwd=ROOT, env=env)
+        if "nginx" in planned:
+            processes["nginx"] = subprocess.Popen(planned["nginx"], cwd=ROOT, env=env)
+        if not wait_until_up(f"http://127.0.0.1:{conf['RASA_PORT']}/webhooks/whatsapp/", processes["rasa"],
+                             STARTUP_SECONDS):
+            print("make serve: Rasa did not come up; stopping.", file=sys.stderr)
+            return 1
+        door = f"http://{conf['PUBLIC_HOST']}:{conf['PUBLIC_PORT']}" if nginx else "http://127.0.0.1"
+        hook = door if nginx else f"{door}:{conf['INGRESS_PORT']}"
+        console = door if nginx else f"{door}:{conf['RASA_PORT']}"
+        print(f">>> cardcare is serving. Webhook: {hook}/webhooks/whatsapp/webhook   "
+              f"Agent console: {console}/webhooks/whatsapp/agents   (Ctrl-C stops everything)", flush=True)
+        while all(p.poll() is None for p in processes.values()):
+            time.sleep(1)
+        gone = [name for name, p in processes.items() if p.poll() is not None]
+        print(f"make serve: {', '.join(gone)} stopped; stopping the rest.", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        stop(processes)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,280 @@
+"""`make serve` started as an operator starts it, then tried from outside: every door but the
+public one is locked, and the public one lets through only what it should.
+
+Production topology on this machine: PostgreSQL tracker store (a database made for this run),
+Redis lock store, the locked action server, Rasa on 127.0.0.1 with credentials.production.yml,
+nginx on PUBLIC_PORT when installed, the sandbox as the Graph API (its base URL is configurable).
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+
+from connectors.whatsapp.signature import sign
+from tests.servers import MODEL, ROOT, free_port, start_sandbox
+
+pytestmark = pytest.mark.model
+CUSTOMER = "919800000001"   # a seeded customer with one card
+CARD_NUMBER = "4111 1111 1111 1111"
+NGINX = shutil.which("nginx") or (Path("/usr/sbin/nginx") if Path("/usr/sbin/nginx").exists() else None)
+
+
+def production_secrets() -> dict:
+    return {
+        "WHATSAPP_APP_SECRET": secrets.token_hex(16), "WHATSAPP_ACCESS_TOKEN": "EAA" + secrets.token_hex(24),
+        "WHATSAPP_VERIFY_TOKEN": secrets.token_hex(12), "WHATSAPP_PHONE_NUMBER_ID": "109876543210987",
+        "CARDCARE_PAYMENT_LINK_SECRET": secrets.token_hex(16), "CARDCARE_FILES_SECRET": secrets.token_hex(16),
+        "CARDCARE_ACTION_SECRET": secrets.token_hex(16), "RASA_AUTH_TOKEN": secrets.token_hex(16),
+    }
+
+
+def make_serve(env: dict, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen(["make", "-s", "serve"], cwd=ROOT, env=env, start_new_session=True, **kwargs)
+
+
+def refusal(env: dict) -> str:
+    """What `make serve` says when it refuses to start (it must refuse)."""
+    done = subprocess.run(["make", "-s", "serve"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0, done.stdout
+    return done.stderr
+
+
+@pytest.fixture(scope="module")
+def postgres_db():
+    """A PostgreSQL database of its own for this run's tracker store (dropped afterwards)."""
+    import psycopg2
+
+    name = f"cardcare_serve_{uuid.uuid4().hex[:8]}"
+    try:
+        admin = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=5)
+    except psycopg2.OperationalError as exc:
+        pytest.skip(f"PostgreSQL on 127.0.0.1:5432 is needed for the production topology: {exc}")
+    admin.autocommit = True
+    admin.cursor().execute(f"CREATE DATABASE {name}")
+    yield name
+    admin.cursor().execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    admin.close()
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, postgres_db):
+    if not MODEL.exists():
+        pytest.fail("models/cardcare.tar.gz is missing: run `make train` (make test does it for you)")
+    work = tmp_path_factory.mktemp("serve")
+    env = {**os.environ, **production_secrets()}
+    env.update({
+        "RASA_PORT": str(free_port()), "ACTION_PORT": str(free_port()), "PUBLIC_PORT": str(free_port()),
+        "PUBLIC_HOST": "127.0.0.1", "RASA_ENABLE_API": "1",
+        "RASA_TRACKER_DB_HOST": "127.0.0.1", "RASA_TRACKER_DB_PORT": "5432", "RASA_TRACKER_DB_NAME": postgres_db,
+        "RASA_TRACKER_DB_USER": "postgres", "RASA_TRACKER_DB_PASSWORD": "unused-with-trust-auth",
+        "REDIS_HOST": "127.0.0.1", "REDIS_PORT": "6379",
+        "CARDCARE_DB_URL": f"sqlite:///{work / 'cards.db'}", "CARDCARE_CHANNEL_DB_URL": f"sqlite:///{work / 'channel.db'}",
+        "CARDCARE_MEDIA_DIR": str(work / "media"), "CARDCARE_STATEMENT_DIR": str(work / "statements"),
+        "NGINX_RUN_DIR": str(work / "nginx"), "PYTHONPATH": str(ROOT),
+    })
+    env.pop("CARDCARE_ENV", None)
+    subprocess.run([sys.executable, "-m", "cardsystem.seed"], cwd=ROOT, env=env, check=True, capture_output=True)
+    door = f"http://127.0.0.1:{env['PUBLIC_PORT']}" if NGINX else f"http://127.0.0.1:{env['RASA_PORT']}"
+    sandbox, sandbox_url = start_sandbox(work, f"{door}/webhooks/whatsapp/webhook", env=env)
+    env["WHATSAPP_API_BASE"] = sandbox_url
+    log = work / "serve.log"
+    serving = make_serve(env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 300
+        while ">>> cardcare is serving" not in log.read_text():
+            if serving.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"make serve did not come up:\n{log.read_text()[-3000:]}")
+            time.sleep(0.5)
+        yield {"env": env, "door": door, "sandbox": sandbox_url, "work": work,
+               "rasa": f"http://127.0.0.1:{env['RASA_PORT']}", "actions": f"http://127.0.0.1:{env['ACTION_PORT']}"}
+    finally:
+        os.killpg(serving.pid, signal.SIGTERM)
+        try:
+            serving.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            os.killpg(serving.pid, signal.SIGKILL)
+        sandbox.terminate()
+        sandbox.wait(timeout=20)
+
+
+def say(served, text: str = "", reply: dict = None, wait: float = 30.0) -> list:
+    """A customer writes through the sandbox; the bot's replies as they arrive."""
+    url = served["sandbox"]
+    seen = len(requests.get(f"{url}/_sandbox/messages", params={"to": CUSTOMER}, timeout=5).json())
+    body = {"from": CUSTOMER, "name": "Test", **({"reply": reply} if reply else {"text": text})}
+    assert requests.post(f"{url}/_sandbox/send", json=body, timeout=10).json()["bot_status"] == 200
+    deadline, got = time.monotonic() + wait, []
+    while time.monotonic() < deadline:
+        got = requests.get(f"{url}/_sandbox/messages", params={"to": CUSTOMER, "after": seen}, timeout=5).json()
+        if got:
+            time.sleep(1.0)
+            return requests.get(f"{url}/_sandbox/messages", params={"to": CUSTOMER, "after": seen}, timeout=5).json()
+        time.sleep(0.2)
+    raise AssertionError(f"no reply to {text or reply!r}")
+
+
+def tracker(served) -> dict:
+    token = served["env"]["RASA_AUTH_TOKEN"]
+    answer = requests.get(f"{served['rasa']}/conversations/{CUSTOMER}/tracker", params={"token": token}, timeout=10)
+    assert answer.status_code == 200
+    return answer.json()
+
+
+# -- refusing to start ---------------------------------------------------------------------------
+
+def test_make_serve_refuses_missing_and_development_secrets_naming_each():
+    env = {**os.environ, **production_secrets(), "PYTHONPATH": str(ROOT)}
+    for name in ("WHATSAPP_APP_SECRET", "CARDCARE_ACTION_SECRET", "WHATSAPP_PHONE_NUMBER_ID"):
+        without = {k: v for k, v in env.items() if k != name}
+        assert f"{name} is not set" in refusal(without)
+    sandbox = {**env, "WHATSAPP_APP_SECRET": "sandbox-app-secret", "WHATSAPP_ACCESS_TOKEN": "sandbox-token",
+               "CARDCARE_FILES_SECRET": "dev-only-files-secret-change-me"}
+    said = refusal(sandbox)
+    for name in ("WHATSAPP_APP_SECRET", "WHATSAPP_ACCESS_TOKEN", "CARDCARE_FILES_SECRET"):
+        assert f"{name} is still a development or sandbox value" in said
+    api_without_token = {k: v for k, v in env.items() if k != "RASA_AUTH_TOKEN"}
+    assert "RASA_AUTH_TOKEN is not set" in refusal({**api_without_token, "RASA_ENABLE_API": "1"})
+
+
+def test_the_default_plan_binds_loopback_with_no_api_and_no_rest(tmp_path):
+    env = {**os.environ, **production_secrets(), "PYTHONPATH": str(ROOT), "NGINX_RUN_DIR": str(tmp_path)}
+    env.update({k: "x" for k in ("RASA_TRACKER_DB_HOST", "RASA_TRACKER_DB_PORT", "RASA_TRACKER_DB_NAME",
+                                 "RASA_TRACKER_DB_USER", "RASA_TRACKER_DB_PASSWORD", "REDIS_HOST", "REDIS_PORT")})
+    env.pop("RASA_ENABLE_API", None)
+    plan = subprocess.run([sys.executable, "-m", "deploy.serve", "--dry-run"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, check=True).stdout
+    commands = dict(line.split(": ", 1) for line in plan.strip().splitlines())
+    assert "--host 127.0.0.1" in commands["actions"]
+    assert "-i 127.0.0.1" in commands["rasa"] and "credentials.production.yml" in commands["rasa"]
+    assert "--enable-api" not in plan and env["CARDCARE_ACTION_SECRET"] not in plan
+    assert "rest:" not in (ROOT / "credentials.production.yml").read_text()
+
+
+# -- the doors, tried from outside -------------------------------------------------------------
+
+def test_only_the_public_door_is_reachable_from_other_addresses(served):
+    addresses = [a for a in subprocess.run(["hostname", "-I"], capture_output=True, text=True).stdout.split()
+                 if ":" not in a and not a.startswith("127.")]
+    if not addresses:
+        pytest.skip("this machine has no non-loopback IPv4 address to try from")
+    for port in (served["env"]["RASA_PORT"], served["env"]["ACTION_PORT"]):
+        with pytest.raises(OSError):
+            socket.create_connection((addresses[0], int(port)), timeout=2).close()
+
+
+def test_rest_channel_and_api_are_not_behind_the_public_door(served):
+    door = served["door"]
+    assert requests.post(f"{door}/webhooks/rest/webhook", json={"sender": CUSTOMER, "message": "block my card"},
+                         timeout=10).status_code == 404
+    for path in ("/status", "/version", f"/conversations/{CUSTOMER}/tracker", "/model", "/"):
+        assert requests.get(f"{door}{path}", timeout=10).status_code == 404
+    # and on Rasa's own (loopback) port: no REST channel; the API only with the token
+    rasa = served["rasa"]
+    assert requests.post(f"{rasa}/webhooks/rest/webhook", json={"sender": CUSTOMER, "message": "hi"},
+                         timeout=10).status_code == 404
+    assert requests.get(f"{rasa}/conversations/{CUSTOMER}/tracker", timeout=10).status_code == 401
+    assert requests.delete(f"{rasa}/model", timeout=10).status_code == 401
+    assert requests.post(f"{rasa}/conversations/{CUSTOMER}/trigger_intent", params={"output_channel": "latest"},
+                         json={"name": "block_card"}, timeout=10).status_code == 401
+    assert requests.get(f"{rasa}/status", params={"token": served["env"]["RASA_AUTH_TOKEN"]}, timeout=10).ok
+
+
+def test_action_server_refuses_calls_without_its_shared_secret(served):
+    actions = served["actions"]
+    call = {"next_action": "action_block_card", "sender_id": CUSTOMER, "version": "3.6.21",
+            "tracker": {"sender_id": CUSTOMER, "slots": {}, "latest_message": {}, "events": [], "paused": False,
+                        "followup_action": None, "active_loop": {}, "latest_action_name": None},
+            "domain": {}}
+    assert requests.post(f"{actions}/webhook", json=call, timeout=10).status_code == 401
+    wrong = {"Authorization": "Bearer " + "0" * 32}
+    assert requests.post(f"{actions}/webhook", json=call, headers=wrong, timeout=10).status_code == 401
+    assert requests.get(f"{actions}/actions", timeout=10).status_code == 401
+    right = {"Authorization": f"Bearer {served['env']['CARDCARE_ACTION_SECRET']}"}
+    assert requests.get(f"{actions}/actions", headers=right, timeout=10).status_code == 200
+    assert requests.get(f"{actions}/health", timeout=10).status_code == 200
+
+
+def test_a_customer_is_answered_through_the_door_and_slash_text_is_not_an_intent(served):
+    replies = say(served, "what's my balance")
+    assert "Outstanding" in json.dumps(replies)
+    say(served, "/handoff_closed")
+    latest = tracker(served)["latest_message"]
+    assert latest["text"] == "handoff_closed" and latest["intent"]["name"] != "handoff_closed"
+
+
+def test_a_typed_card_number_is_masked_everywhere_and_the_customer_warned(served):
+    replies = say(served, f"my card {CARD_NUMBER} was stolen")
+    assert "never share your full card number" in json.dumps(replies)
+    digits = CARD_NUMBER.replace(" ", "")
+    assert CARD_NUMBER not in json.dumps(tracker(served)) and digits not in json.dumps(tracker(served))
+    for database in ("channel.db",):
+        raw = (served["work"] / database).read_bytes()
+        assert CARD_NUMBER.encode() not in raw and digits.encode() not in raw
+
+
+def test_a_poison_batch_is_answered_200_and_its_good_message_answered(served):
+    env, door = served["env"], served["door"]
+    good_id = f"wamid.poison.{uuid.uuid4().hex}"
+    value = {"messaging_product": "whatsapp", "metadata": {"phone_number_id": env["WHATSAPP_PHONE_NUMBER_ID"]},
+             "contacts": [{"wa_id": CUSTOMER, "profile": {"name": "Test"}}],
+             "messages": [{"from": CUSTOMER, "id": {"not": "a string"}, "type": "text", "text": "not an object"},
+                          {"from": CUSTOMER, "id": good_id, "timestamp": str(int(time.time())), "type": "text",
+                           "text": {"body": "when is my bill due"}}]}
+    raw = json.dumps({"object": "whatsapp_business_account",
+                      "entry": [{"id": "x", "changes": [{"field": "messages", "value": value}]}]}).encode()
+    seen = len(requests.get(f"{served['sandbox']}/_sandbox/messages", params={"to": CUSTOMER}, timeout=5).json())
+    headers = {"Content-Type": "application/json", "X-Hub-Signature-256": sign(raw, env["WHATSAPP_APP_SECRET"])}
+    for _ in range(2):  # Meta redelivers: still once
+        assert requests.post(f"{door}/webhooks/whatsapp/webhook", data=raw, headers=headers, timeout=10).status_code == 200
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        got = requests.get(f"{served['sandbox']}/_sandbox/messages", params={"to": CUSTOMER, "after": seen},
+                           timeout=5).json()
+        if any(m["message"].get("biz_opaque_callback_data", "").startswith(good_id) for m in got):
+            break
+        time.sleep(0.3)
+    else:
+        raise AssertionError("the good message of the poison batch was not answered")
+    time.sleep(2)
+    got = requests.get(f"{served['sandbox']}/_sandbox/messages", params={"to": CUSTOMER, "after": seen}, timeout=5).json()
+    keys = [m["message"].get("biz_opaque_callback_data") for m in got]
+    assert len(keys) == len(set(keys))  # answered once
+
+
+def test_unsigned_oversized_and_unknown_requests_at_the_door(served):
+    door = served["door"]
+    assert requests.post(f"{door}/webhooks/whatsapp/webhook", data=b"{}", timeout=10).status_code == 403
+    if NGINX:
+        big = b'{"object":"whatsapp_business_account","pad":"' + b"x" * 70_000 + b'"}'
+        assert requests.post(f"{door}/webhooks/whatsapp/webhook", data=big, timeout=10).status_code == 413
+        assert requests.get(f"{door}/webhooks/files/", timeout=10).status_code == 404
+    forged = "A" * 24 + ".9999999999." + "0" * 32
+    assert requests.get(f"{door}/webhooks/files/statements/{forged}/statement.pdf", timeout=10).status_code == 404
+
+
+def test_console_sign_in_only_as_json_through_the_door(served):
+    login = f"{served['door']}/webhooks/whatsapp/agents/api/login"
+    form = '{"username": "nobody", "password": "x"}'
+    assert requests.post(login, data=form, headers={"Content-Type": "text/plain"}, timeout=10).status_code == 415
+    assert requests.post(login, data={"username": "nobody", "password": "x"}, timeout=10).status_code == 415
+
+
+def test_databases_and_customer_files_are_owner_only(served):
+    say(served, "send me my last statement")
+    work = served["work"]
+    for path in [work / "channel.db", work / "cards.db"] + list((work / "statements").glob("*")):
+        assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, path
+    assert stat.S_IMODE((work / "statements").stat().st_mode) == 0o700
