@@ -30,7 +30,7 @@ from sqlalchemy import create_engine, text
 
 from bench.rest_bench import OUT, percentile
 from connectors.sandbox.server import message_value, webhook_body
-from connectors.whatsapp.channel import SANDBOX_DEFAULTS
+from cardsystem.config import SANDBOX_DEFAULTS
 from connectors.whatsapp.signature import sign
 from tests.servers import MODEL, ROOT, free_port, running_bot, wait_for
 
@@ -70,7 +70,7 @@ class Load:
 
     def answered(self, message_ids: List[str]) -> bool:
         with self.engine.connect() as connection:
-            rows = connection.execute(text("SELECT count(*) FROM wa_inbound WHERE state != 'pending' AND message_id IN "
+            rows = connection.execute(text("SELECT count(*) FROM wa_inbound WHERE state IN ('done', 'dead') AND message_id IN "
                                            f"({','.join(':m%d' % i for i in range(len(message_ids)))})"),
                                       {f"m{i}": m for i, m in enumerate(message_ids)}).scalar()
         return rows == len(message_ids)
