@@ -19,6 +19,7 @@ from connectors.handoff.console import add_console_routes, client_address
 from connectors.whatsapp.media import MediaStore
 from tests.conftest import DISPUTE, NOW, ONE_CARD, TWO_CARDS
 from tests.servers import free_port
+from tests.whatsapp.test_handoff_channel import Console
 from tests.test_handoff import Clock, open_for, system  # noqa: F401  (on SQLite and on PostgreSQL)
 
 pytestmark = pytest.mark.asyncio
@@ -66,27 +67,11 @@ async def start_console(desk, tmp_path):
         await server.close()
 
 
-class Browser:
+class Browser(Console):
     """One browser behind the local proxy (which says where it is in X-Real-IP)."""
 
     def __init__(self, base: str, address: str = CLIENT) -> None:
-        self.base, self.api = base, f"{base}/agents/api"
-        self.http = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True), headers={"X-Real-IP": address})
-        self.csrf = None
-
-    async def login(self, username, password):
-        async with self.http.post(f"{self.api}/login", json={"username": username, "password": password}) as answer:
-            data = await answer.json()
-            self.csrf = data.get("csrf")
-            return answer.status, data
-
-    async def get(self, path):
-        async with self.http.get(f"{self.api}{path}") as answer:
-            return answer.status, await answer.json()
-
-    async def post(self, path, body=None):
-        async with self.http.post(f"{self.api}{path}", json=body or {}, headers={"X-CSRF-Token": self.csrf}) as answer:
-            return answer.status, await answer.json()
+        super().__init__(base, headers={"X-Real-IP": address})
 
     async def raw(self, method, path, **options):
         async with self.http.request(method, f"{self.base}{path}", **options) as answer:

@@ -44,15 +44,21 @@ class FakeGraph:
         return [b for b in self.received if b.get("type")]
 
 
+async def serve_graph(handle) -> "tuple[web.AppRunner, int]":
+    """A fake Graph API messages endpoint on a free local port."""
+    graph_app = web.Application()
+    graph_app.router.add_post(f"/v21.0/{PHONE_ID}/messages", handle)
+    runner = web.AppRunner(graph_app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    return runner, port
+
+
 @pytest_asyncio.fixture
 async def setup(tmp_path):
     graph = FakeGraph()
-    graph_app = web.Application()
-    graph_app.router.add_post(f"/v21.0/{PHONE_ID}/messages", graph.handle)
-    runner = web.AppRunner(graph_app)
-    await runner.setup()
-    graph_port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", graph_port).start()
+    runner, graph_port = await serve_graph(graph.handle)
     store_url = f"sqlite:///{tmp_path / 'channel.db'}"
     turns = []
 

@@ -45,9 +45,9 @@ async def until(condition, timeout=5.0):
 
 
 class Console:
-    def __init__(self, base: str) -> None:
-        self.api = f"{base}/agents/api"
-        self.http = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True))
+    def __init__(self, base: str, headers=None) -> None:
+        self.base, self.api = base, f"{base}/agents/api"
+        self.http = aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True), headers=headers)
         self.csrf = None
 
     async def login(self, username, password):

@@ -20,7 +20,7 @@ from connectors.whatsapp.channel import TurnAborted, WhatsAppInput, typed_text
 from connectors.whatsapp.deadletters import main as deadletters
 from connectors.whatsapp.store import InboundRecord, OutboxRecord
 from tests.servers import free_port
-from tests.whatsapp.test_channel import PHONE_ID, SECRET, post
+from tests.whatsapp.test_channel import PHONE_ID, SECRET, post, serve_graph
 from tests.whatsapp.test_pieces import envelope, message
 
 pytestmark = pytest.mark.asyncio
@@ -55,12 +55,7 @@ class Graph:
 async def world(tmp_path, monkeypatch):
     monkeypatch.setattr(channel_module, "DUE_SECONDS", 0.2)
     graph = Graph()
-    graph_app = web.Application()
-    graph_app.router.add_post(f"/v21.0/{PHONE_ID}/messages", graph.handle)
-    runner = web.AppRunner(graph_app)
-    await runner.setup()
-    graph_port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", graph_port).start()
+    runner, graph_port = await serve_graph(graph.handle)
     store_url = f"sqlite:///{tmp_path / 'channel.db'}"
     monkeypatch.setenv("CARDCARE_CHANNEL_DB_URL", store_url)
     servers = []
