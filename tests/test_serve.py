@@ -7,6 +7,7 @@ nginx on PUBLIC_PORT when installed, the sandbox as the Graph API (its base URL 
 """
 from __future__ import annotations
 
+import base64
 import json
 import os
 import secrets
@@ -29,6 +30,7 @@ from tests.servers import MODEL, ROOT, free_port, start_sandbox
 pytestmark = pytest.mark.model
 CUSTOMER = "919800000001"   # a seeded customer with one card
 CARD_NUMBER = "4111 1111 1111 1111"
+AGENT_PASSWORD = "a-long-agent-password"
 NGINX = shutil.which("nginx") or (Path("/usr/sbin/nginx") if Path("/usr/sbin/nginx").exists() else None)
 
 
@@ -84,9 +86,14 @@ def served(tmp_path_factory, postgres_db):
         "CARDCARE_DB_URL": f"sqlite:///{work / 'cards.db'}", "CARDCARE_CHANNEL_DB_URL": f"sqlite:///{work / 'channel.db'}",
         "CARDCARE_MEDIA_DIR": str(work / "media"), "CARDCARE_STATEMENT_DIR": str(work / "statements"),
         "NGINX_RUN_DIR": str(work / "nginx"), "PYTHONPATH": str(ROOT),
+        "CARDCARE_AGENT_HOURS": "00:00-00:00", "CARDCARE_AGENT_DAYS": "Mon-Sun",  # agents on duty
     })
     env.pop("CARDCARE_ENV", None)
     subprocess.run([sys.executable, "-m", "cardsystem.seed"], cwd=ROOT, env=env, check=True, capture_output=True)
+    agents = {**env, "CARDCARE_ENV": "production", "CARDCARE_AGENT_PASSWORD": AGENT_PASSWORD}
+    for name, role in (("priya", "agent"), ("ravi", "agent")):  # as an operator adds them
+        subprocess.run([sys.executable, "-m", "cardsystem.agents", "add", name, "--first-name", name.title(),
+                        "--role", role], cwd=ROOT, env=agents, check=True, capture_output=True)
     door = f"http://127.0.0.1:{env['PUBLIC_PORT']}" if NGINX else f"http://127.0.0.1:{env['RASA_PORT']}"
     sandbox, sandbox_url = start_sandbox(work, f"{door}/webhooks/whatsapp/webhook", env=env)
     env["WHATSAPP_API_BASE"] = sandbox_url
@@ -278,3 +285,73 @@ def test_databases_and_customer_files_are_owner_only(served):
     for path in [work / "channel.db", work / "cards.db"] + list((work / "statements").glob("*")):
         assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, path
     assert stat.S_IMODE((work / "statements").stat().st_mode) == 0o700
+
+
+def console_login(served, username: str, password: str) -> requests.Response:
+    """Signing in on Rasa's own port (as nginx forwards it, with the client's address), so that
+    the door's own rate limit does not answer first."""
+    return requests.post(f"{served['rasa']}/webhooks/whatsapp/agents/api/login", timeout=10,
+                         json={"username": username, "password": password}, headers={"X-Real-IP": "198.51.100.7"})
+
+
+def test_console_locks_an_account_after_repeated_failures_and_the_command_unlocks_it(served):
+    for _ in range(5):
+        assert console_login(served, "ravi", "not-the-password").status_code == 401
+    refused = console_login(served, "ravi", AGENT_PASSWORD)  # even the right password, in the same words
+    assert refused.status_code == 401 and refused.json() == console_login(served, "nobody", "x").json()
+    env = {**served["env"], "CARDCARE_ENV": "production"}
+    subprocess.run([sys.executable, "-m", "cardsystem.agents", "unlock", "ravi"], cwd=ROOT, env=env, check=True,
+                   capture_output=True)
+    assert console_login(served, "ravi", AGENT_PASSWORD).status_code == 200
+    if NGINX:  # and the door itself lets an address try only a few times a minute
+        statuses = {console_login_through_door(served, "ravi", "guess").status_code for _ in range(12)}
+        assert 429 in statuses
+
+
+def console_login_through_door(served, username: str, password: str) -> requests.Response:
+    return requests.post(f"{served['door']}/webhooks/whatsapp/agents/api/login", timeout=10,
+                         json={"username": username, "password": password})
+
+
+def test_a_customer_document_reaches_the_agent_only_as_a_download(served):
+    signed_in = requests.post(f"{served['rasa']}/webhooks/whatsapp/agents/api/login", timeout=10,
+                              json={"username": "priya", "password": AGENT_PASSWORD})  # on duty first
+    assert signed_in.status_code == 200
+    assert "secure" in signed_in.headers["Set-Cookie"].lower()  # production: the session cookie is https-only
+    agent = requests.Session()  # (this test speaks plain http to the door, so it sends the cookie itself)
+    agent.headers["Cookie"] = "; ".join(f"{c.name}={c.value}" for c in signed_in.cookies)
+    say(served, "I want to talk to a person")
+    hostile = b"<html><script>document.title='pwned'</script></html>"
+    media = {"mime_type": "text/plain", "filename": "receipt.html", "data": base64.b64encode(hostile).decode()}
+    requests.post(f"{served['sandbox']}/_sandbox/send", json={"from": CUSTOMER, "name": "Test", "media": media},
+                  timeout=10).raise_for_status()
+    api = f"{served['door']}/webhooks/whatsapp/agents/api"
+    deadline, stored = time.monotonic() + 30, None
+    while stored is None and time.monotonic() < deadline:
+        for ticket in agent.get(f"{api}/queue", timeout=10).json().get("queue", []):
+            messages = agent.get(f"{api}/tickets/{ticket['reference']}/messages", timeout=10).json()["messages"]
+            stored = next((m["attachment"]["stored"] for m in messages if (m.get("attachment") or {}).get("stored")),
+                          None)
+        time.sleep(0.5)
+    assert stored, "the customer's document never reached the agents' queue"
+    served_file = agent.get(f"{api}/media/{stored}", timeout=10)
+    assert served_file.status_code == 200 and served_file.content == hostile
+    assert served_file.headers["Content-Type"].startswith("application/octet-stream")
+    assert served_file.headers["Content-Disposition"].startswith("attachment")
+    assert served_file.headers["X-Content-Type-Options"] == "nosniff"
+    assert "sandbox" in served_file.headers["Content-Security-Policy"]
+    assert requests.get(f"{api}/media/{stored}", timeout=10).status_code in (401, 403)  # no session, no file
+
+
+def test_a_statement_link_works_through_the_door_for_an_hour_only(served, monkeypatch):
+    from cardsystem import files
+
+    monkeypatch.setenv("CARDCARE_FILES_SECRET", served["env"]["CARDCARE_FILES_SECRET"])
+    monkeypatch.setenv("CARDCARE_FILES_BASE_URL", f"{served['door']}/webhooks/files/statements")
+    link, _ = files.publish(served["work"] / "statements", b"%PDF-1.4 test", "statement.pdf")
+    fetched = requests.get(link, timeout=10)
+    assert fetched.status_code == 200 and fetched.content == b"%PDF-1.4 test"
+    assert fetched.headers["Content-Disposition"].startswith("attachment")
+    old, _ = files.publish(served["work"] / "statements", b"%PDF old", "statement.pdf", now=time.time() - 3601)
+    assert requests.get(old, timeout=10).status_code == 404
+    assert files.DEFAULT_TTL_SECONDS <= 3600

@@ -1,9 +1,12 @@
 """The Rasa input and output channel for the WhatsApp Cloud API.
 
-POST /webhooks/whatsapp/webhook: signature checked on the raw body, every message recorded
-once (durable, unique on the message id), 200 at once; the Rasa turns run afterwards in a
-tracked background task, in order per sender. Unanswered messages are picked up again when
-the server starts.
+POST /webhooks/whatsapp/webhook (or the ingress process, connectors.whatsapp.ingress):
+signature checked on the raw body, every message recorded once (durable, unique on the
+message id), answered at once. The Rasa turns run afterwards, in order per customer: a turn's
+replies are collected, written to the outbox with the turn's end in one transaction, and sent
+in order, retried durably; a turn whose action call fails is aborted and retried whole, and
+past a limit the customer gets an apology and the message becomes a dead letter. Unanswered
+messages and unsent replies are picked up again when the server starts.
 """
 from __future__ import annotations
 
