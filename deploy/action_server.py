@@ -7,24 +7,96 @@ hand-made tracker with `action_block_card` blocks a card), so only Rasa may call
 sends `Authorization: Bearer $CARDCARE_ACTION_SECRET` (endpoints.production.yml) and every
 other caller gets 401. /health stays open for probes and tells nothing. Errors are answered
 without the request body or the exception text (rasa-sdk's default echoes both).
+
+Each action runs once per customer message: the WhatsApp channel retries a whole turn when
+one action call of it failed, so the actions before it are called again. Their first
+answer is kept (by sender, message id, action and its place in the turn;
+CARDCARE_ACTIONS_DB_URL, by default var/actions.db, for a day) and given again, so a card
+is blocked, a dispute filed or points redeemed once, and the customer hears the same words.
 """
 from __future__ import annotations
 
 import argparse
+import datetime as dt
+import hashlib
 import hmac
+import json
 import logging
 import os
 import sys
-from typing import Optional
+import zlib
+from typing import Any, Dict, Optional
 
 from sanic import Sanic, response
 from sanic.request import Request
 
+from sqlalchemy import Column, DateTime, String, Text, delete
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import declarative_base
+
 from rasa_sdk import utils
 from rasa_sdk.endpoint import create_app
 
+from cardsystem.config import PROJECT_ROOT
+from cardsystem.db import create_schema, get_engine, session_scope
+
 logger = logging.getLogger(__name__)
 OPEN_PATHS = ("/health",)
+KEEP_REPLIES = dt.timedelta(days=1)
+Base = declarative_base()
+
+
+class ActionReply(Base):
+    __tablename__ = "action_replies"
+
+    key = Column(String(64), primary_key=True)
+    body = Column(Text, nullable=False)
+    created_at = Column(DateTime, nullable=False, index=True)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+
+
+class ActionReplies:
+    """The first answer of each action call of a turn, given again when the turn is retried."""
+
+    def __init__(self, url: Optional[str] = None) -> None:
+        self.engine = get_engine(url or os.environ.get("CARDCARE_ACTIONS_DB_URL")
+                                 or f"sqlite:///{PROJECT_ROOT / 'var' / 'actions.db'}")
+        create_schema(self.engine, Base.metadata)
+
+    @staticmethod
+    def key(call: Any) -> Optional[str]:
+        """sender, the customer message's id, the action and how many actions ran before it in
+        this turn; None for a call that is not about a customer message."""
+        if not isinstance(call, dict) or not isinstance(call.get("tracker"), dict):
+            return None
+        events = call["tracker"].get("events") or []
+        since = None
+        for index in range(len(events) - 1, -1, -1):
+            if isinstance(events[index], dict) and events[index].get("event") == "user":
+                since = index
+                break
+        if since is None or not events[since].get("message_id"):
+            return None
+        before = sum(1 for e in events[since + 1:] if isinstance(e, dict) and e.get("event") == "action")
+        raw = json.dumps([call.get("sender_id") or call["tracker"].get("sender_id"), events[since]["message_id"],
+                          call.get("next_action"), before])
+        return hashlib.sha256(raw.encode("utf-8")).hexdigest()
+
+    def get(self, key: str) -> Optional[Dict[str, Any]]:
+        with session_scope(self.engine) as s:
+            row = s.get(ActionReply, key)
+            return json.loads(row.body) if row is not None else None
+
+    def keep(self, key: str, body: Dict[str, Any]) -> None:
+        try:
+            with session_scope(self.engine) as s:
+                s.add(ActionReply(key=key, body=json.dumps(body), created_at=utcnow()))
+                s.execute(delete(ActionReply).where(ActionReply.created_at < utcnow() - KEEP_REPLIES))
+        except IntegrityError:
+            pass  # the same call answered twice at once: the first answer stands
 
 
 def action_secret() -> Optional[str]:
@@ -40,8 +112,9 @@ def authorised(request: Request, secret: str) -> bool:
     return hmac.compare_digest(given.encode("utf-8"), f"Bearer {secret}".encode("utf-8"))
 
 
-def locked_app(secret: Optional[str], package: str = "actions") -> Sanic:
+def locked_app(secret: Optional[str], package: str = "actions", replies: Optional[ActionReplies] = None) -> Sanic:
     app = create_app(package, cors_origins=[])
+    replies = replies or ActionReplies()
 
     @app.middleware("request")
     async def require_secret(request: Request):
@@ -52,6 +125,30 @@ def locked_app(secret: Optional[str], package: str = "actions") -> Sanic:
                            request.method, request.path)
             return response.json({"error": "unauthorised"}, status=401)
         return None
+
+    @app.middleware("request")
+    async def answer_again(request: Request):
+        if request.path != "/webhook" or request.method != "POST":
+            return None
+        try:
+            body = request.body or b"null"
+            if request.headers.get("Content-Encoding") == "deflate":  # Rasa may compress its calls
+                body = zlib.decompress(body)
+            request.ctx.reply_key = ActionReplies.key(json.loads(body))
+        except (ValueError, zlib.error):
+            request.ctx.reply_key = None
+        kept = replies.get(request.ctx.reply_key) if request.ctx.reply_key else None
+        if kept is not None:
+            logger.info("action call repeated by a retried turn: its first answer is given again")
+            request.ctx.reply_key = None
+            return response.json(kept)
+        return None
+
+    @app.middleware("response")
+    async def keep_answer(request: Request, answer):
+        key = getattr(request.ctx, "reply_key", None)
+        if key and answer.status == 200:
+            replies.keep(key, json.loads(answer.body))
 
     @app.exception(Exception)
     async def opaque_errors(request: Request, exception: Exception):

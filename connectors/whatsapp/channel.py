@@ -78,15 +78,9 @@ class GuardedActionEndpoint(EndpointConfig):
     """Rasa's action endpoint, except that inside a WhatsApp turn a failed call aborts the turn.
     A 400 is an answer (a form's validation rejected the input), never a failure."""
 
-    def session(self) -> aiohttp.ClientSession:
-        if not _guarded.get():
-            return super().session()
-        # a customer waits: an action that hangs is a failed turn after 30 s, not after Rasa's 5 minutes
-        auth = aiohttp.BasicAuth(self.basic_auth["username"], self.basic_auth["password"]) if self.basic_auth else None
-        return aiohttp.ClientSession(headers=self.headers, auth=auth,
-                                     timeout=aiohttp.ClientTimeout(total=ACTION_TIMEOUT_SECONDS))
-
     async def request(self, *args: Any, **kwargs: Any) -> Any:
+        if _guarded.get():  # a customer waits: a hanging action fails the turn after 30 s, not Rasa's 5 minutes
+            kwargs["timeout"] = aiohttp.ClientTimeout(total=ACTION_TIMEOUT_SECONDS)
         try:
             return await super().request(*args, **kwargs)
         except ClientResponseError as exc:
