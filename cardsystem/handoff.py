@@ -34,12 +34,12 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
-from sqlalchemy import Column, DateTime, Integer, String, delete, func, select, update
+from sqlalchemy import delete, func, select, update
 
 from cardsystem.db import create_schema, session_scope
 from cardsystem.errors import CardSystemError, NotAllowed, NotFound
 from cardsystem.formatting import format_date, format_datetime, format_inr, mask_phone, redact_card_numbers
-from cardsystem.models import Agent, AgentSession, Base, HandoffMessage, HandoffTicket
+from cardsystem.models import Agent, AgentSession, Base, HandoffMessage, HandoffTicket, LoginFailure
 from cardsystem.service import CardSystem
 
 OPEN_STATES = ("queued", "active")
@@ -49,25 +49,6 @@ USERNAME_RE = re.compile(r"^[a-z0-9._-]{3,60}$")
 SCRYPT = {"n": 2 ** 14, "r": 8, "p": 1}  # 16 MiB per hash: memory-hard, ~50 ms here
 ROLES = ("agent", "supervisor")
 SUPERVISOR_HISTORY = 50  # finished chats a supervisor's queue lists besides the open ones
-
-# The accounts' role and sign-in protection. Declared here, beside the code that uses them, and
-# appended to the Agent model: create_schema adds them to databases made before (NULL role: agent).
-Agent.role = Column(String(12), nullable=True)
-Agent.failed_logins = Column(Integer, nullable=True)  # consecutive wrong passwords since the last success
-Agent.locked_until = Column(DateTime, nullable=True)
-
-
-class LoginFailure(Base):
-    """A failed console sign-in, by client address: counted to refuse an address that keeps guessing.
-    Only the recent ones are kept (the audit log has them all)."""
-
-    __tablename__ = "agent_login_failures"
-
-    id = Column(Integer, primary_key=True)
-    at = Column(DateTime, nullable=False, index=True)
-    address = Column(String(45), nullable=False, index=True)
-    username = Column(String(60), nullable=False)
-
 
 class Forbidden(NotAllowed):
     """A chat (or a file sent in one) that is not this agent's to see (the console answers 403)."""
@@ -240,7 +221,7 @@ class HandoffDesk:
             good = verify_password(password or "", agent.password_hash if agent else _DUMMY_HASH)
             locked = agent is not None and agent.locked_until is not None and agent.locked_until > now
             if agent is None or not good or not agent.active or locked:
-                self._sign_in_failed(s, agent, name, address, now, locked)
+                self._sign_in_failed(s, agent, address, now, locked)
                 return None
             token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(24)
             s.add(AgentSession(token_hash=_token_hash(token), agent_id=agent.id, csrf_token=csrf, created_at=now,
@@ -299,18 +280,19 @@ class HandoffDesk:
             until = s.execute(select(Agent.locked_until).where(Agent.username == username)).scalar_one_or_none()
             return until if until and until > self.now() else None
 
-    def _sign_in_failed(self, s, agent: Optional[Agent], name: str, address: Optional[str], now: dt.datetime,
+    def _sign_in_failed(self, s, agent: Optional[Agent], address: Optional[str], now: dt.datetime,
                         locked: bool) -> None:
         """Audit a failure, count it against the account (locking it at the limit) and the address."""
         # an unknown name is not recorded: it may be a password typed into the wrong box
-        self.system._audit(s, "agent_sign_in_failed", None, "agent", agent.username if agent else "(unknown account)",
-                           {"address": address, "locked": locked}, actor="console")
+        recorded = agent.username if agent else "(unknown account)"
+        self.system._audit(s, "agent_sign_in_failed", None, "agent", recorded, {"address": address, "locked": locked},
+                           actor="console")
         if agent is not None and not locked:
             self._count_account_failure(s, agent, now)
         if address:
             since = now - self.settings.address_window
             s.execute(delete(LoginFailure).where(LoginFailure.at <= since))  # older ones no longer count
-            s.add(LoginFailure(at=now, address=address, username=name[:60]))
+            s.add(LoginFailure(at=now, address=address, username=recorded))
             if self._failures_from(s, address, since) == self.settings.address_limit:
                 self.system._audit(s, "address_locked", None, "address", address[:40],
                                    {"failures": self.settings.address_limit}, actor="console")

@@ -223,6 +223,22 @@ class Agent(Base):
     active = Column(Boolean, nullable=False, default=True)
     created_at = Column(DateTime, nullable=False)
     last_seen_at = Column(DateTime, nullable=True)  # the console polls: recent means online
+    # added later: nullable, so create_schema adds them to older databases (a NULL role is "agent")
+    role = Column(String(12), nullable=True)              # agent | supervisor
+    failed_logins = Column(Integer, nullable=True)        # consecutive wrong passwords since the last success
+    locked_until = Column(DateTime, nullable=True)
+
+
+class LoginFailure(Base):
+    """A failed console sign-in, by client address: counted to refuse an address that keeps guessing.
+    Only the recent ones are kept (the audit log has them all)."""
+
+    __tablename__ = "agent_login_failures"
+
+    id = Column(Integer, primary_key=True)
+    at = Column(DateTime, nullable=False, index=True)
+    address = Column(String(45), nullable=False, index=True)
+    username = Column(String(60), nullable=False)
 
 
 class AgentSession(Base):
