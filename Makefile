@@ -56,18 +56,22 @@ run: $(STAMP) $(MODEL) $(DB) ## the developers' demo on 127.0.0.1: action server
 	@echo "Starting the action server (:$(ACTION_PORT)), Rasa (:$(RASA_PORT)) and the WhatsApp sandbox (:$(SANDBOX_PORT))."
 	@$(PY) -m cardsystem.agents demo
 	@echo ">>> Chat page: http://localhost:$(SANDBOX_PORT)/   Agent console: http://localhost:$(RASA_PORT)/webhooks/whatsapp/agents   (Ctrl-C stops everything)"
-	@umask 077; $(PY) -m deploy.action_server --host 127.0.0.1 --port $(ACTION_PORT) & actions=$$!; \
+	@umask 077; sed 's|localhost:5055|127.0.0.1:$(ACTION_PORT)|' endpoints.yml > var/endpoints.run.yml; \
+	export WHATSAPP_API_BASE=$${WHATSAPP_API_BASE:-http://127.0.0.1:$(SANDBOX_PORT)} \
+		CARDCARE_FILES_BASE_URL=$${CARDCARE_FILES_BASE_URL:-http://127.0.0.1:$(RASA_PORT)/webhooks/files/statements}; \
+	$(PY) -m deploy.action_server --host 127.0.0.1 --port $(ACTION_PORT) & actions=$$!; \
 	$(PY) -m connectors.sandbox --host 127.0.0.1 --port $(SANDBOX_PORT) --bot-url http://127.0.0.1:$(RASA_PORT)/webhooks/whatsapp/webhook & sandbox=$$!; \
 	trap 'kill $$actions $$sandbox 2>/dev/null' EXIT INT TERM; \
-	$(RASA) run --enable-api -i 127.0.0.1 --port $(RASA_PORT) -m $(MODEL) --credentials credentials.yml --endpoints endpoints.yml
+	$(RASA) run --enable-api -i 127.0.0.1 --port $(RASA_PORT) -m $(MODEL) --credentials credentials.yml --endpoints var/endpoints.run.yml
 
 serve: $(STAMP) $(MODEL) ## production on one box: preflight, locked action server, Rasa (WhatsApp only), nginx on PUBLIC_PORT
 	@$(PY) -m deploy.serve
 
 shell: $(STAMP) $(MODEL) $(DB) ## talk to the bot in the terminal as a demo persona (PERSONA=<number>)
-	@umask 077; $(PY) -m deploy.action_server --host 127.0.0.1 --port $(ACTION_PORT) >var/actions.log 2>&1 & actions=$$!; \
+	@umask 077; sed 's|localhost:5055|127.0.0.1:$(ACTION_PORT)|' endpoints.yml > var/endpoints.run.yml; \
+	$(PY) -m deploy.action_server --host 127.0.0.1 --port $(ACTION_PORT) >var/actions.log 2>&1 & actions=$$!; \
 	trap 'kill $$actions 2>/dev/null' EXIT INT TERM; \
-	$(RASA) shell -m $(MODEL) --conversation-id $(PERSONA)
+	$(RASA) shell -m $(MODEL) --conversation-id $(PERSONA) --endpoints var/endpoints.run.yml
 
 test: $(STAMP) $(MODEL) browser nginx ## run every test: pytest suites, data validation, rasa test stories, WhatsApp end to end
 	$(PY) -m pytest tests
