@@ -148,12 +148,8 @@ def add_console_routes(bp: Blueprint, channel: "WhatsAppInput", on_new_message: 
         return data if isinstance(data, dict) else {}
 
     async def tell_customer(ticket, text: str) -> bool:
-        """Send through the WhatsApp channel; False when it could not be delivered (24-hour window)."""
-        from connectors.whatsapp.channel import WhatsAppOutput
-
-        output = WhatsAppOutput(channel.client, ticket.reply_by, channel.upload_documents)
-        await output.send_text_message(ticket.sender, text)
-        return output.refused == 0
+        """Send through the WhatsApp channel's outbox; False when it cannot go (24-hour window)."""
+        return await channel.send_from_person(ticket.sender, ticket.reply_by, text, on_new_message)
 
     @bp.route("/agents", methods=["GET"])
     async def page(_: Request) -> HTTPResponse:

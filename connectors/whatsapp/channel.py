@@ -375,6 +375,19 @@ class WhatsAppInput(InputChannel):
         await asyncio.to_thread(self.store.record_inbound, event)
         self._spawn(self.drain(sender, on_new_message))
 
+    async def send_from_person(self, sender: Text, reply_by: Text, text: Text,
+                               on_new_message: Callable[[UserMessage], Awaitable[Any]]) -> bool:
+        """An agent's message to a customer, through the outbox like the bot's replies: in order,
+        retried durably, never twice. False when the customer's 24-hour window is closed."""
+        bodies = [outbound.text_message(part) for part in outbound.split_text(text)]
+        try:
+            await self.client.check_window(sender, bodies[0])
+        except OutsideServiceWindow:
+            return False
+        await asyncio.to_thread(self.store.commit_turn, f"agent.{uuid.uuid4().hex}", sender, reply_by, bodies)
+        self._spawn(self.drain(sender, on_new_message))
+        return True
+
     async def _renew_lease(self, sender: Text) -> None:
         while True:
             await asyncio.sleep(LEASE_TTL.total_seconds() / 3)
