@@ -61,6 +61,8 @@ def production_env(base: Mapping[str, str]) -> Dict[str, str]:
     conf = settings(env)
     env["CARDCARE_ENV"] = "production"
     env["WHATSAPP_INGRESS"] = "1"  # Rasa's channel answers what the ingress recorded
+    # Sanic's access log would write statement links (bearer tokens) and ids; nginx keeps a redacted one
+    env.setdefault("SANIC_ACCESS_LOG", "False")
     env.setdefault("ACTION_SERVER_URL", f"http://127.0.0.1:{conf['ACTION_PORT']}/webhook")
     # the bot fetches a statement itself and uploads it to WhatsApp: the link need not be public
     env.setdefault("CARDCARE_FILES_BASE_URL", f"http://127.0.0.1:{conf['RASA_PORT']}/webhooks/files/statements")

@@ -355,3 +355,7 @@ def test_a_statement_link_works_through_the_door_for_an_hour_only(served, monkey
     old, _ = files.publish(served["work"] / "statements", b"%PDF old", "statement.pdf", now=time.time() - 3601)
     assert requests.get(old, timeout=10).status_code == 404
     assert files.DEFAULT_TTL_SECONDS <= 3600
+    token = link.split("/statements/", 1)[1].split("/", 1)[0]
+    logs = [served["work"] / "serve.log"] + list((served["work"] / "nginx").glob("*.log"))
+    assert all(token not in log.read_text(errors="replace") for log in logs)  # a link is a bearer token
+    assert all(CUSTOMER not in log.read_text(errors="replace") for log in logs)  # nor full numbers
