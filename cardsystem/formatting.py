@@ -82,17 +82,80 @@ def mask_card(last4: str) -> str:
     return f"\u2022\u2022 {last4}"
 
 
-_CARD_NUMBER_RE = re.compile(r"\b(?:\d[ -]?){12,18}\d\b")
+# A run of digits with at most one separator between them ("4111 1111-1111 1111 321", "4111...1111/29"),
+# not limited by word boundaries: "card4111111111111111x" is a card number too.
+_DIGIT_RUN_RE = re.compile(r"(?<!\d)\d(?:[ ./-]?\d){12,}(?!\d)")
+CARD_LENGTHS = (16, 15, 19, 13, 14, 17, 18)  # the common lengths first: "4111...1111 321" is a 16-digit card
+
+
+def _card_in(digits: str) -> Optional[str]:
+    """The card number a run of digits holds, at its start or at its end (a CVV, expiry or stray
+    digits typed next to it), or the whole run when it has a card's length; None otherwise."""
+    if len(digits) in (15, 16):  # a card's length: a mistyped digit must not let it through
+        return digits
+    for length in CARD_LENGTHS:
+        if length > len(digits):
+            continue
+        for candidate in (digits[:length], digits[-length:]):
+            if candidate[0] in "23456" and _luhn_ok(candidate):
+                return candidate
+    return None
+
+
+def _mask_card_numbers(text: str) -> "tuple[str, bool]":
+    found = False
+
+    def mask(match: "re.Match[str]") -> str:
+        nonlocal found
+        digits = re.sub(r"\D", "", match.group(0))
+        card = _card_in(digits)
+        if card is None:
+            return match.group(0)
+        found = True
+        rest = " [more digits hidden]" if len(digits) > len(card) else ""
+        return "XXXX-XXXX-XXXX-" + card[-4:] + rest
+
+    return _DIGIT_RUN_RE.sub(mask, text or ""), found
 
 
 def redact_card_numbers(text: str) -> str:
     """Replace anything that looks like a full card number with its last four digits only."""
+    return _mask_card_numbers(text)[0]
 
-    def _mask(match: "re.Match[str]") -> str:
-        digits = re.sub(r"\D", "", match.group(0))
-        return "XXXX-XXXX-XXXX-" + digits[-4:]
 
-    return _CARD_NUMBER_RE.sub(_mask, text or "")
+_VERHOEFF_D = [[0, 1, 2, 3, 4, 5, 6, 7, 8, 9], [1, 2, 3, 4, 0, 6, 7, 8, 9, 5], [2, 3, 4, 0, 1, 7, 8, 9, 5, 6],
+               [3, 4, 0, 1, 2, 8, 9, 5, 6, 7], [4, 0, 1, 2, 3, 9, 5, 6, 7, 8], [5, 9, 8, 7, 6, 0, 4, 3, 2, 1],
+               [6, 5, 9, 8, 7, 1, 0, 4, 3, 2], [7, 6, 5, 9, 8, 2, 1, 0, 4, 3], [8, 7, 6, 5, 9, 3, 2, 1, 0, 4],
+               [9, 8, 7, 6, 5, 4, 3, 2, 1, 0]]
+_VERHOEFF_P = [[0, 1, 2, 3, 4, 5, 6, 7, 8, 9], [1, 5, 7, 6, 2, 8, 3, 0, 9, 4], [5, 8, 0, 3, 7, 9, 6, 1, 4, 2],
+               [8, 9, 1, 6, 0, 4, 3, 5, 2, 7], [9, 4, 5, 3, 1, 2, 6, 8, 7, 0], [4, 2, 8, 6, 5, 7, 3, 9, 0, 1],
+               [2, 7, 9, 3, 8, 0, 6, 4, 1, 5], [7, 0, 4, 6, 9, 1, 3, 2, 5, 8]]
+
+
+def _verhoeff_ok(digits: str) -> bool:
+    """Aadhaar numbers carry a Verhoeff check digit: a phone number "919800000001" mostly fails it."""
+    check = 0
+    for i, char in enumerate(reversed(digits)):
+        check = _VERHOEFF_D[check][_VERHOEFF_P[i % 8][int(char)]]
+    return check == 0
+
+
+class _AadhaarPattern:
+    """12 digits starting 2-9 (grouped 4-4-4 or not) whose Verhoeff check digit holds."""
+
+    _candidate = re.compile(r"\b[2-9]\d{3}[ -]?\d{4}[ -]?\d{4}\b(?![ -]?\d)")
+
+    def _valid(self, match: "re.Match[str]") -> bool:
+        return _verhoeff_ok(re.sub(r"\D", "", match.group(0)))
+
+    def search(self, text: str) -> bool:
+        return any(self._valid(m) for m in self._candidate.finditer(text))
+
+    def sub(self, replacement: str, text: str) -> str:
+        return self._candidate.sub(lambda m: replacement if self._valid(m) else m.group(0), text)
+
+
+_AADHAAR_RE = _AadhaarPattern()
 
 
 # -- secrets a customer types by mistake ----------------------------------------------------------
@@ -100,13 +163,15 @@ def redact_card_numbers(text: str) -> str:
 # number keeps its last four digits, so "my card 4111 ... 1111 is lost" still names the card.
 _SECRET_PATTERNS = (
     ("cvv", re.compile(r"\b(?:cvv|cvc|cvv2)\b\W{0,3}(?:is\s+|hai\s+)?\d{3,4}\b", re.I)),
-    ("otp", re.compile(r"\b(?:otp|one time password)\b\W{0,3}(?:is\s+|hai\s+)?\d{4,8}\b|\b\d{4,8}\s+(?:is\s+)?(?:the\s+|my\s+)?otp\b", re.I)),
+    ("otp", re.compile(r"\b(?:otp|one time password)\b\W{0,3}(?:is\s+|hai\s+)?\d{4,8}\b", re.I)),
+    # "482913 is my otp" (but not the last four of a card already masked: "XXXX-XXXX-XXXX-0004 otp 482913")
+    ("otp", re.compile(r"(?<!X-)\b\d{4,8}\s+(?:is\s+)?(?:the\s+|my\s+)?otp\b", re.I)),
     ("pin", re.compile(r"\b(?:atm\s+)?pin\b\W{0,3}(?:is\s+|hai\s+|number\s+)?\d{4,6}\b", re.I)),
     ("date of birth", re.compile(
         r"\b(?:dob|d\.o\.b\.?|date of birth|birth ?date|born on|janam tithi)\b\W{0,3}(?:is\s+)?"
         r"(?:\d{1,2}[/.\- ]\d{1,2}[/.\- ](?:19|20)?\d\d|\d{1,2}(?:st|nd|rd|th)?\s+[a-z]{3,9},?\s+(?:19|20)\d\d)", re.I)),
     ("date of birth", re.compile(r"\b(?:0?[1-9]|[12]\d|3[01])[/.-](?:0?[1-9]|1[0-2])[/.-](?:19[3-9]\d|200\d)\b")),
-    ("Aadhaar number", re.compile(r"\b[2-9]\d{3}[ -]?\d{4}[ -]?\d{4}\b(?![ -]?\d)")),
+    ("Aadhaar number", _AADHAAR_RE),
     ("PAN", re.compile(r"\b[A-Z]{5}\d{4}[A-Z]\b")),
 )
 
@@ -126,14 +191,9 @@ def hide_secrets(text: str) -> "tuple[str, list]":
     """(text with secrets hidden, the kinds found: 'card number', 'CVV', 'OTP', ...)."""
     found: list = []
 
-    def card(match: "re.Match[str]") -> str:
-        digits = re.sub(r"\D", "", match.group(0))
-        if 13 <= len(digits) <= 19 and (_luhn_ok(digits) or len(digits) in (15, 16)):
-            found.append("card number")
-            return "XXXX-XXXX-XXXX-" + digits[-4:]
-        return match.group(0)
-
-    text = _CARD_NUMBER_RE.sub(card, text or "")
+    text, card = _mask_card_numbers(text or "")
+    if card:
+        found.append("card number")
     for kind, pattern in _SECRET_PATTERNS:
         if pattern.search(text):
             found.append(kind)

@@ -223,7 +223,7 @@ def test_a_customer_is_answered_through_the_door_and_slash_text_is_not_an_intent
 
 
 def test_a_typed_card_number_is_masked_everywhere_and_the_customer_warned(served):
-    replies = say(served, f"my card {CARD_NUMBER} was stolen")
+    replies = say(served, f"my card {CARD_NUMBER} 321 was stolen")
     assert "never share your full card number" in json.dumps(replies)
     digits = CARD_NUMBER.replace(" ", "")
     assert CARD_NUMBER not in json.dumps(tracker(served)) and digits not in json.dumps(tracker(served))

@@ -70,14 +70,24 @@ def test_no_day_in_a_plain_description():
     ("my dob is 12/03/1985", ["date of birth"], "my"),
     ("otp is 482913", ["OTP"], ""),
     ("cvv 123", ["CVV"], ""),
+    # what a stranger typed that got through before: digits after the card, letters stuck to it, OTP after it
+    ("4111111111111111 321", ["card number"], "XXXX-XXXX-XXXX-1111 [more digits hidden]"),
+    ("my card 4111 1111 1111 1111 321 exp 12/29", ["card number"], "XXXX-XXXX-XXXX-1111"),
+    ("5500000000000004 7", ["card number"], "XXXX-XXXX-XXXX-0004"),
+    ("card4111111111111111x", ["card number"], "cardXXXX-XXXX-XXXX-1111x"),
+    ("5500-0000-0000-0004 otp 482913", ["card number", "OTP"], "XXXX-XXXX-XXXX-0004 [otp hidden]"),
+    ("482913 is my otp", ["OTP"], ""),
+    ("my aadhaar is 4991 1866 5246", ["Aadhaar number"], "my aadhaar is"),
 ])
 def test_secrets_are_hidden(text, kinds, kept):
     hidden, found = hide_secrets(text)
     assert found == kinds and kept in hidden
-    assert not any(len(chunk) >= 6 and chunk.isdigit() for chunk in hidden.replace("-", " ").split())
+    assert not any(len(chunk) >= 5 and chunk.isdigit() for chunk in hidden.replace("-", " ").split())
+    assert "321" not in hidden and "482913" not in hidden and " 7" not in hidden  # a CVV, an OTP, a stray digit
 
 
-@pytest.mark.parametrize("text", ["statement for 12/11", "pay 5000", "block card ending 4821", "call me on 9876543210"])
+@pytest.mark.parametrize("text", ["statement for 12/11", "pay 5000", "block card ending 4821", "call me on 9876543210",
+                                  "call me on 919800000001"])  # a phone number is no Aadhaar (its check digit fails)
 def test_ordinary_numbers_are_not_secrets(text):
     assert hide_secrets(text) == (text, [])
 
