@@ -64,7 +64,9 @@ run: $(STAMP) $(MODEL) $(DB) ## the developers' demo on 127.0.0.1: action server
 	trap 'kill $$actions $$sandbox 2>/dev/null' EXIT INT TERM; \
 	$(RASA) run --enable-api -i 127.0.0.1 --port $(RASA_PORT) -m $(MODEL) --credentials credentials.yml --endpoints var/endpoints.run.yml
 
-serve: $(STAMP) $(MODEL) ## production on one box: preflight, locked action server, Rasa (WhatsApp only), nginx on PUBLIC_PORT
+serve: $(STAMP) ## production on one box: preflight, locked action server, Rasa (WhatsApp only), nginx on PUBLIC_PORT
+	@$(PY) -m deploy.serve --check
+	@$(MAKE) --no-print-directory $(MODEL)
 	@$(PY) -m deploy.serve
 
 shell: $(STAMP) $(MODEL) $(DB) ## talk to the bot in the terminal as a demo persona (PERSONA=<number>)

@@ -7,6 +7,8 @@
     python -m cardsystem.agents unlock <username> [--address IP]
                                    an account locked after wrong passwords can sign in again now
                                    (and an address refused after too many failures, if given)
+    python -m cardsystem.agents disable <username>
+                                   the account can no longer sign in; its sessions end
     python -m cardsystem.agents demo      development only: the demo agent `asha` and the demo
                                           supervisor `meera` (make run does it)
 """
@@ -43,6 +45,8 @@ def main(argv=None) -> int:
     add.add_argument("--role", choices=ROLES, default="agent",
                      help="a supervisor sees every chat and note and may transfer any chat")
     commands.add_parser("list", help="list agent accounts")
+    disable = commands.add_parser("disable", help="stop an account signing in (someone who left, a demo account)")
+    disable.add_argument("username")
     unlock = commands.add_parser("unlock", help="let a locked-out agent sign in again")
     unlock.add_argument("username")
     unlock.add_argument("--address", type=address, help="also forget this client address's failed sign-ins")
@@ -64,6 +68,9 @@ def main(argv=None) -> int:
                 locked = desk.locked_until(agent.username)
                 status = f"locked until {locked:%H:%M}" if locked else ("online" if agent.online else "")
                 print(f"{agent.username:<20} {agent.first_name:<20} {agent.role:<11} {status}".rstrip())
+        elif args.command == "disable":
+            desk.disable(args.username)
+            print(f"{args.username} can no longer sign in; their sessions have ended.")
         elif args.command == "unlock":
             desk.unlock(args.username, args.address)
             print(f"{args.username} can sign in again" + (f"; {args.address} is no longer refused." if args.address

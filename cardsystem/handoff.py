@@ -188,8 +188,8 @@ class HandoffDesk:
         username = username.strip().lower()
         if not USERNAME_RE.match(username):
             raise NotAllowed("refused", "username: 3-60 characters of a-z, 0-9, dot, dash or underscore")
-        if len(password) < 10:
-            raise NotAllowed("refused", "password: at least 10 characters")
+        if len(password) < 10 or len(set(password)) < 6 or password.lower() in (username, first_name.strip().lower()):
+            raise NotAllowed("refused", "password: at least 10 characters, 6 of them different, not the name")
         if not first_name.strip():
             raise NotAllowed("refused", "first name is required")
         if role not in ROLES:
@@ -243,6 +243,25 @@ class HandoffDesk:
             if address:
                 s.execute(delete(LoginFailure).where(LoginFailure.address == address))
                 self.system._audit(s, "address_unlocked", None, "address", address[:40], {}, actor="admin")
+
+    def disable(self, username: str) -> None:
+        """An account that may no longer sign in (someone who left, a demo account): its sessions end."""
+        with session_scope(self.engine) as s:
+            agent = s.execute(select(Agent).where(Agent.username == (username or "").strip().lower())
+                              ).scalar_one_or_none()
+            if agent is None:
+                raise NotFound("unknown_agent", f"no agent {username}")
+            agent.active = False
+            s.execute(delete(AgentSession).where(AgentSession.agent_id == agent.id))
+            self.system._audit(s, "agent_disabled", None, "agent", agent.username, {}, actor="admin")
+
+    def password_is(self, username: str, password: str) -> bool:
+        """Whether an active account signs in with this password (the preflight's demo-account check);
+        counts nothing, audits nothing."""
+        with session_scope(self.engine) as s:
+            stored = s.execute(select(Agent.password_hash).where(Agent.username == username, Agent.active.is_(True))
+                               ).scalar_one_or_none()
+        return stored is not None and verify_password(password, stored)
 
     def session(self, token: Optional[str]) -> Optional[Tuple[AgentView, str]]:
         """The signed-in agent and the session's CSRF token; marks the agent as online."""

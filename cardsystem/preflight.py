@@ -36,8 +36,13 @@ def _known_development_values() -> Dict[str, set]:
     }
 
 
-# Secrets the bank generates itself: long random strings (openssl rand -hex 32).
+# Secrets the bank generates itself: long random strings (openssl rand -hex 32), each its own.
 GENERATED = ("CARDCARE_PAYMENT_LINK_SECRET", "CARDCARE_FILES_SECRET", "CARDCARE_ACTION_SECRET", "RASA_AUTH_TOKEN")
+# What Meta gives: the app secret is 32 hex characters, access tokens are far longer; the verify
+# token is the bank's own choice.
+MIN_LENGTHS = {"WHATSAPP_APP_SECRET": 32, "WHATSAPP_ACCESS_TOKEN": 32, "WHATSAPP_VERIFY_TOKEN": MIN_SECRET_LENGTH,
+               **{name: MIN_SECRET_LENGTH for name in GENERATED}}
+MIN_DISTINCT_CHARACTERS = 8  # "aaaaaaaaaaaaaaaa" is long and no secret
 
 
 def api_enabled(env: Mapping[str, str]) -> bool:
@@ -58,9 +63,15 @@ def problems(env: Optional[Mapping[str, str]] = None) -> List[str]:
             found.append(f"{name} is not set")
         elif value.strip().lower() in development[name] or value in development[name]:
             found.append(f"{name} is still a development or sandbox value: set the production one")
-        elif name in GENERATED and len(value) < MIN_SECRET_LENGTH:
-            found.append(f"{name} is too short ({len(value)} characters; use at least {MIN_SECRET_LENGTH}, "
-                         f"e.g. openssl rand -hex 32)")
+        elif name in MIN_LENGTHS and len(value) < MIN_LENGTHS[name]:
+            found.append(f"{name} is too short ({len(value)} characters; use at least {MIN_LENGTHS[name]}"
+                         + (", e.g. openssl rand -hex 32)" if name in GENERATED else ")"))
+        elif name in MIN_LENGTHS and len(set(value)) < MIN_DISTINCT_CHARACTERS:
+            found.append(f"{name} is not random enough (e.g. openssl rand -hex 32)")
+    values = [env.get(name) for name in GENERATED if env.get(name)]
+    if len(values) != len(set(values)):
+        found.append("CARDCARE_PAYMENT_LINK_SECRET, CARDCARE_FILES_SECRET, CARDCARE_ACTION_SECRET and RASA_AUTH_TOKEN "
+                     "must all differ: one leaked secret must not open the others")
     if "WHATSAPP_PHONE_NUMBER_ID" in env and env["WHATSAPP_PHONE_NUMBER_ID"].strip() \
             and not env["WHATSAPP_PHONE_NUMBER_ID"].strip().isdigit():
         found.append("WHATSAPP_PHONE_NUMBER_ID must be the number's numeric id from the WhatsApp Manager")
@@ -72,8 +83,22 @@ def problems(env: Optional[Mapping[str, str]] = None) -> List[str]:
     return found
 
 
+def demo_accounts_usable() -> List[str]:
+    """Problems for demo agent accounts (make run's, passwords in the README) that still sign in."""
+    from cardsystem.agents import DEMO, DEMO_SUPERVISOR
+    from cardsystem.handoff import HandoffDesk
+    from cardsystem.service import CardSystem
+
+    desk = HandoffDesk(CardSystem())
+    return [f"the demo console account '{username}' exists with its published password: "
+            f"python -m cardsystem.agents disable {username}"
+            for username, _, password in (DEMO, DEMO_SUPERVISOR) if desk.password_is(username, password)]
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     found = problems()
+    if not found:
+        found += demo_accounts_usable()
     if not found:
         print("preflight: production settings look right.")
         return 0

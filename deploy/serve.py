@@ -32,12 +32,15 @@ from typing import Dict, List, Mapping, Optional
 
 import requests
 
-from cardsystem.preflight import problems
+from cardsystem.preflight import demo_accounts_usable, problems
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "deploy" / "nginx.conf.template"
 NGINX_CANDIDATES = ("nginx", "/usr/sbin/nginx")
 STARTUP_SECONDS = 600  # loading the model on a busy box
+# Who reaches the agents' console by default: this box and private networks (the bank's own);
+# CONSOLE_ALLOW=all opens it to the internet, or lists the bank's networks exactly.
+PRIVATE_NETWORKS = "127.0.0.1 ::1 10.0.0.0/8 172.16.0.0/12 192.168.0.0/16 fc00::/7"
 
 
 def settings(env: Mapping[str, str]) -> Dict[str, str]:
@@ -50,7 +53,7 @@ def settings(env: Mapping[str, str]) -> Dict[str, str]:
         "ENDPOINTS": env.get("ENDPOINTS", "endpoints.production.yml"),
         "CREDENTIALS": env.get("CREDENTIALS", "credentials.production.yml"),
         "MODEL": env.get("MODEL", "models/cardcare.tar.gz"),
-        "CONSOLE_ALLOW": env.get("CONSOLE_ALLOW", "all"),
+        "CONSOLE_ALLOW": env.get("CONSOLE_ALLOW", PRIVATE_NETWORKS),
         "RUN_DIR": env.get("NGINX_RUN_DIR", str(ROOT / "var" / "nginx")),
     }
 
@@ -75,10 +78,12 @@ def endpoint_variables(path: Path) -> List[str]:
     return sorted(set(re.findall(r"\$\{([A-Z0-9_]+)\}", path.read_text())))
 
 
-def preflight(env: Mapping[str, str]) -> List[str]:
+def preflight(env: Mapping[str, str], need_model: bool = True) -> List[str]:
     found = problems(env)
+    if not found:  # (the card system's database is opened only with production settings)
+        found += demo_accounts_usable()
     conf = settings(env)
-    for name in ("ENDPOINTS", "CREDENTIALS", "MODEL"):
+    for name in ("ENDPOINTS", "CREDENTIALS") + (("MODEL",) if need_model else ()):
         if not (ROOT / conf[name]).is_file():
             found.append(f"{name}: {conf[name]} does not exist" + (" (run make train)" if name == "MODEL" else ""))
     if (ROOT / conf["ENDPOINTS"]).is_file():
@@ -169,16 +174,20 @@ def stop(processes: Dict[str, subprocess.Popen]) -> None:
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dry-run", action="store_true", help="check the settings and print what would run")
+    parser.add_argument("--check", action="store_true",
+                        help="only check the settings (make serve does, before it trains a missing model)")
     args = parser.parse_args(argv)
     os.umask(0o077)
     env = production_env(os.environ)
-    found = preflight(env)
+    found = preflight(env, need_model=not args.check)
     if found:
         print("make serve: refusing to start in production:", file=sys.stderr)
         for line in found:
             print(f"  - {line}", file=sys.stderr)
         print("Set them in the environment (never in git): see README, 'Running in production'.", file=sys.stderr)
         return 2
+    if args.check:
+        return 0
     conf = settings(env)
     nginx = nginx_binary()
     if nginx:
@@ -198,7 +207,14 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"{name}: {' '.join(command)}")
         return 0
     processes: Dict[str, subprocess.Popen] = {}
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    stopping: List[int] = []  # a signal asked us to stop: the children's exits are then expected
+
+    def asked_to_stop(signum, _frame) -> None:
+        stopping.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, asked_to_stop)
+    signal.signal(signal.SIGINT, asked_to_stop)
     try:
         processes["ingress"] = subprocess.Popen(planned["ingress"], cwd=ROOT, env=env)
         processes["actions"] = subprocess.Popen(planned["actions"], cwd=ROOT, env=env)
@@ -216,6 +232,9 @@ def main(argv: Optional[List[str]] = None) -> int:
               f"Agent console: {console}/webhooks/whatsapp/agents   (Ctrl-C stops everything)", flush=True)
         while all(p.poll() is None for p in processes.values()):
             time.sleep(1)
+        time.sleep(0.5)  # Ctrl-C reaches the children too: let our own handler see it first
+        if stopping:
+            return 0
         gone = [name for name, p in processes.items() if p.poll() is not None]
         print(f"make serve: {', '.join(gone)} stopped; stopping the rest.", file=sys.stderr)
         return 1

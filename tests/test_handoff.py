@@ -85,6 +85,9 @@ def test_agents_sign_in_with_expiring_sessions(desk):
         desk.create_agent("priya", "Priya", "a-long-password")
     with pytest.raises(NotAllowed):
         desk.create_agent("x", "X", "short")
+    for weak in ("aaaaaaaaaa", "1212121212", "ravishankar"):  # repeated characters, or the name itself
+        with pytest.raises(NotAllowed):
+            desk.create_agent("ravishankar", "Ravi", weak)
     assert desk.sign_in("priya", "wrong-password") is None
     assert desk.sign_in("nobody", "a-long-password") is None
     token, csrf, agent = desk.sign_in("Priya", "a-long-password")

@@ -156,8 +156,32 @@ def test_make_serve_refuses_missing_and_development_secrets_naming_each():
     assert "RASA_AUTH_TOKEN is not set" in refusal({**api_without_token, "RASA_ENABLE_API": "1"})
 
 
+def test_make_serve_refuses_weak_or_shared_secrets_and_live_demo_accounts(tmp_path):
+    env = {**os.environ, **production_secrets(), "PYTHONPATH": str(ROOT), "NGINX_RUN_DIR": str(tmp_path / "nginx"),
+           "CARDCARE_DB_URL": f"sqlite:///{tmp_path / 'cards.db'}"}
+    env.update({k: "x" for k in ("RASA_TRACKER_DB_HOST", "RASA_TRACKER_DB_PORT", "RASA_TRACKER_DB_NAME",
+                                 "RASA_TRACKER_DB_USER", "RASA_TRACKER_DB_PASSWORD", "REDIS_HOST", "REDIS_PORT")})
+    weak = {**env, "WHATSAPP_APP_SECRET": "x", "CARDCARE_ACTION_SECRET": "a" * 32,
+            "CARDCARE_FILES_SECRET": env["CARDCARE_PAYMENT_LINK_SECRET"]}
+    said = refusal(weak)
+    assert "WHATSAPP_APP_SECRET is too short" in said and "CARDCARE_ACTION_SECRET is not random enough" in said
+    assert "must all differ" in said
+    development = {k: v for k, v in env.items() if k != "CARDCARE_ENV"}
+    subprocess.run([sys.executable, "-m", "cardsystem.agents", "demo"], cwd=ROOT, env=development, check=True,
+                   capture_output=True)  # an operator who once ran make run against this database
+    said = refusal(env)
+    assert "demo console account 'asha'" in said and "demo console account 'meera'" in said
+    for name in ("asha", "meera"):
+        subprocess.run([sys.executable, "-m", "cardsystem.agents", "disable", name], cwd=ROOT, env=env, check=True,
+                       capture_output=True)
+    plan = subprocess.run([sys.executable, "-m", "deploy.serve", "--dry-run"], cwd=ROOT, env=env,
+                          capture_output=True, text=True)
+    assert plan.returncode == 0, plan.stderr
+
+
 def test_the_default_plan_binds_loopback_with_no_api_and_no_rest(tmp_path):
-    env = {**os.environ, **production_secrets(), "PYTHONPATH": str(ROOT), "NGINX_RUN_DIR": str(tmp_path)}
+    env = {**os.environ, **production_secrets(), "PYTHONPATH": str(ROOT), "NGINX_RUN_DIR": str(tmp_path),
+           "CARDCARE_DB_URL": f"sqlite:///{tmp_path / 'cards.db'}"}
     env.update({k: "x" for k in ("RASA_TRACKER_DB_HOST", "RASA_TRACKER_DB_PORT", "RASA_TRACKER_DB_NAME",
                                  "RASA_TRACKER_DB_USER", "RASA_TRACKER_DB_PASSWORD", "REDIS_HOST", "REDIS_PORT")})
     env.pop("RASA_ENABLE_API", None)
@@ -267,6 +291,8 @@ def test_unsigned_oversized_and_unknown_requests_at_the_door(served):
     if NGINX:
         big = b'{"object":"whatsapp_business_account","pad":"' + b"x" * 70_000 + b'"}'
         assert requests.post(f"{door}/webhooks/whatsapp/webhook", data=big, timeout=10).status_code == 413
+        chunked = (big[i:i + 8192] for i in range(0, len(big), 8192))  # no Content-Length: sent chunked
+        assert requests.post(f"{door}/webhooks/whatsapp/webhook", data=chunked, timeout=10).status_code == 413
         assert requests.get(f"{door}/webhooks/files/", timeout=10).status_code == 404
     forged = "A" * 24 + ".9999999999." + "0" * 32
     assert requests.get(f"{door}/webhooks/files/statements/{forged}/statement.pdf", timeout=10).status_code == 404

@@ -10,6 +10,7 @@ import hashlib
 import logging
 from dataclasses import dataclass
 from typing import Any, Dict, Optional
+from urllib.parse import quote
 
 import aiohttp
 
@@ -135,7 +136,7 @@ class GraphClient:
         """A customer's media by id: look up its short-lived URL, fetch it with the token, check its hash."""
         try:
             session = await self.session()
-            async with session.get(f"{self.base}/{media_id}") as response:
+            async with session.get(f"{self.base}/{quote(media_id, safe='')}") as response:
                 info = await response.json(content_type=None)
                 if response.status != 200 or not isinstance(info, dict) or not info.get("url"):
                     code = ((info or {}).get("error") or {}).get("code") if isinstance(info, dict) else None

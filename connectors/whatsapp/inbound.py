@@ -21,6 +21,7 @@ from connectors.whatsapp.outbound import TEXT_LIMIT  # WhatsApp's limit for a te
 
 MEDIA_TYPES = ("image", "document", "audio", "video", "sticker")
 READ_KINDS = ("text", "interactive", "button", "reaction", "location") + MEDIA_TYPES  # the others' bodies go unread
+MEDIA_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,128}")  # Meta's media ids are digits
 EVENT_KIND = "cardcare_event"  # not from WhatsApp: the channel's own event for the bot (never from a webhook)
 ID_LIMIT = 256        # the channel store's message id column
 SHORT_LIMIT = 256     # profile names, file names, mime types, emoji ...
@@ -152,7 +153,7 @@ def _content(kind: str, body: Dict[str, Any]) -> Tuple[str, Optional[Dict[str, A
         return _string(body.get("payload")) or _string(body.get("text")) or "", None, True
     if kind in MEDIA_TYPES:
         media_id = _identifier(body.get("id"))
-        if media_id is None:
+        if media_id is None or not MEDIA_ID_RE.fullmatch(media_id):  # it becomes a Graph API path: no "../"
             return "", None, False
         caption = body.get("caption") if isinstance(body.get("caption"), str) else None
         attachment = {"media_id": media_id, "mime_type": _string(body.get("mime_type")),

@@ -112,3 +112,12 @@ def test_statuses_are_read_one_by_one():
     assert status.errors == [{"code": None, "title": "Undeliverable", "message": None},
                              {"code": 131047, "title": None, "message": None}]
     assert webhook.problems == ["status without id or status"] * 3
+
+
+@pytest.mark.parametrize("media_id", ["../../_sandbox/fail", "123/456", "a b", "x" * 200])
+def test_a_media_id_that_is_no_id_is_not_fetched(media_id):
+    """The id becomes part of a Graph API path: one that could walk elsewhere is not an attachment."""
+    [parsed] = parse_webhook(envelope(message("image", {"id": media_id, "mime_type": "image/png"}, "wamid.m"))).messages
+    assert parsed.attachment is None and not parsed.supported
+    [good] = parse_webhook(envelope(message("image", {"id": "1234567890", "mime_type": "image/png"}, "wamid.g"))).messages
+    assert good.attachment["media_id"] == "1234567890"
