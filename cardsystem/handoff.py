@@ -36,6 +36,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from sqlalchemy import delete, func, select, update
 
+from cardsystem import audit
 from cardsystem.db import create_schema, session_scope
 from cardsystem.errors import CardSystemError, NotAllowed, NotFound
 from cardsystem.formatting import format_date, format_datetime, format_inr, mask_phone, redact_card_numbers
@@ -201,7 +202,7 @@ class HandoffDesk:
                           role=role, active=True, created_at=self.now())
             s.add(agent)
             s.flush()
-            self.system._audit(s, "create_agent", None, "agent", username, {"role": role}, actor="admin")
+            audit.record(s, "create_agent", None, "agent", username, {"role": role}, actor="admin")
             return self._agent_view(agent)
 
     def sign_in(self, username: str, password: str,
@@ -227,7 +228,7 @@ class HandoffDesk:
             s.add(AgentSession(token_hash=_token_hash(token), agent_id=agent.id, csrf_token=csrf, created_at=now,
                                expires_at=now + dt.timedelta(hours=self.settings.session_hours)))
             agent.last_seen_at, agent.failed_logins, agent.locked_until = now, 0, None
-            self.system._audit(s, "agent_sign_in", None, "agent", agent.username, {"address": address},
+            audit.record(s, "agent_sign_in", None, "agent", agent.username, {"address": address},
                                actor=f"agent:{agent.username}")
             return token, csrf, self._agent_view(agent, online=True)
 
@@ -239,10 +240,10 @@ class HandoffDesk:
             if agent is None:
                 raise NotFound("unknown_agent", f"no agent {username}")
             agent.failed_logins, agent.locked_until = 0, None
-            self.system._audit(s, "agent_unlocked", None, "agent", agent.username, {}, actor="admin")
+            audit.record(s, "agent_unlocked", None, "agent", agent.username, {}, actor="admin")
             if address:
                 s.execute(delete(LoginFailure).where(LoginFailure.address == address))
-                self.system._audit(s, "address_unlocked", None, "address", address[:40], {}, actor="admin")
+                audit.record(s, "address_unlocked", None, "address", address[:40], {}, actor="admin")
 
     def disable(self, username: str) -> None:
         """An account that may no longer sign in (someone who left, a demo account): its sessions end."""
@@ -253,7 +254,7 @@ class HandoffDesk:
                 raise NotFound("unknown_agent", f"no agent {username}")
             agent.active = False
             s.execute(delete(AgentSession).where(AgentSession.agent_id == agent.id))
-            self.system._audit(s, "agent_disabled", None, "agent", agent.username, {}, actor="admin")
+            audit.record(s, "agent_disabled", None, "agent", agent.username, {}, actor="admin")
 
     def password_is(self, username: str, password: str) -> bool:
         """Whether an active account signs in with this password (the preflight's demo-account check);
@@ -285,7 +286,7 @@ class HandoffDesk:
                 agent = s.get(Agent, row.agent_id)
                 agent.last_seen_at = None
                 s.delete(row)
-                self.system._audit(s, "agent_sign_out", None, "agent", agent.username, {}, actor=f"agent:{agent.username}")
+                audit.record(s, "agent_sign_out", None, "agent", agent.username, {}, actor=f"agent:{agent.username}")
 
     def agents(self) -> List[AgentView]:
         with session_scope(self.engine) as s:
@@ -304,7 +305,7 @@ class HandoffDesk:
         """Audit a failure, count it against the account (locking it at the limit) and the address."""
         # an unknown name is not recorded: it may be a password typed into the wrong box
         recorded = agent.username if agent else "(unknown account)"
-        self.system._audit(s, "agent_sign_in_failed", None, "agent", recorded, {"address": address, "locked": locked},
+        audit.record(s, "agent_sign_in_failed", None, "agent", recorded, {"address": address, "locked": locked},
                            actor="console")
         if agent is not None and not locked:
             self._count_account_failure(s, agent, now)
@@ -313,7 +314,7 @@ class HandoffDesk:
             s.execute(delete(LoginFailure).where(LoginFailure.at <= since))  # older ones no longer count
             s.add(LoginFailure(at=now, address=address, username=recorded))
             if self._failures_from(s, address, since) == self.settings.address_limit:
-                self.system._audit(s, "address_locked", None, "address", address[:40],
+                audit.record(s, "address_locked", None, "address", address[:40],
                                    {"failures": self.settings.address_limit}, actor="console")
 
     def _count_account_failure(self, s, agent: Agent, now: dt.datetime) -> None:
@@ -326,7 +327,7 @@ class HandoffDesk:
             until = now + self.settings.lock_for
             s.execute(update(Agent).where(Agent.id == agent.id).values(failed_logins=0, locked_until=until)
                       .execution_options(synchronize_session=False))
-            self.system._audit(s, "agent_locked", None, "agent", agent.username,
+            audit.record(s, "agent_locked", None, "agent", agent.username,
                                {"failures": failures, "until": until}, actor="console")
 
     def _address_wait(self, s, address: str, now: dt.datetime) -> int:
@@ -387,7 +388,7 @@ class HandoffDesk:
             s.flush()
             for author, text in transcript:  # a card number typed in the chat never reaches the console
                 s.add(HandoffMessage(ticket_id=ticket.id, author=author, text=redact_card_numbers(text), created_at=now))
-            self.system._audit(s, "handoff", customer_id, "handoff", ticket.reference, {"reason": reason})
+            audit.record(s, "handoff", customer_id, "handoff", ticket.reference, {"reason": reason})
             return self._view(s, ticket)
 
     def open_ticket_for(self, sender: str) -> Optional[TicketView]:
@@ -422,7 +423,7 @@ class HandoffDesk:
             if ticket.status != "queued":
                 raise NotAllowed("refused", "only a chat still waiting in the queue can go back to the bot")
             ticket.status, ticket.closed_at = "returned", self.now()
-            self.system._audit(s, "handoff_returned", ticket.customer_id, "handoff", ticket.reference, {},
+            audit.record(s, "handoff_returned", ticket.customer_id, "handoff", ticket.reference, {},
                                actor="customer")
             return self._view(s, ticket)
 
@@ -466,7 +467,7 @@ class HandoffDesk:
         with session_scope(self.engine) as s:
             ticket = self._ticket(s, reference)
             ticket.callback_reference = callback.reference if callback else None
-            self.system._audit(s, "handoff_to_callback", customer_id, "handoff", ticket.reference,
+            audit.record(s, "handoff_to_callback", customer_id, "handoff", ticket.reference,
                                {"callback": ticket.callback_reference, "why": why}, actor="system")
             return self._view(s, ticket)
 
@@ -476,7 +477,7 @@ class HandoffDesk:
         """Everything an agent sees about one chat: summary, context, transcript, notes, cards."""
         with session_scope(self.engine) as s:
             ticket = self._readable(s, reference, agent)
-            self.system._audit(s, "agent_view", ticket.customer_id, "handoff", ticket.reference, {},
+            audit.record(s, "agent_view", ticket.customer_id, "handoff", ticket.reference, {},
                                actor=f"agent:{agent.username}")
             view = self._view(s, ticket)
             messages = [self._message(s, m) for m in ticket.messages if self._shown(m, agent)]
@@ -519,7 +520,7 @@ class HandoffDesk:
             for message, attachment in sent:
                 ticket = s.get(HandoffTicket, message.ticket_id)
                 if self._may_read(ticket, agent):
-                    self.system._audit(s, "agent_file", ticket.customer_id, "handoff", ticket.reference,
+                    audit.record(s, "agent_file", ticket.customer_id, "handoff", ticket.reference,
                                        {"file": key[:16]}, actor=f"agent:{agent.username}")
                     return attachment
             raise Forbidden("not_yours", "This file belongs to a chat you cannot open.")
@@ -537,7 +538,7 @@ class HandoffDesk:
                                  else f"{self._first_name(s, ticket.agent_id)} has this chat already")
             s.add(HandoffMessage(ticket_id=ticket.id, author="system", text=f"{agent.first_name} joined the chat.",
                                  created_at=self.now()))
-            self.system._audit(s, "agent_claim", ticket.customer_id, "handoff", ticket.reference, {},
+            audit.record(s, "agent_claim", ticket.customer_id, "handoff", ticket.reference, {},
                                actor=f"agent:{agent.username}")
             return self._view(s, ticket)
 
@@ -550,7 +551,7 @@ class HandoffDesk:
         with session_scope(self.engine) as s:
             ticket = self._mine(s, reference, agent)
             s.add(HandoffMessage(ticket_id=ticket.id, author="agent", agent_id=agent.id, text=text, created_at=self.now()))
-            self.system._audit(s, "agent_reply", ticket.customer_id, "handoff", ticket.reference,
+            audit.record(s, "agent_reply", ticket.customer_id, "handoff", ticket.reference,
                                {"characters": len(text)}, actor=f"agent:{agent.username}")
             return self._view(s, ticket)
 
@@ -562,7 +563,7 @@ class HandoffDesk:
             ticket = self._readable(s, reference, agent)
             s.add(HandoffMessage(ticket_id=ticket.id, author="note", agent_id=agent.id, text=text[:4000],
                                  created_at=self.now()))
-            self.system._audit(s, "agent_note", ticket.customer_id, "handoff", ticket.reference, {},
+            audit.record(s, "agent_note", ticket.customer_id, "handoff", ticket.reference, {},
                                actor=f"agent:{agent.username}")
 
     def transfer(self, reference: str, agent: AgentView, to_username: str) -> Tuple[TicketView, AgentView]:
@@ -579,7 +580,7 @@ class HandoffDesk:
             s.add(HandoffMessage(ticket_id=ticket.id, author="system",
                                  text=f"{agent.first_name} transferred the chat to {target.first_name}.",
                                  created_at=self.now()))
-            self.system._audit(s, "agent_transfer", ticket.customer_id, "handoff", ticket.reference,
+            audit.record(s, "agent_transfer", ticket.customer_id, "handoff", ticket.reference,
                                {"to": target.username}, actor=f"agent:{agent.username}")
             return self._view(s, ticket), self._agent_view(target)
 
@@ -592,7 +593,7 @@ class HandoffDesk:
             ticket.status, ticket.closed_at, ticket.resolution = "closed", self.now(), resolution[:2000]
             s.add(HandoffMessage(ticket_id=ticket.id, author="system", text=f"{agent.first_name} closed the chat.",
                                  created_at=self.now()))
-            self.system._audit(s, "agent_close", ticket.customer_id, "handoff", ticket.reference, {},
+            audit.record(s, "agent_close", ticket.customer_id, "handoff", ticket.reference, {},
                                actor=f"agent:{agent.username}")
             return self._view(s, ticket)
 
@@ -609,7 +610,7 @@ class HandoffDesk:
             ticket.rating = int(rating)
             if comment:
                 ticket.rating_comment = comment.strip()[:1000]
-            self.system._audit(s, "handoff_rating", ticket.customer_id, "handoff", ticket.reference,
+            audit.record(s, "handoff_rating", ticket.customer_id, "handoff", ticket.reference,
                                {"rating": int(rating), "comment": bool(comment)}, actor="customer")
             return self._view(s, ticket)
 

@@ -16,12 +16,12 @@ from typing import Callable, Dict, List, Optional
 
 from sqlalchemy import func, select
 
+from cardsystem import audit
 from cardsystem.config import Settings
 from cardsystem.db import create_schema, get_engine, session_scope
 from cardsystem.errors import NotAllowed, NotFound
 from cardsystem.models import (
     Attachment,
-    AuditEntry,
     Base,
     Card,
     Customer,
@@ -312,7 +312,7 @@ class CardSystem:
             )
             s.add(redemption)
             s.flush()
-            self._audit(s, "redeem_rewards", customer_id, "redemption", redemption.reference,
+            audit.record(s, "redeem_rewards", customer_id, "redemption", redemption.reference,
                         {"item": item.code, "points": item.points_cost})
             return RedemptionView(
                 reference=redemption.reference, item=_item_view(item), points=item.points_cost,
@@ -389,7 +389,7 @@ class CardSystem:
             )
             if attachment and attachment.get("media_id"):
                 s.add(_attachment_row(request.id, attachment))
-            self._audit(s, "file_dispute", customer_id, "service_request", request.reference,
+            audit.record(s, "file_dispute", customer_id, "service_request", request.reference,
                         {"transaction": txn.reference, "reason": reason, "attachment": bool(attachment)})
             s.flush()
             return self._new_view(s, request)
@@ -411,7 +411,7 @@ class CardSystem:
             card.block_reason = reason
             request = self._new_request(s, customer_id, "block_card", self._promise("block_card"), card_id=card.id,
                                         reason=reason, details={"replacement": True})
-            self._audit(s, "block_card", customer_id, "card", f"**{card.last4}", {"reason": reason, "request": request.reference})
+            audit.record(s, "block_card", customer_id, "card", f"**{card.last4}", {"reason": reason, "request": request.reference})
             return self._new_view(s, request)
 
     def request_limit_increase(self, customer_id: int, last4: str, new_limit_paise: int) -> ServiceRequestView:
@@ -430,7 +430,7 @@ class CardSystem:
                 return self._request_view(s, existing)
             request = self._new_request(s, customer_id, "limit_increase", self._promise("limit_increase"),
                                         card_id=card.id, amount_paise=new_limit_paise)
-            self._audit(s, "request_limit_increase", customer_id, "service_request", request.reference,
+            audit.record(s, "request_limit_increase", customer_id, "service_request", request.reference,
                         {"card": f"**{card.last4}", "new_limit_paise": new_limit_paise})
             return self._new_view(s, request)
 
@@ -447,7 +447,7 @@ class CardSystem:
             promised = self._callback_time()
             request = self._new_request(s, customer_id, "callback", promised, reason=reason[:40],
                                         card_id=card.id if card else None, details=context or {})
-            self._audit(s, "request_callback", customer_id, "service_request", request.reference, {"reason": reason[:80]})
+            audit.record(s, "request_callback", customer_id, "service_request", request.reference, {"reason": reason[:80]})
             return self._new_view(s, request)
 
     def attach_to_request(self, customer_id: int, reference: str, attachment: dict) -> bool:
@@ -461,7 +461,7 @@ class CardSystem:
             if request is None:
                 return False
             s.add(_attachment_row(request.id, attachment))
-            self._audit(s, "attach_to_request", customer_id, "service_request", request.reference, {"attachment": True})
+            audit.record(s, "attach_to_request", customer_id, "service_request", request.reference, {"attachment": True})
             return True
 
     def request_details(self, customer_id: int, reference: str) -> dict:
@@ -483,7 +483,7 @@ class CardSystem:
             else:
                 row.opted_in, row.source, row.changed_at = opted_in, source[:40], utcnow()
             customer = s.execute(select(Customer).where(Customer.phone == phone)).scalar_one_or_none()
-            self._audit(s, "opt_in" if opted_in else "opt_out", customer.id if customer else None, "consent",
+            audit.record(s, "opt_in" if opted_in else "opt_out", customer.id if customer else None, "consent",
                         phone[-4:], {"source": source[:40]})
 
     def consent_of(self, phone: str) -> Optional[bool]:
@@ -550,19 +550,5 @@ class CardSystem:
         )
 
     # -- audit -------------------------------------------------------------------------------
-    def _audit(self, s, action: str, customer_id: Optional[int], entity: str, entity_id: str,
-               details: dict, actor: str = "bot") -> None:
-        s.add(AuditEntry(actor=actor, action=action, customer_id=customer_id, entity=entity,
-                         entity_id=entity_id, details=json.dumps(details, ensure_ascii=False, default=str)))
-        logger.info("audit %s customer=%s %s=%s", action, customer_id, entity, entity_id)
-
     def audit_entries(self, customer_id: Optional[int] = None) -> List[dict]:
-        with session_scope(self.engine) as s:
-            query = select(AuditEntry).order_by(AuditEntry.id)
-            if customer_id is not None:
-                query = query.where(AuditEntry.customer_id == customer_id)
-            return [
-                {"actor": a.actor, "action": a.action, "entity": a.entity, "entity_id": a.entity_id,
-                 "details": json.loads(a.details or "{}"), "at": a.at}
-                for a in s.execute(query).scalars()
-            ]
+        return audit.entries(self.engine, customer_id)
