@@ -55,8 +55,8 @@ def problems(env: Optional[Mapping[str, str]] = None) -> List[str]:
     found: List[str] = []
     if env.get("CARDCARE_ENV") != "production":
         found.append("CARDCARE_ENV must be 'production' (make serve sets it)")
-    required = [name for name in _known_development_values() if name != "RASA_AUTH_TOKEN" or api_enabled(env)]
     development = _known_development_values()
+    required = [name for name in development if name != "RASA_AUTH_TOKEN" or api_enabled(env)]
     for name in required:
         value = env.get(name, "")
         if not value.strip():

@@ -17,6 +17,7 @@ is blocked, a dispute filed or points redeemed once, and the customer hears the 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime as dt
 import hashlib
 import hmac
@@ -28,6 +29,7 @@ import zlib
 from typing import Any, Dict, Optional
 
 from sanic import Sanic, response
+from sanic.exceptions import InvalidUsage
 from sanic.request import Request
 
 from sqlalchemy import Column, DateTime, String, Text, delete
@@ -43,6 +45,7 @@ from cardsystem.db import create_schema, get_engine, session_scope
 logger = logging.getLogger(__name__)
 OPEN_PATHS = ("/health",)
 KEEP_REPLIES = dt.timedelta(days=1)
+PRUNE_EVERY = dt.timedelta(minutes=10)
 Base = declarative_base()
 
 
@@ -65,6 +68,7 @@ class ActionReplies:
         self.engine = get_engine(url or os.environ.get("CARDCARE_ACTIONS_DB_URL")
                                  or f"sqlite:///{PROJECT_ROOT / 'var' / 'actions.db'}")
         create_schema(self.engine, Base.metadata)
+        self._pruned = dt.datetime.min
 
     @staticmethod
     def key(call: Any) -> Optional[str]:
@@ -91,10 +95,13 @@ class ActionReplies:
             return json.loads(row.body) if row is not None else None
 
     def keep(self, key: str, body: Dict[str, Any]) -> None:
+        now = utcnow()
         try:
             with session_scope(self.engine) as s:
-                s.add(ActionReply(key=key, body=json.dumps(body), created_at=utcnow()))
-                s.execute(delete(ActionReply).where(ActionReply.created_at < utcnow() - KEEP_REPLIES))
+                s.add(ActionReply(key=key, body=json.dumps(body), created_at=now))
+                if now - self._pruned > PRUNE_EVERY:  # not on every call: answers older than a day go now and then
+                    s.execute(delete(ActionReply).where(ActionReply.created_at < now - KEEP_REPLIES))
+                    self._pruned = now
         except IntegrityError:
             pass  # the same call answered twice at once: the first answer stands
 
@@ -131,13 +138,14 @@ def locked_app(secret: Optional[str], package: str = "actions", replies: Optiona
         if request.path != "/webhook" or request.method != "POST":
             return None
         try:
-            body = request.body or b"null"
             if request.headers.get("Content-Encoding") == "deflate":  # Rasa may compress its calls
-                body = zlib.decompress(body)
-            request.ctx.reply_key = ActionReplies.key(json.loads(body))
-        except (ValueError, zlib.error):
+                call = json.loads(zlib.decompress(request.body or b""))
+            else:
+                call = request.json  # parsed once: rasa-sdk's handler reads the same
+            request.ctx.reply_key = ActionReplies.key(call)
+        except (ValueError, zlib.error, InvalidUsage):
             request.ctx.reply_key = None
-        kept = replies.get(request.ctx.reply_key) if request.ctx.reply_key else None
+        kept = await asyncio.to_thread(replies.get, request.ctx.reply_key) if request.ctx.reply_key else None
         if kept is not None:
             logger.info("action call repeated by a retried turn: its first answer is given again")
             request.ctx.reply_key = None
@@ -148,7 +156,7 @@ def locked_app(secret: Optional[str], package: str = "actions", replies: Optiona
     async def keep_answer(request: Request, answer):
         key = getattr(request.ctx, "reply_key", None)
         if key and answer.status == 200:
-            replies.keep(key, json.loads(answer.body))
+            await asyncio.to_thread(replies.keep, key, json.loads(answer.body))
 
     @app.exception(Exception)
     async def opaque_errors(request: Request, exception: Exception):

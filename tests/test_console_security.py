@@ -19,8 +19,8 @@ from connectors.handoff.console import add_console_routes, client_address
 from connectors.whatsapp.media import MediaStore
 from tests.conftest import DISPUTE, NOW, ONE_CARD, TWO_CARDS
 from tests.servers import free_port
-from tests.whatsapp.test_handoff_channel import Console
-from tests.test_handoff import Clock, open_for, system  # noqa: F401  (on SQLite and on PostgreSQL)
+from tests.whatsapp.test_handoff_channel import Console, desk_with_agents
+from tests.test_handoff import open_for, system  # noqa: F401  (on SQLite and on PostgreSQL)
 
 pytestmark = pytest.mark.asyncio
 _names = itertools.count()
@@ -30,12 +30,7 @@ CLIENT = "203.0.113.7"  # the address the local proxy says the browser has
 
 @pytest.fixture
 def desk(system):
-    clock = Clock(NOW)
-    system._now = clock
-    desk = HandoffDesk(system, HandoffSettings())
-    desk.clock = clock
-    desk.create_agent("priya", "Priya", "a-long-password")
-    desk.create_agent("rahul", "Rahul", "another-long-password")
+    desk = desk_with_agents(system)
     desk.create_agent("meera", "Meera", "supervisor-password", role="supervisor")
     return desk
 

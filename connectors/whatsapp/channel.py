@@ -226,11 +226,8 @@ class WhatsAppInput(InputChannel):
                  api_base: Text, api_version: Text, store_url: Optional[Text] = None, media_dir: Optional[Text] = None,
                  upload_documents: bool = True, sweep_seconds: float = SWEEP_SECONDS,
                  max_concurrent_turns: int = MAX_CONCURRENT_TURNS, desk: Any = None, ingress: bool = False) -> None:
-        self.verify_token = verify_token
-        self.app_secrets = [s for s in app_secrets if s]
-        self.phone_number_id = phone_number_id
         self.store = ChannelStore(store_url)
-        self.receiver = WebhookReceiver(self.store, self.app_secrets, phone_number_id, verify_token)
+        self.receiver = WebhookReceiver(self.store, app_secrets, phone_number_id, verify_token)
         self.media = MediaStore(media_dir)
         self.client = GraphClient(api_base, api_version, phone_number_id, access_token, self.store)
         self.upload_documents = upload_documents
@@ -457,7 +454,7 @@ class WhatsAppInput(InputChannel):
         reason = f"{type(failure).__name__}: {failure}"[:200]
         if message.first_failed_at is not None and utcnow() - message.first_failed_at >= self.give_up_after:
             reference = await asyncio.to_thread(self.store.dead_letter, message.message_id, reason,
-                                                outbound.text_message(APOLOGY))
+                                                lambda ref: outbound.text_message(APOLOGY.format(reference=ref)))
             logger.error("gave up on a message from %s after %d tries (%s): dead letter %s",
                          mask_phone(message.sender), message.attempts + 1, reason, reference)
             return True
@@ -492,12 +489,11 @@ class WhatsAppInput(InputChannel):
         except OutsideServiceWindow:
             await asyncio.to_thread(self.store.reply_done, reply.id, "expired", None, "outside the 24-hour window")
             return True
-        if body.pop("_upload", False):
+        if body.pop("_upload", False):  # by media id when the upload works, else by link
             document = dict(body["document"])
-            media_id = await self.client.upload_link(document.pop("link"), document.get("filename") or "document.pdf")
-            if media_id is None:
-                document["link"] = reply.body["document"]["link"]
-            else:
+            media_id = await self.client.upload_link(document["link"], document.get("filename") or "document.pdf")
+            if media_id is not None:
+                del document["link"]
                 document["id"] = media_id
             body["document"] = document
         await asyncio.to_thread(self.store.reply_sending, reply.id)

@@ -12,7 +12,7 @@ import json
 import os
 import secrets
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from sqlalchemy import Column, DateTime, Integer, String, Text, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -189,6 +189,19 @@ class DeadLetterView:
     replayed_at: Optional[dt.datetime]
 
 
+def _pending(r: InboundRecord) -> PendingMessage:
+    return PendingMessage(r.message_id, r.sender, r.reply_by, r.text, json.loads(r.meta), r.started_at is not None,
+                          r.attempts or 0, r.next_attempt_at, r.first_failed_at)
+
+
+def _queue(s: Any, key: str, message_id: str, recipient: str, reply_by: str, body: Dict[str, Any],
+           now: dt.datetime) -> None:
+    """One reply into the outbox, due now."""
+    s.add(OutboxRecord(key=key, message_id=message_id, recipient=recipient, reply_by=reply_by,
+                       body=json.dumps(body, ensure_ascii=False), state="queued", attempts=0,
+                       next_attempt_at=now, created_at=now, updated_at=now))
+
+
 def default_url() -> str:
     return os.environ.get("CARDCARE_CHANNEL_DB_URL") or f"sqlite:///{PROJECT_ROOT / 'var' / 'channel.db'}"
 
@@ -235,8 +248,7 @@ class ChannelStore:
                 query = query.where(InboundRecord.sender == sender)
             rows = s.execute(query.order_by(func.coalesce(InboundRecord.sent_at, 0), InboundRecord.received_at,
                                             InboundRecord.id)).scalars()
-            return [PendingMessage(r.message_id, r.sender, r.reply_by, r.text, json.loads(r.meta), r.started_at is not None,
-                                   r.attempts or 0, r.next_attempt_at, r.first_failed_at) for r in rows]
+            return [_pending(r) for r in rows]
 
     def begin_turn(self, message_id: str) -> None:
         """Note that a turn started: if it never finishes (a crash), the retry looks in the
@@ -244,8 +256,8 @@ class ChannelStore:
         with session_scope(self.engine) as s:
             s.execute(update(InboundRecord).where(InboundRecord.message_id == message_id).values(started_at=utcnow()))
 
-    def turn_failed(self, message_id: str, error: str, delay: dt.timedelta) -> PendingMessage:
-        """Count a failed turn and set when to try again; returns the message as it now stands."""
+    def turn_failed(self, message_id: str, error: str, delay: dt.timedelta) -> None:
+        """Count a failed turn and set when to try again."""
         now = utcnow()
         with session_scope(self.engine) as s:
             r = s.execute(select(InboundRecord).where(InboundRecord.message_id == message_id)).scalar_one()
@@ -253,27 +265,19 @@ class ChannelStore:
             r.first_failed_at = r.first_failed_at or now
             r.next_attempt_at = now + delay
             r.last_error = error[:200]
-            return PendingMessage(r.message_id, r.sender, r.reply_by, r.text, json.loads(r.meta), r.started_at is not None,
-                                  r.attempts, r.next_attempt_at, r.first_failed_at)
 
-    def commit_turn(self, message_id: str, recipient: str, reply_by: str, bodies: List[Dict[str, Any]],
-                    key_suffix: str = "") -> None:
+    def commit_turn(self, message_id: str, recipient: str, reply_by: str, bodies: List[Dict[str, Any]]) -> None:
         """A turn's replies into the outbox and the message marked answered, in one transaction:
-        after a crash either both happened or neither did. Committing twice adds nothing."""
+        after a crash either both happened or neither did. Committing twice adds nothing. (A turn
+        without replies is done at once.)"""
         now = utcnow()
         with session_scope(self.engine) as s:
-            record = s.execute(select(InboundRecord).where(InboundRecord.message_id == message_id)).scalar_one_or_none()
             known = set(s.execute(select(OutboxRecord.key).where(OutboxRecord.message_id == message_id)).scalars())
             for index, body in enumerate(bodies):
-                key = f"{message_id}:{key_suffix}{index}"
-                if key not in known:
-                    s.add(OutboxRecord(key=key, message_id=message_id, recipient=recipient, reply_by=reply_by,
-                                       body=json.dumps(body, ensure_ascii=False), state="queued", attempts=0,
-                                       next_attempt_at=now, created_at=now, updated_at=now))
-            if record is not None and record.state == "pending":
-                record.state, record.handled_at = ("answered" if bodies else "done"), now
-                if not bodies:
-                    return
+                if f"{message_id}:{index}" not in known:
+                    _queue(s, f"{message_id}:{index}", message_id, recipient, reply_by, body, now)
+            s.execute(update(InboundRecord).where(InboundRecord.message_id == message_id, InboundRecord.state == "pending")
+                      .values(state="answered", handled_at=now))
             s.flush()
             self._finish_if_sent(s, message_id)
 
@@ -365,9 +369,9 @@ class ChannelStore:
 
     # -- dead letters ---------------------------------------------------------------------------
 
-    def dead_letter(self, message_id: str, reason: str, apology: Dict[str, Any]) -> str:
+    def dead_letter(self, message_id: str, reason: str, apology: Callable[[str], Dict[str, Any]]) -> str:
         """Give up on a message: it moves to the dead-letter table, and the apology carrying
-        its reference is queued, in one transaction. Returns the reference."""
+        its reference (`apology(reference)`) is queued, in one transaction. Returns the reference."""
         now = utcnow()
         with session_scope(self.engine) as s:
             record = s.execute(select(InboundRecord).where(InboundRecord.message_id == message_id)).scalar_one()
@@ -381,12 +385,9 @@ class ChannelStore:
                 existing.reason, existing.attempts, existing.dead_at, existing.replayed_at = \
                     reason[:200], record.attempts or 0, now, None
             record.state, record.handled_at = "dead", now
-            body = json.loads(json.dumps(apology).replace("{reference}", reference))
             key = f"{message_id}:apology{int(now.timestamp())}"
             if s.execute(select(OutboxRecord.id).where(OutboxRecord.key == key)).first() is None:
-                s.add(OutboxRecord(key=key, message_id=message_id, recipient=record.sender, reply_by=record.reply_by,
-                                   body=json.dumps(body, ensure_ascii=False), state="queued", attempts=0,
-                                   next_attempt_at=now, created_at=now, updated_at=now))
+                _queue(s, key, message_id, record.sender, record.reply_by, apology(reference), now)
             return reference
 
     def dead_letters(self, include_replayed: bool = False) -> List[DeadLetterView]:

@@ -19,8 +19,8 @@ from tests.whatsapp.test_pieces import envelope, message
 pytestmark = pytest.mark.asyncio
 
 
-@pytest_asyncio.fixture
-async def desk(system):
+def desk_with_agents(system) -> HandoffDesk:
+    """A desk on a stopped clock with two agents, priya and rahul."""
     clock = Clock(NOW)
     system._now = clock
     desk = HandoffDesk(system, HandoffSettings())
@@ -28,6 +28,11 @@ async def desk(system):
     desk.create_agent("priya", "Priya", "a-long-password")
     desk.create_agent("rahul", "Rahul", "another-long-password")
     return desk
+
+
+@pytest_asyncio.fixture
+async def desk(system):
+    return desk_with_agents(system)
 
 
 def queue_ticket(desk, sender=ONE_CARD):
