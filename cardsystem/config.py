@@ -6,24 +6,14 @@ machine (embedded SQLite, a local payment page) and are never secrets.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict
+
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DB_PATH = PROJECT_ROOT / "var" / "cardcare.db"
 
-# Promised turnaround, in calendar days, per kind of service request.
-DEFAULT_TURNAROUND_DAYS: Dict[str, int] = {
-    "dispute:not_recognised": 10,
-    "dispute:charged_twice": 7,
-    "dispute:refund_not_received": 14,
-    "dispute:wrong_amount": 10,
-    "dispute:not_delivered": 14,
-    "block_card": 7,  # replacement card delivery
-    "limit_increase": 3,
-    "redemption": 7,
-}
+# Promised turnaround per kind of request: servicedesk.yml (cardsystem.requests.rules), in working days.
 CALLBACK_WITHIN_HOURS = 4
 # How long the developer default payment-link secret may be used: only outside production.
 _DEV_PAYMENT_SECRET = "dev-only-payment-link-secret-change-me"
@@ -45,8 +35,11 @@ class Settings:
     payment_link_ttl_minutes: int
     statement_dir: Path
     support_phone: str
-    turnaround_days: Dict[str, int] = field(default_factory=lambda: dict(DEFAULT_TURNAROUND_DAYS))
     callback_within_hours: int = CALLBACK_WITHIN_HOURS
+    # e-mail to customers (service request references and updates): smtp://[user:password@]host:port,
+    # smtps:// for TLS from the start, smtp+starttls:// to upgrade; unset: no e-mail
+    smtp_url: str = ""
+    mail_from: str = "CardCare Bank <noreply@cardcare.example>"
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -64,4 +57,6 @@ class Settings:
             payment_link_ttl_minutes=int(env.get("CARDCARE_PAYMENT_LINK_TTL_MINUTES", "30")),
             statement_dir=Path(env.get("CARDCARE_STATEMENT_DIR", str(PROJECT_ROOT / "var" / "statements"))),
             support_phone=env.get("CARDCARE_SUPPORT_PHONE", "1800 266 0000"),
+            smtp_url=env.get("CARDCARE_SMTP_URL", ""),
+            mail_from=env.get("CARDCARE_MAIL_FROM", "CardCare Bank <noreply@cardcare.example>"),
         )

@@ -152,6 +152,17 @@ class ServiceRequest(Base):
     created_at = Column(DateTime, nullable=False, default=utcnow)
     updated_at = Column(DateTime, nullable=False, default=utcnow)
 
+    # added with the service desk (nullable, so create_schema adds them to older databases)
+    assigned_agent_id = Column(Integer, ForeignKey("agents.id"), nullable=True, index=True)
+    needs = Column(Text, nullable=True)            # documents the desk asked the customer for
+    resolution = Column(Text, nullable=True)       # the resolution, or the reason of a rejection
+    first_promised_by = Column(DateTime, nullable=True)  # the promise made when raised ("resolved in time")
+    paused_days = Column(Integer, nullable=True)   # working days left when the clock stopped for documents
+    breaches = Column(Integer, nullable=True)      # times the delay job found it late (0 or NULL: never)
+    escalation_level = Column(Integer, nullable=True)  # rung of the escalation ladder (NULL: not escalated)
+    closed_at = Column(DateTime, nullable=True)
+    delay_reason = Column(String(300), nullable=True)  # what the desk tells the customer if it runs late
+
     attachments = relationship("Attachment", order_by="Attachment.id")
     history = relationship("StatusChange", order_by="StatusChange.id")
 
@@ -177,6 +188,47 @@ class StatusChange(Base):
     status = Column(String(20), nullable=False)
     note = Column(String(300), nullable=True)
     at = Column(DateTime, nullable=False, default=utcnow)
+    actor = Column(String(60), nullable=True)   # bot, agent:<username>, api:<client>, sla, customer
+    event = Column(String(20), nullable=True)   # status | documents | delay | escalation | feedback | assigned
+
+
+class CustomerNotice(Base):
+    """Something the bank tells a customer first (a request's status changed, it is late, it was
+    escalated, here is the proof): written in the same transaction as the change it tells, then
+    delivered by the channel (WhatsApp) and the mailer (e-mail), each at most once (`key`)."""
+
+    __tablename__ = "customer_notices"
+
+    id = Column(Integer, primary_key=True)
+    key = Column(String(120), nullable=False, unique=True)   # <reference>:<event id>:<medium>
+    medium = Column(String(10), nullable=False)              # whatsapp | email
+    customer_id = Column(Integer, ForeignKey("customers.id"), nullable=False, index=True)
+    address = Column(String(200), nullable=False)            # the WhatsApp number or the e-mail address
+    reference = Column(String(20), nullable=True, index=True)
+    subject = Column(String(200), nullable=True)
+    text = Column(Text, nullable=False)
+    document = Column(Text, nullable=True)                   # JSON {"path", "filename", "caption"}
+    state = Column(String(10), nullable=False, index=True)   # pending | sent | failed
+    attempts = Column(Integer, nullable=False, default=0)
+    error = Column(String(200), nullable=True)
+    created_at = Column(DateTime, nullable=False)
+    claimed_at = Column(DateTime, nullable=True)             # taken by a sender, or last looked at while held
+    sent_at = Column(DateTime, nullable=True)
+
+
+class DeskAlert(Base):
+    """A message to the service desk in the console: a request is late, or escalated to a role."""
+
+    __tablename__ = "desk_alerts"
+
+    id = Column(Integer, primary_key=True)
+    key = Column(String(120), nullable=False, unique=True)   # one alert per request, breach and recipient
+    reference = Column(String(20), nullable=False, index=True)
+    agent_id = Column(Integer, ForeignKey("agents.id"), nullable=True, index=True)  # one person, or
+    role = Column(String(20), nullable=True)                  # everyone with this role
+    text = Column(Text, nullable=False)
+    created_at = Column(DateTime, nullable=False)
+    read_at = Column(DateTime, nullable=True)
 
 
 class MessagingConsent(Base):

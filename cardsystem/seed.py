@@ -232,12 +232,14 @@ class Seeder:
             reference=f"{prefix}{created:%y%m%d}DEMO",
             customer_id=customer.id, card_id=card.id, kind=kind, status=status, reason=reason,
             transaction_id=txn.id if txn is not None else None, amount_paise=txn.amount_paise if txn is not None else None,
-            details="{}", promised_by=dt.datetime.combine(self.today + dt.timedelta(days=days_left), dt.time(18, 0)),
+            details="{}", promised_by=dt.datetime.combine(self.today + dt.timedelta(days=days_left), dt.time(17, 30)),
+            first_promised_by=dt.datetime.combine(self.today + dt.timedelta(days=days_left), dt.time(17, 30)),
             created_at=created, updated_at=created + dt.timedelta(days=1),
         )
         s.add(request)
         s.flush()
-        s.add(StatusChange(service_request_id=request.id, status="open", note="Raised via WhatsApp assistant", at=created))
+        s.add(StatusChange(service_request_id=request.id, status="open", note="Raised via WhatsApp assistant", at=created,
+                           actor="customer", event="status"))
         s.add(StatusChange(service_request_id=request.id, status=status, note="Assigned to the card operations team",
                            at=created + dt.timedelta(days=1)))
 

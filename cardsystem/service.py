@@ -20,6 +20,9 @@ from cardsystem import audit
 from cardsystem.config import Settings
 from cardsystem.db import create_schema, get_engine, session_scope
 from cardsystem.errors import NotAllowed, NotFound
+from cardsystem.formatting import format_datetime
+from cardsystem.requests import notices, wording
+from cardsystem.requests.rules import DeskRules
 from cardsystem.models import (
     Attachment,
     Base,
@@ -149,8 +152,10 @@ class CardSystem:
     ) -> None:
         self.settings = settings or Settings.from_env()
         self.engine = get_engine(self.settings.db_url)
-        self._today = today or dt.date.today
-        self._now = now or (lambda: dt.datetime.now().replace(microsecond=0))
+        self.desk_rules = DeskRules.load()
+        # the bank's wall clock (servicedesk.yml's time zone): promises and request times are on it
+        self._now = now or self.desk_rules.calendar.local_now
+        self._today = today or (lambda: self._now().date())
 
     # -- set-up -------------------------------------------------------------------------
     def create_schema(self) -> None:
@@ -320,9 +325,10 @@ class CardSystem:
             )
 
     # -- service requests --------------------------------------------------------------------
-    def _promise(self, key: str) -> dt.datetime:
-        days = self.settings.turnaround_days.get(key, 7)
-        return dt.datetime.combine(self.today() + dt.timedelta(days=days), dt.time(18, 0))
+    def _promise(self, kind: str, reason: Optional[str] = None) -> dt.datetime:
+        """By when a new request of `kind` will be done: its turnaround in the bank's working days."""
+        days = self.desk_rules.kind(kind).days_for(reason)
+        return self.desk_rules.calendar.add_working_days(self.now(), days)
 
     def _open_request(self, s, customer_id: int, kind: str, **filters) -> Optional[ServiceRequest]:
         query = select(ServiceRequest).where(
@@ -339,7 +345,7 @@ class CardSystem:
         reason: Optional[str] = None, transaction_id: Optional[int] = None,
         amount_paise: Optional[int] = None, details: Optional[dict] = None,
     ) -> ServiceRequest:
-        now = utcnow()
+        now = self.now()
         for _attempt in range(5):
             reference = new_reference(kind, self.today())
             exists = s.execute(select(ServiceRequest.id).where(ServiceRequest.reference == reference)).first()
@@ -349,11 +355,19 @@ class CardSystem:
             reference=reference, customer_id=customer_id, card_id=card_id, kind=kind, status="open",
             reason=reason, transaction_id=transaction_id, amount_paise=amount_paise,
             details=json.dumps(details or {}, ensure_ascii=False), promised_by=promised_by,
-            created_at=now, updated_at=now,
+            first_promised_by=promised_by, created_at=now, updated_at=now,
         )
         s.add(request)
         s.flush()
-        s.add(StatusChange(service_request_id=request.id, status="open", note="Raised via WhatsApp assistant", at=now))
+        s.add(StatusChange(service_request_id=request.id, status="open", note="Raised via WhatsApp assistant", at=now,
+                           actor="customer", event="status"))
+        if self.settings.smtp_url:  # the chat has the reference already; e-mail it too where we can
+            label = self.desk_rules.kind(kind).label
+            notices.queue(s, s.get(Customer, customer_id), f"{reference}:raised",
+                          wording.RAISED.format(label=label, reference=reference,
+                                                promised=format_datetime(promised_by)),
+                          reference, wording.RAISED_SUBJECT.format(label=label, reference=reference),
+                          email=True, whatsapp=False)
         return request
 
     def file_dispute(
@@ -383,7 +397,7 @@ class CardSystem:
             if existing is not None:
                 return self._request_view(s, existing)
             request = self._new_request(
-                s, customer_id, "dispute", self._promise(f"dispute:{reason}"), card_id=txn.card_id,
+                s, customer_id, "dispute", self._promise("dispute", reason), card_id=txn.card_id,
                 reason=reason, transaction_id=txn.id, amount_paise=txn.amount_paise,
                 details={"description": (description or "")[:500]},
             )

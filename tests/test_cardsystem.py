@@ -137,7 +137,9 @@ def test_dispute_is_filed_once_with_history_attachment_and_audit(system):
     again = system.file_dispute(customer.id, txn.reference, "charged_twice")
     assert first.created_now and not again.created_now and again.reference == first.reference
     assert first.attachments == 1 and first.history[0][0] == "open"
-    assert first.promised_by.date() == TODAY + dt.timedelta(days=7)
+    # 7 working days from Monday 23 Nov 2026: not the 24th (Guru Nanak Jayanti), the 28th (fourth
+    # Saturday) or the 29th (Sunday), by closing time
+    assert first.promised_by == dt.datetime(2026, 12, 3, 17, 30)
     assert system.service_request(customer.id, first.reference.lower()).reference == first.reference
     audit = [a for a in system.audit_entries(customer.id) if a["action"] == "file_dispute"]
     assert len(audit) == 1 and audit[0]["details"]["transaction"] == txn.reference

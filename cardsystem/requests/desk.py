@@ -1,0 +1,435 @@
+"""The service desk: the bank's half of a service request.
+
+Executives work requests from a worklist (console, REST API or command, all through this class,
+so the same rules, audit and notices apply), move them through the lifecycle in
+`cardsystem.requests.rules`, ask customers for documents and take them in, and a delay job finds
+requests past their promise, tells the customer the new date and escalates repeat breaches up the
+configured ladder. Every change is one transaction with its history line, its audit entry and the
+notice that tells the customer, so none happens without the others.
+
+Times are naive, on the bank's wall clock (servicedesk.yml's time zone).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import statistics
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional
+
+from sqlalchemy import select, update
+from sqlalchemy.engine import Engine
+
+from cardsystem import audit
+from cardsystem.config import Settings
+from cardsystem.db import get_engine, session_scope
+from cardsystem.errors import NotAllowed, NotFound
+from cardsystem.formatting import format_datetime, mask_phone
+from cardsystem.models import (
+    Agent, Attachment, Card, Customer, DeskAlert, ServiceRequest, StatusChange, Transaction,
+)
+from cardsystem.requests import notices, wording
+from cardsystem.requests.rules import (
+    ACTIVE, CLOCK_RUNS, CLOSED, IN_PROGRESS, NEEDS_DOCUMENTS, REJECTED, RESOLVED, STATUSES, DeskRules, check_move,
+)
+
+logger = logging.getLogger(__name__)
+# which people a rung of the ladder alerts (console roles); "executive" is the assigned agent
+ROLE_OF_LEVEL = {"executive": "agent", "supervisor": "supervisor", "grievance_officer": "grievance_officer",
+                 "ombudsman": "grievance_officer"}
+
+
+@dataclass
+class SlaReport:
+    """One pass of the delay job."""
+
+    now: dt.datetime
+    late: List[str] = field(default_factory=list)        # first breach: customer told the new date
+    escalated: List[str] = field(default_factory=list)   # a later breach: one level up
+    skipped: int = 0                                     # another instance took it first
+
+    def as_dict(self) -> Dict[str, Any]:
+        return {"now": self.now.isoformat(), "late": self.late, "escalated": self.escalated, "skipped": self.skipped}
+
+
+def _when(moment: Optional[dt.datetime]) -> str:
+    return format_datetime(moment) if moment else "-"
+
+
+def _mask_email(email: Optional[str]) -> Optional[str]:
+    if not email or "@" not in email:
+        return None
+    name, domain = email.split("@", 1)
+    return f"{name[:1]}***@{domain}"
+
+
+class ServiceDesk:
+    """The desk's use cases; see the module docstring."""
+
+    def __init__(self, db_url: Optional[str] = None, rules: Optional[DeskRules] = None,
+                 now: Optional[Callable[[], dt.datetime]] = None, email: Optional[bool] = None,
+                 engine: Optional[Engine] = None) -> None:
+        needs_settings = (db_url is None and engine is None) or email is None
+        settings = Settings.from_env() if needs_settings else None
+        self.engine = engine or get_engine(db_url or settings.db_url)
+        self.rules = rules or DeskRules.load()
+        self._now = now or self.rules.calendar.local_now
+        self.email = bool(settings.smtp_url) if email is None else email  # e-mail notices only with SMTP set up
+
+    def now(self) -> dt.datetime:
+        return self._now()
+
+    # -- promises -------------------------------------------------------------------------------
+    def promise(self, kind: str, reason: Optional[str] = None, moment: Optional[dt.datetime] = None) -> dt.datetime:
+        """When a request of `kind` raised at `moment` (now) must be done by."""
+        days = self.rules.kind(kind).days_for(reason)
+        return self.rules.calendar.add_working_days(moment or self.now(), days)
+
+    # -- reading --------------------------------------------------------------------------------
+    def worklist(self, kind: Optional[str] = None, status: Optional[str] = None, overdue: bool = False,
+                 assigned_to: Optional[int] = None, include_closed: bool = False, limit: int = 200) -> List[Dict[str, Any]]:
+        """Requests sorted by due time (soonest first), with the filters the desk uses."""
+        now = self.now()
+        with session_scope(self.engine) as s:
+            query = select(ServiceRequest, Customer).join(Customer, Customer.id == ServiceRequest.customer_id)
+            if kind:
+                query = query.where(ServiceRequest.kind == kind)
+            if status:
+                if status not in STATUSES:
+                    raise NotAllowed("bad_status", f"Unknown status {status!r}.")
+                query = query.where(ServiceRequest.status == status)
+            elif not include_closed:
+                query = query.where(ServiceRequest.status.in_(ACTIVE))
+            if overdue:
+                query = query.where(ServiceRequest.status.in_(CLOCK_RUNS), ServiceRequest.promised_by < now)
+            if assigned_to is not None:
+                query = query.where(ServiceRequest.assigned_agent_id == assigned_to)
+            rows = s.execute(query.order_by(ServiceRequest.promised_by, ServiceRequest.id).limit(max(1, min(limit, 1000))))
+            names = self._agent_names(s)
+            return [self._row(r, c, now, names) for r, c in rows]
+
+    def request(self, reference: str) -> Dict[str, Any]:
+        """One request with its customer (masked), documents, history and notices."""
+        now = self.now()
+        with session_scope(self.engine) as s:
+            r = self._find(s, reference)
+            customer = s.get(Customer, r.customer_id)
+            names = self._agent_names(s)
+            data = self._row(r, customer, now, names)
+            card = s.get(Card, r.card_id) if r.card_id else None
+            txn = s.get(Transaction, r.transaction_id) if r.transaction_id else None
+            details = json.loads(r.details or "{}")
+            data.update({
+                "customer": {"name": customer.name, "phone": mask_phone(customer.phone),
+                             "email": _mask_email(customer.email)},
+                "card_last4": card.last4 if card else None,
+                "transaction": {"reference": txn.reference, "merchant": txn.merchant, "amount_paise": txn.amount_paise,
+                                "posted_on": txn.posted_on.isoformat()} if txn else None,
+                "reason": r.reason, "needs": r.needs, "resolution": r.resolution, "delay_reason": r.delay_reason,
+                "description": details.get("description") or details.get("summary"),
+                "first_promised_by": (r.first_promised_by or r.promised_by).isoformat(),
+                "documents": [{"number": n, "filename": a.filename, "mime_type": a.mime_type, "caption": a.caption,
+                               "stored": bool(a.stored_as)} for n, a in enumerate(r.attachments, 1)],
+                "history": [{"status": h.status, "event": h.event or "status", "note": h.note, "actor": h.actor or "bot",
+                             "at": h.at.isoformat()} for h in r.history],
+            })
+        data["notices"] = [{k: (v.isoformat() if isinstance(v, dt.datetime) else v) for k, v in n.items()}
+                           for n in notices.NoticeBox(engine=self.engine).of(data["reference"])]
+        return data
+
+    def document(self, reference: str, number: int) -> Dict[str, Any]:
+        """Where the channel keeps the request's `number`-th document (1-based)."""
+        with session_scope(self.engine) as s:
+            r = self._find(s, reference)
+            if not 1 <= number <= len(r.attachments):
+                raise NotFound("unknown_document", "That request has no such document.")
+            a = r.attachments[number - 1]
+            if not a.stored_as:
+                raise NotFound("not_stored", "The document could not be fetched from WhatsApp when it was sent.")
+            return {"stored": a.stored_as, "mime_type": a.mime_type, "filename": a.filename or f"{r.reference}-{number}"}
+
+    def pending_from(self, customer_id: int) -> List[Dict[str, Any]]:
+        """The customer's requests waiting for their documents, oldest first."""
+        with session_scope(self.engine) as s:
+            rows = s.execute(select(ServiceRequest).where(ServiceRequest.customer_id == customer_id,
+                                                          ServiceRequest.status == NEEDS_DOCUMENTS)
+                             .order_by(ServiceRequest.id)).scalars()
+            return [{"reference": r.reference, "kind": r.kind, "label": self.rules.kind(r.kind).label,
+                     "needs": r.needs or "a document"} for r in rows]
+
+    def alerts(self, agent_id: int, role: str, unread_only: bool = True, limit: int = 50) -> List[Dict[str, Any]]:
+        with session_scope(self.engine) as s:
+            query = select(DeskAlert).where((DeskAlert.agent_id == agent_id) | (DeskAlert.role == role))
+            if unread_only:
+                query = query.where(DeskAlert.read_at.is_(None))
+            rows = s.execute(query.order_by(DeskAlert.id.desc()).limit(limit)).scalars()
+            return [{"id": a.id, "reference": a.reference, "text": a.text, "at": a.created_at.isoformat(),
+                     "read": a.read_at is not None} for a in rows]
+
+    def alert_read(self, alert_id: int, agent_id: int, role: str) -> None:
+        with session_scope(self.engine) as s:
+            s.execute(update(DeskAlert).where(DeskAlert.id == alert_id, DeskAlert.read_at.is_(None),
+                                              (DeskAlert.agent_id == agent_id) | (DeskAlert.role == role))
+                      .values(read_at=self.now()).execution_options(synchronize_session=False))
+
+    # -- changing -------------------------------------------------------------------------------
+    def set_status(self, reference: str, status: str, note: Optional[str], actor: str,
+                   agent_id: Optional[int] = None) -> Dict[str, Any]:
+        """Move a request (rules.MOVES), with the note the move needs; the customer is told."""
+        now = self.now()
+        with session_scope(self.engine) as s:
+            r = self._find(s, reference, lock=True)
+            text = check_move(r.status, status, note)
+            rule = self.rules.kind(r.kind)
+            customer = s.get(Customer, r.customer_id)
+            values = {"label": rule.label, "reference": r.reference}
+            previous = r.status
+            if status == NEEDS_DOCUMENTS:
+                r.needs = text
+                days_left = max(1, self.rules.calendar.working_days_between(now, r.promised_by))
+                r.paused_days = days_left if rule.documents_clock == "pause" else None
+                clock = (wording.CLOCK_PAUSE.format(days=days_left) if rule.documents_clock == "pause"
+                         else wording.CLOCK_RESTART.format(days=rule.days_for(r.reason)))
+                message = wording.NEEDS_DOCUMENTS.format(needs=text.rstrip("."), clock=clock, **values)
+            elif status == IN_PROGRESS:
+                if previous == NEEDS_DOCUMENTS:
+                    self._resume_clock(r, rule, now)
+                message = wording.IN_PROGRESS.format(promised=_when(r.promised_by), **values)
+            elif status == RESOLVED:
+                r.resolution, r.closed_at = text, now
+                message = wording.RESOLVED.format(done=rule.done, resolution=text.rstrip(".") + ".", **values)
+            else:  # REJECTED
+                r.resolution, r.closed_at = text, now
+                message = wording.REJECTED.format(reason=text.rstrip("."), **values)
+            r.status, r.updated_at = status, now
+            if agent_id is not None and r.assigned_agent_id is None:
+                r.assigned_agent_id = agent_id
+            change = self._history(s, r, status, text or None, actor, "status", now)
+            audit.record(s, "request_status", r.customer_id, "service_request", r.reference,
+                         {"from": previous, "to": status, "note": text[:200]}, actor=actor)
+            notices.queue(s, customer, f"{r.reference}:h{change.id}", message, r.reference,
+                          wording.UPDATE_SUBJECT.format(reference=r.reference), email=self.email)
+            logger.info("request %s %s -> %s by %s", r.reference, previous, status, actor)
+        return self.request(reference)
+
+    def assign(self, reference: str, agent_id: Optional[int], actor: str) -> Dict[str, Any]:
+        """Give the request to an agent (None: back to the pool)."""
+        now = self.now()
+        with session_scope(self.engine) as s:
+            r = self._find(s, reference, lock=True)
+            username = None
+            if agent_id is not None:
+                agent = s.get(Agent, agent_id)
+                if agent is None or not agent.active:
+                    raise NotFound("unknown_agent", "No such active agent.")
+                username = agent.username
+            r.assigned_agent_id = agent_id
+            self._history(s, r, r.status, f"assigned to {username}" if username else "unassigned", actor, "assigned", now)
+            audit.record(s, "request_assign", r.customer_id, "service_request", r.reference, {"to": username}, actor=actor)
+        return self.request(reference)
+
+    def set_delay_reason(self, reference: str, reason: str, actor: str) -> Dict[str, Any]:
+        """What the customer is told if the request runs late (the desk knows why before the job does)."""
+        text = " ".join((reason or "").split())[:300]
+        with session_scope(self.engine) as s:
+            r = self._find(s, reference, lock=True)
+            r.delay_reason = text or None
+            audit.record(s, "request_delay_reason", r.customer_id, "service_request", r.reference,
+                         {"reason": text[:200]}, actor=actor)
+        return self.request(reference)
+
+    def documents_received(self, customer_id: int, reference: Optional[str], attachment: Dict[str, Any],
+                           actor: str = "customer") -> Optional[Dict[str, Any]]:
+        """A customer's photo or PDF for a request: attached to it (the one named, else the oldest one
+        waiting for documents, else their latest active request). A request waiting for documents
+        goes back to the desk with its clock rule applied. None when they have no request to take it."""
+        if not attachment or not attachment.get("media_id"):
+            return None
+        now = self.now()
+        with session_scope(self.engine) as s:
+            query = select(ServiceRequest).where(ServiceRequest.customer_id == customer_id,
+                                                 ServiceRequest.status.in_(ACTIVE))
+            if reference:
+                query = query.where(ServiceRequest.reference == str(reference).strip().upper())
+            candidates = s.execute(query.order_by(ServiceRequest.id).with_for_update()).scalars().all()
+            waiting = [r for r in candidates if r.status == NEEDS_DOCUMENTS]
+            r = waiting[0] if waiting else (candidates[-1] if candidates else None)
+            if r is None:
+                return None
+            from cardsystem.service import _attachment_row  # one shape for a kept attachment
+            s.add(_attachment_row(r.id, attachment))
+            rule = self.rules.kind(r.kind)
+            back_to_desk = r.status == NEEDS_DOCUMENTS
+            if back_to_desk:
+                self._resume_clock(r, rule, now)
+                r.status, r.updated_at = IN_PROGRESS, now
+                self._history(s, r, IN_PROGRESS, "documents received from the customer", actor, "documents", now)
+                message = wording.DOCUMENTS_RECEIVED.format(reference=r.reference, promised=_when(r.promised_by))
+            else:
+                self._history(s, r, r.status, "a further document from the customer", actor, "documents", now)
+                message = wording.DOCUMENTS_MORE.format(reference=r.reference)
+            audit.record(s, "request_documents", customer_id, "service_request", r.reference,
+                         {"back_to_desk": back_to_desk, "mime_type": attachment.get("mime_type")}, actor=actor)
+            return {"reference": r.reference, "status": r.status, "promised_by": r.promised_by,
+                    "back_to_desk": back_to_desk, "message": message, "label": rule.label}
+
+    def _resume_clock(self, r: ServiceRequest, rule: Any, now: dt.datetime) -> None:
+        days = r.paused_days if rule.documents_clock == "pause" and r.paused_days else rule.days_for(r.reason)
+        r.promised_by = self.rules.calendar.add_working_days(now, days)
+        r.paused_days = None
+
+    # -- the delay job ----------------------------------------------------------------------------
+    def run_sla(self, now: Optional[dt.datetime] = None) -> SlaReport:
+        """Find requests past their promise and act once per breach: the first tells the customer the
+        delay and a new date and alerts the executive and supervisor; each later one escalates a
+        level. Safe to run on several instances at once: a breach is claimed with a conditional
+        update, and its notices and alerts have keys."""
+        now = now or self.now()
+        report = SlaReport(now=now)
+        with session_scope(self.engine) as s:
+            late = s.execute(select(ServiceRequest.id, ServiceRequest.breaches).where(
+                ServiceRequest.status.in_(CLOCK_RUNS), ServiceRequest.promised_by < now)
+                .order_by(ServiceRequest.promised_by)).all()
+        for request_id, breaches in late:
+            try:
+                outcome = self._breach(request_id, breaches or 0, now)
+            except Exception:  # one bad request must not stop the others
+                logger.exception("delay job: request id %s", request_id)
+                continue
+            if outcome is None:
+                report.skipped += 1
+            elif outcome[1] == "late":
+                report.late.append(outcome[0])
+            else:
+                report.escalated.append(outcome[0])
+        if report.late or report.escalated:
+            logger.info("delay job: %d late, %d escalated", len(report.late), len(report.escalated))
+        return report
+
+    def _breach(self, request_id: int, breaches: int, now: dt.datetime) -> Optional[tuple]:
+        with session_scope(self.engine) as s:
+            claimed = s.execute(
+                update(ServiceRequest)
+                .where(ServiceRequest.id == request_id, ServiceRequest.status.in_(CLOCK_RUNS),
+                       ServiceRequest.promised_by < now,
+                       (ServiceRequest.breaches == breaches) if breaches else
+                       ((ServiceRequest.breaches.is_(None)) | (ServiceRequest.breaches == 0)))
+                .values(breaches=breaches + 1).execution_options(synchronize_session=False)).rowcount
+            if not claimed:
+                return None  # another instance handled this breach, or the desk moved it meanwhile
+            r = s.get(ServiceRequest, request_id)
+            rule = self.rules.kind(r.kind)
+            customer = s.get(Customer, r.customer_id)
+            old = r.promised_by
+            number = breaches + 1
+            values = {"label": rule.label, "reference": r.reference}
+            if number == 1:
+                level = self.rules.level(r.escalation_level or 1)
+                r.promised_by = self.rules.calendar.add_working_days(now, self.rules.delay_days)
+                reason = r.delay_reason or wording.DELAY_REASON_DEFAULT
+                message = wording.DELAY.format(old=_when(old), reason=reason.rstrip(".") + ".",
+                                               promised=_when(r.promised_by), **values)
+                alert = wording.ALERT_LATE.format(promised=_when(old), new=_when(r.promised_by), **values)
+                roles = ["executive", "supervisor"]
+                note, event, kind = f"late: promised {_when(old)}, new date {_when(r.promised_by)}", "delay", "late"
+            else:
+                target = min((r.escalation_level or 1) + 1, max(self.rules.top, 1))
+                level = self.rules.level(target)
+                days = level.days if level else self.rules.delay_days
+                r.escalation_level = target
+                r.promised_by = self.rules.calendar.add_working_days(now, days)
+                name = level.name if level else "senior team"
+                if level is not None and level.role == "ombudsman":
+                    message = wording.OMBUDSMAN.format(level=name, contact=level.contact or "", **values)
+                else:
+                    message = wording.ESCALATED.format(level=name, promised=_when(r.promised_by), **values)
+                alert = wording.ALERT_ESCALATED.format(level=target, name=name, **values)
+                roles = [level.role] if level else ["supervisor"]
+                note, event, kind = f"escalated to level {target} ({name}); new date {_when(r.promised_by)}", \
+                    "escalation", "escalated"
+            r.updated_at = now
+            self._history(s, r, r.status, note, "sla", event, now)
+            audit.record(s, "request_" + kind, r.customer_id, "service_request", r.reference,
+                         {"breach": number, "promised_was": old, "promised_now": r.promised_by,
+                          "level": r.escalation_level or 1}, actor="sla")
+            for role in roles:
+                self._alert(s, r, f"b{number}:{role}", role, alert, now)
+            notices.queue(s, customer, f"{r.reference}:b{number}", message, r.reference,
+                          wording.UPDATE_SUBJECT.format(reference=r.reference), email=self.email)
+            return r.reference, kind
+
+    def _alert(self, s: Any, r: ServiceRequest, key: str, ladder_role: str, text: str, now: dt.datetime) -> None:
+        key = f"{r.reference}:{key}"
+        if s.execute(select(DeskAlert.id).where(DeskAlert.key == key)).first():
+            return
+        if ladder_role == "executive" and r.assigned_agent_id:
+            s.add(DeskAlert(key=key, reference=r.reference, agent_id=r.assigned_agent_id, text=text, created_at=now))
+        else:
+            s.add(DeskAlert(key=key, reference=r.reference, role=ROLE_OF_LEVEL.get(ladder_role, "supervisor"),
+                            text=text, created_at=now))
+
+    # -- figures ------------------------------------------------------------------------------------
+    def figures(self, now: Optional[dt.datetime] = None) -> Dict[str, Any]:
+        """Per kind: opened, resolved in time (by the first promise), resolved late, rejected,
+        overdue now, escalated, and the median working time to resolve (hours)."""
+        now = now or self.now()
+        per: Dict[str, Dict[str, Any]] = {}
+        hours: Dict[str, List[float]] = {}
+        with session_scope(self.engine) as s:
+            for r in s.execute(select(ServiceRequest).where(ServiceRequest.kind != "redemption")).scalars():
+                f = per.setdefault(r.kind, {"kind": r.kind, "label": self.rules.kind(r.kind).label, "opened": 0,
+                                            "active": 0, "resolved_in_time": 0, "resolved_late": 0, "rejected": 0,
+                                            "overdue": 0, "escalated": 0})
+                f["opened"] += 1
+                if r.status in ACTIVE:
+                    f["active"] += 1
+                if r.status in CLOCK_RUNS and r.promised_by < now:
+                    f["overdue"] += 1
+                if (r.escalation_level or 1) > 1:
+                    f["escalated"] += 1
+                if r.status == REJECTED:
+                    f["rejected"] += 1
+                if r.status == RESOLVED and r.closed_at:
+                    in_time = r.closed_at <= (r.first_promised_by or r.promised_by)
+                    f["resolved_in_time" if in_time else "resolved_late"] += 1
+                    hours.setdefault(r.kind, []).append(max(0.0, (r.closed_at - r.created_at).total_seconds() / 3600))
+        for kind, f in per.items():
+            values = hours.get(kind)
+            f["median_hours_to_resolve"] = round(statistics.median(values), 1) if values else None
+        return {"now": now.isoformat(), "kinds": sorted(per.values(), key=lambda f: f["kind"])}
+
+    # -- helpers ------------------------------------------------------------------------------------
+    def _find(self, s: Any, reference: str, lock: bool = False) -> ServiceRequest:
+        query = select(ServiceRequest).where(ServiceRequest.reference == str(reference or "").strip().upper()[:20])
+        r = s.execute(query.with_for_update() if lock else query).scalar_one_or_none()
+        if r is None:
+            raise NotFound("unknown_request", f"No request with reference {str(reference)[:20]!r}.")
+        return r
+
+    @staticmethod
+    def _history(s: Any, r: ServiceRequest, status: str, note: Optional[str], actor: str, event: str,
+                 now: dt.datetime) -> StatusChange:
+        change = StatusChange(service_request_id=r.id, status=status, note=(note or None) and note[:300],
+                              at=now, actor=actor[:60], event=event)
+        s.add(change)
+        s.flush()
+        return change
+
+    @staticmethod
+    def _agent_names(s: Any) -> Dict[int, str]:
+        return {a.id: a.username for a in s.execute(select(Agent)).scalars()}
+
+    def _row(self, r: ServiceRequest, customer: Customer, now: dt.datetime, names: Dict[int, str]) -> Dict[str, Any]:
+        level = self.rules.level(r.escalation_level or 1)
+        return {
+            "reference": r.reference, "kind": r.kind, "label": self.rules.kind(r.kind).label, "status": r.status,
+            "customer_name": customer.name.split()[0], "customer_phone": mask_phone(customer.phone),
+            "promised_by": r.promised_by.isoformat(), "created_at": r.created_at.isoformat(),
+            "overdue": r.status in CLOCK_RUNS and r.promised_by < now,
+            "waiting_for_customer": r.status == NEEDS_DOCUMENTS,
+            "escalation_level": r.escalation_level or 1, "escalation_name": level.name if level else None,
+            "assigned_to": names.get(r.assigned_agent_id) if r.assigned_agent_id else None,
+            "documents": len(r.attachments), "callback": r.kind == "callback",
+            "closed": r.status in CLOSED,
+        }

@@ -1,0 +1,123 @@
+"""What the bank tells customers first, kept until delivered.
+
+A change writes its notice in its own transaction (`queue`), so a status change is never made
+without its notice, nor told twice (`key`). Deliverers take notices of their medium: the WhatsApp
+channel (inside the customer's 24-hour window; outside it a notice is held and looked at again
+each minute until the customer writes or a template can carry it) and the mailer (SMTP). A taken
+notice not settled within CLAIM_SECONDS (its deliverer died) is taken again; the channel's outbox
+sends a notice's key once, so that repeat costs nothing.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional
+
+from sqlalchemy import or_, select, update
+from sqlalchemy.engine import Engine
+
+from cardsystem.db import get_engine, session_scope
+from cardsystem.models import Customer, CustomerNotice, utcnow
+
+logger = logging.getLogger(__name__)
+WHATSAPP, EMAIL = "whatsapp", "email"
+CLAIM_SECONDS = 60
+HELD_RECHECK_SECONDS = 60
+MAX_ATTEMPTS = 8
+
+
+@dataclass(frozen=True)
+class Notice:
+    id: int
+    key: str
+    medium: str
+    address: str
+    reference: Optional[str]
+    subject: Optional[str]
+    text: str
+    document: Optional[Dict[str, Any]]
+    attempts: int
+
+
+def queue(s: Any, customer: Customer, key: str, text: str, reference: Optional[str] = None,
+          subject: Optional[str] = None, document: Optional[Dict[str, Any]] = None, email: bool = False,
+          whatsapp: bool = True) -> None:
+    """Add the notice (WhatsApp, and e-mail when asked and the customer has an address) in session
+    `s`; a key already queued adds nothing."""
+    now = utcnow()
+    media = ([(WHATSAPP, customer.phone)] if whatsapp else []) + \
+        ([(EMAIL, customer.email)] if email and customer.email and "@" in customer.email else [])
+    for medium, address in media:
+        full_key = f"{key}:{medium}"[:120]
+        if s.execute(select(CustomerNotice.id).where(CustomerNotice.key == full_key)).first():
+            continue
+        s.add(CustomerNotice(key=full_key, medium=medium, customer_id=customer.id, address=address,
+                             reference=reference, subject=(subject or "")[:200] or None, text=text,
+                             document=json.dumps(document) if document else None, state="pending",
+                             attempts=0, created_at=now))
+
+
+class NoticeBox:
+    """The deliverers' side: take due notices of a medium, settle them."""
+
+    def __init__(self, db_url: Optional[str] = None, engine: Optional[Engine] = None) -> None:
+        if engine is None:
+            from cardsystem.config import Settings
+            engine = get_engine(db_url or Settings.from_env().db_url)
+        self.engine = engine
+
+    def take(self, medium: str, limit: int = 50, now: Optional[dt.datetime] = None) -> List[Notice]:
+        """Due notices of `medium`, each taken by this caller alone (a conditional update)."""
+        now = now or utcnow()
+        stale = now - dt.timedelta(seconds=CLAIM_SECONDS)
+        recheck = now - dt.timedelta(seconds=HELD_RECHECK_SECONDS)
+        taken: List[Notice] = []
+        with session_scope(self.engine) as s:
+            rows = s.execute(
+                select(CustomerNotice).where(
+                    CustomerNotice.medium == medium,
+                    or_(CustomerNotice.state == "pending",
+                        (CustomerNotice.state == "sending") & (CustomerNotice.claimed_at < stale),
+                        (CustomerNotice.state == "held") & (CustomerNotice.claimed_at < recheck)))
+                .order_by(CustomerNotice.id).limit(limit)).scalars().all()
+            for row in rows:
+                won = s.execute(update(CustomerNotice)
+                                .where(CustomerNotice.id == row.id, CustomerNotice.state == row.state,
+                                       or_(CustomerNotice.claimed_at.is_(None), CustomerNotice.claimed_at == row.claimed_at))
+                                .values(state="sending", claimed_at=now, attempts=CustomerNotice.attempts + 1)
+                                .execution_options(synchronize_session=False)).rowcount
+                if won:
+                    taken.append(Notice(row.id, row.key, row.medium, row.address, row.reference, row.subject, row.text,
+                                        json.loads(row.document) if row.document else None, (row.attempts or 0) + 1))
+        return taken
+
+    def sent(self, notice_id: int) -> None:
+        self._settle(notice_id, state="sent", sent_at=utcnow(), error=None)
+
+    def held(self, notice_id: int, why: str) -> None:
+        """Not deliverable now (e.g. the 24-hour window is closed): looked at again later."""
+        self._settle(notice_id, state="held", claimed_at=utcnow(), error=why[:200])
+
+    def failed(self, notice_id: int, error: str, attempts: int) -> None:
+        """A try failed: taken again after CLAIM_SECONDS, until MAX_ATTEMPTS, then left failed."""
+        if attempts >= MAX_ATTEMPTS:
+            logger.warning("notice %s given up after %s attempts: %s", notice_id, attempts, error)
+            self._settle(notice_id, state="failed", error=error[:200])
+        else:
+            self._settle(notice_id, state="sending", claimed_at=utcnow(), error=error[:200])
+
+    def _settle(self, notice_id: int, **values: Any) -> None:
+        with session_scope(self.engine) as s:
+            s.execute(update(CustomerNotice).where(CustomerNotice.id == notice_id).values(**values)
+                      .execution_options(synchronize_session=False))
+
+    def of(self, reference: str) -> List[Dict[str, Any]]:
+        """A request's notices, oldest first (the console's history and the tests)."""
+        with session_scope(self.engine) as s:
+            rows = s.execute(select(CustomerNotice).where(CustomerNotice.reference == reference)
+                             .order_by(CustomerNotice.id)).scalars()
+            return [{"key": r.key, "medium": r.medium, "state": r.state, "text": r.text, "subject": r.subject,
+                     "document": json.loads(r.document) if r.document else None, "created_at": r.created_at,
+                     "sent_at": r.sent_at, "error": r.error} for r in rows]
