@@ -150,8 +150,7 @@ async def hand_off(dispatcher: CollectingDispatcher, tracker: Tracker, reason: s
     card_last4 = await card_in_question(tracker, customer)
     requests = await open_requests(customer)
     context, said, summary = handoff_context(tracker, customer, card_last4, reason, requests)
-    reply_by = ((tracker.latest_message.get("metadata") or {}).get("whatsapp") or {}).get("reply_by") or "to"
-    ticket = await in_thread(desk.open_ticket, tracker.sender_id, reply_by, customer.id if customer else None,
+    ticket = await in_thread(desk.open_ticket, tracker.sender_id, customer.id if customer else None,
                              card_last4, reason, context, said, summary)
     place = await in_thread(desk.place, ticket.reference)
     dispatcher.utter_message(response="utter_handoff_queued", position=place.position,

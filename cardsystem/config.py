@@ -6,8 +6,10 @@ machine (embedded SQLite, a local payment page) and are never secrets.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import List, Optional, Tuple
 
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -60,3 +62,22 @@ class Settings:
             smtp_url=env.get("CARDCARE_SMTP_URL", ""),
             mail_from=env.get("CARDCARE_MAIL_FROM", "CardCare Bank <noreply@cardcare.example>"),
         )
+
+
+DESK_API_MIN_TOKEN = 32
+
+
+def parse_desk_tokens(text: Optional[str]) -> List[Tuple[str, str]]:
+    """The service desk API's clients, [(name, token)], from CARDCARE_DESK_API_TOKENS
+    ("core-banking:<token>,crm:<token>"); a malformed entry or a short token is refused loudly."""
+    clients = []
+    for entry in (text or "").split(","):
+        entry = entry.strip()
+        if not entry:
+            continue
+        name, _, token = entry.partition(":")
+        if not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,39}", name) or len(token) < DESK_API_MIN_TOKEN:
+            raise ValueError("CARDCARE_DESK_API_TOKENS: each entry is name:token, a lower-case name and a token of "
+                             f"at least {DESK_API_MIN_TOKEN} characters")
+        clients.append((name, token))
+    return clients

@@ -48,7 +48,7 @@ ONLINE_WITHIN = dt.timedelta(minutes=2)
 DAYS = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
 USERNAME_RE = re.compile(r"^[a-z0-9._-]{3,60}$")
 SCRYPT = {"n": 2 ** 14, "r": 8, "p": 1}  # 16 MiB per hash: memory-hard, ~50 ms here
-ROLES = ("agent", "supervisor")
+ROLES = ("agent", "supervisor", "grievance_officer")  # the last: the bank's nodal officer, high on the escalation ladder
 SUPERVISOR_HISTORY = 50  # finished chats a supervisor's queue lists besides the open ones
 
 class Forbidden(NotAllowed):
@@ -118,7 +118,6 @@ class AgentView:
 class TicketView:
     reference: str
     sender: str
-    reply_by: str
     customer_id: Optional[int]
     card_last4: Optional[str]
     reason: str
@@ -372,7 +371,7 @@ class HandoffDesk:
         online = max(1, self.availability().agents_online)
         return QueuePlace(position, max(1, math.ceil(position * self.settings.handle_minutes / online)))
 
-    def open_ticket(self, sender: str, reply_by: str, customer_id: Optional[int], card_last4: Optional[str],
+    def open_ticket(self, sender: str, customer_id: Optional[int], card_last4: Optional[str],
                     reason: str, context: Dict[str, Any], transcript: List[Tuple[str, str]], summary: str) -> TicketView:
         """Queue a conversation for an agent (the same ticket if this customer is already waiting)."""
         with session_scope(self.engine) as s:
@@ -380,7 +379,7 @@ class HandoffDesk:
             if existing is not None:
                 return self._view(s, existing)
             now = self.now()
-            ticket = HandoffTicket(reference=self._reference(now), sender=sender, reply_by=reply_by,
+            ticket = HandoffTicket(reference=self._reference(now), sender=sender,
                                    customer_id=customer_id, card_last4=card_last4, reason=reason[:40], status="queued",
                                    summary=summary, context=json.dumps(context, ensure_ascii=False, default=str),
                                    created_at=now, last_notice_at=now)
@@ -668,7 +667,7 @@ class HandoffDesk:
 
     def _view(self, s, t: HandoffTicket) -> TicketView:
         agent = s.get(Agent, t.agent_id) if t.agent_id else None
-        return TicketView(t.reference, t.sender, t.reply_by, t.customer_id, t.card_last4, t.reason, t.status,
+        return TicketView(t.reference, t.sender, t.customer_id, t.card_last4, t.reason, t.status,
                           self._agent_view(agent) if agent else None, t.summary,
                           t.created_at, t.claimed_at, t.closed_at, t.resolution, t.rating, t.callback_reference)
 

@@ -312,6 +312,7 @@ class HandoffTicket(Base):
     id = Column(Integer, primary_key=True)
     reference = Column(String(20), nullable=False, unique=True)
     sender = Column(String(160), nullable=False, index=True)   # the WhatsApp id replies go to
+    # unused: how to address the sender is the WhatsApp channel's business (its store); kept for older databases
     reply_by = Column(String(10), nullable=False, default="to")
     customer_id = Column(Integer, ForeignKey("customers.id"), nullable=True, index=True)
     card_last4 = Column(String(4), nullable=True)

@@ -14,6 +14,8 @@ import sys
 from typing import Dict, List, Mapping, Optional
 from urllib.parse import urlparse
 
+from cardsystem.config import parse_desk_tokens
+
 MIN_SECRET_LENGTH = 16
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
@@ -75,6 +77,16 @@ def problems(env: Optional[Mapping[str, str]] = None) -> List[str]:
     if "WHATSAPP_PHONE_NUMBER_ID" in env and env["WHATSAPP_PHONE_NUMBER_ID"].strip() \
             and not env["WHATSAPP_PHONE_NUMBER_ID"].strip().isdigit():
         found.append("WHATSAPP_PHONE_NUMBER_ID must be the number's numeric id from the WhatsApp Manager")
+    if env.get("CARDCARE_DESK_API_TOKENS", "").strip():
+        try:
+            tokens = [token for _, token in parse_desk_tokens(env["CARDCARE_DESK_API_TOKENS"])]
+        except ValueError as exc:
+            found.append(str(exc))
+        else:
+            if any(len(set(t)) < MIN_DISTINCT_CHARACTERS for t in tokens) or len(tokens) != len(set(tokens)) \
+                    or set(tokens) & set(values):
+                found.append("CARDCARE_DESK_API_TOKENS: each client's token must be random, its own and unlike the "
+                             "other secrets (e.g. openssl rand -hex 32)")
     base = env.get("WHATSAPP_API_BASE", "")
     if base:
         parsed = urlparse(base)

@@ -179,6 +179,13 @@ def main(argv=None) -> int:
         logger.warning("CARDCARE_ACTION_SECRET is not set: the action server accepts any local caller "
                        "(development only)")
     app = locked_app(secret)
+
+    @app.listener("after_server_start")
+    async def desk_worker(_app, _loop) -> None:  # the delay job and e-mail notices (cardsystem.requests.worker)
+        from cardsystem.requests.worker import start_desk_worker
+
+        start_desk_worker()
+
     logger.info("action server on http://%s:%d (%s)", args.host, args.port,
                 "shared secret required" if secret else "no secret")
     app.run(args.host, args.port, workers=utils.number_of_sanic_workers(), access_log=False)

@@ -231,9 +231,12 @@ async def test_every_console_response_carries_the_security_headers(start_console
         assert "script-src 'self'" in policy and "style-src 'self'" in policy and "frame-ancestors 'none'" in policy
         assert "unsafe-inline" not in policy
         # the page fits its policy: its script and style are files of its own, nothing inline
-        assert b'<script src="/webhooks/whatsapp/agents/console.js"></script>' in page and page.count(b"<script") == 1
+        scripts = [b'<script src="/webhooks/whatsapp/agents/console.js"></script>',
+                   b'<script src="/webhooks/whatsapp/agents/requests.js"></script>']
+        assert all(script in page for script in scripts) and page.count(b"<script") == len(scripts)  # no inline script
         assert b"<style" not in page and b"style=" not in page and not re.search(rb"\son[a-z]+=", page)
-        for path in ("/agents", "/agents/console.js", "/agents/api/queue", "/agents/api/me"):
+        for path in ("/agents", "/agents/console.js", "/agents/requests.js", "/agents/api/queue", "/agents/api/me",
+                     "/agents/api/requests", "/agents/api/figures", "/agents/api/alerts"):
             _, headers, _ = await browser.raw("GET", path)
             assert headers["X-Frame-Options"] == "DENY" and headers["X-Content-Type-Options"] == "nosniff"
             assert headers["Referrer-Policy"] == "no-referrer"

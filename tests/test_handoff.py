@@ -66,7 +66,7 @@ def desk(system):
 
 def open_for(desk, sender, reason="asked for a person"):
     customer = desk.system.find_customer(sender)
-    return desk.open_ticket(sender, "to", customer.id if customer else None, None, reason,
+    return desk.open_ticket(sender, customer.id if customer else None, None, reason,
                             {"customer_name": customer.first_name if customer else None, "intents": ["talk_to_human"]},
                             [("customer", "I want to talk to someone"), ("bot", "Connecting you")], "summary")
 

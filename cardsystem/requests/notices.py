@@ -62,17 +62,19 @@ def queue(s: Any, customer: Customer, key: str, text: str, reference: Optional[s
 class NoticeBox:
     """The deliverers' side: take due notices of a medium, settle them."""
 
-    def __init__(self, db_url: Optional[str] = None, engine: Optional[Engine] = None) -> None:
+    def __init__(self, db_url: Optional[str] = None, engine: Optional[Engine] = None,
+                 held_recheck_seconds: float = HELD_RECHECK_SECONDS) -> None:
         if engine is None:
             from cardsystem.config import Settings
             engine = get_engine(db_url or Settings.from_env().db_url)
         self.engine = engine
+        self.held_recheck = dt.timedelta(seconds=held_recheck_seconds)
 
     def take(self, medium: str, limit: int = 50, now: Optional[dt.datetime] = None) -> List[Notice]:
         """Due notices of `medium`, each taken by this caller alone (a conditional update)."""
         now = now or utcnow()
         stale = now - dt.timedelta(seconds=CLAIM_SECONDS)
-        recheck = now - dt.timedelta(seconds=HELD_RECHECK_SECONDS)
+        recheck = now - self.held_recheck
         taken: List[Notice] = []
         with session_scope(self.engine) as s:
             rows = s.execute(
@@ -107,6 +109,11 @@ class NoticeBox:
             self._settle(notice_id, state="failed", error=error[:200])
         else:
             self._settle(notice_id, state="sending", claimed_at=utcnow(), error=error[:200])
+
+    def failed_for_good(self, notice_id: int, error: str) -> None:
+        """A try failed in a way no retry mends (the address is malformed or refused): left failed."""
+        logger.warning("notice %s failed for good: %s", notice_id, error)
+        self._settle(notice_id, state="failed", error=error[:200])
 
     def _settle(self, notice_id: int, **values: Any) -> None:
         with session_scope(self.engine) as s:

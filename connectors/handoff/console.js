@@ -16,11 +16,13 @@ async function call(path, method = "GET", body) {
   return data;
 }
 
-function showSignIn() { csrf = null; $("signin").hidden = false; $("desk").hidden = true; $("logout").hidden = true; }
+function showSignIn() { csrf = null; $("signin").hidden = false; $("desk").hidden = true; $("logout").hidden = true;
+  ["tabs", "requests-view", "figures-view", "alerts"].forEach(id => { const e = $(id); if (e) e.hidden = true; }); }
 function showDesk(data) {
   csrf = data.csrf;
   $("who").textContent = data.agent.first_name + " (" + data.agent.username + (data.agent.role === "supervisor" ? ", supervisor" : "") + ")";
-  $("signin").hidden = true; $("desk").hidden = false; $("logout").hidden = false;
+  document.body.dataset.username = data.agent.username;
+  $("signin").hidden = true; $("desk").hidden = false; $("logout").hidden = false; $("tabs").hidden = false;
 }
 
 function minutes(seconds) { return seconds < 60 ? seconds + " s" : Math.floor(seconds / 60) + " min"; }

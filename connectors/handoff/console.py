@@ -149,7 +149,7 @@ def add_console_routes(bp: Blueprint, channel: "WhatsAppInput", on_new_message: 
 
     async def tell_customer(ticket, text: str) -> bool:
         """Send through the WhatsApp channel's outbox; False when it cannot go (24-hour window)."""
-        return await channel.send_from_person(ticket.sender, ticket.reply_by, text, on_new_message)
+        return await channel.tell(ticket.sender, text, on_new_message)
 
     @bp.route("/agents", methods=["GET"])
     async def page(_: Request) -> HTTPResponse:
@@ -158,6 +158,11 @@ def add_console_routes(bp: Blueprint, channel: "WhatsAppInput", on_new_message: 
     @bp.route("/agents/console.js", methods=["GET"])
     async def script(_: Request) -> HTTPResponse:
         return response.text((HERE / "console.js").read_text(encoding="utf-8"), content_type="application/javascript",
+                             headers=API_HEADERS)
+
+    @bp.route("/agents/requests.js", methods=["GET"])
+    async def requests_script(_: Request) -> HTTPResponse:
+        return response.text((HERE / "requests.js").read_text(encoding="utf-8"), content_type="application/javascript",
                              headers=API_HEADERS)
 
     @bp.route("/agents/console.css", methods=["GET"])
@@ -269,9 +274,14 @@ def add_console_routes(bp: Blueprint, channel: "WhatsAppInput", on_new_message: 
     async def close(request: Request, agent, reference: str) -> HTTPResponse:
         view = await asyncio.to_thread(desk.close, reference, agent, str(body_of(request).get("resolution") or ""))
         # the bot takes over in order with the customer's own messages: it says so and asks for a rating
-        await channel.inject(view.sender, view.reply_by, "/handoff_closed", on_new_message)
+        await channel.inject(view.sender, "/handoff_closed", on_new_message)
         logger.info("console: %s closed %s for %s", agent.username, view.reference, mask_phone(view.sender))
         return ok({"status": view.status})
+
+    from connectors.handoff.requests_view import add_request_routes
+
+    add_request_routes(bp, channel, on_new_message, signed_in, ok, error, body_of, MEDIA_HEADERS, served_type,
+                       download_name)
 
     @bp.route("/agents/api/media/<key>", methods=["GET"])
     @signed_in

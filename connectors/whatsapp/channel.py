@@ -31,6 +31,7 @@ from rasa.shared.core.events import BotUttered, UserUttered
 from rasa.utils.endpoints import ClientResponseError, EndpointConfig
 from cardsystem.formatting import mask_phone
 from connectors.whatsapp import outbound
+from connectors.whatsapp.bank import AgentDesk, BankNotices, Notice
 from connectors.whatsapp.graph import GraphClient, MediaError, OutsideServiceWindow
 from connectors.handoff import wording
 from connectors.whatsapp.inbound import EVENT_KIND, Inbound
@@ -54,6 +55,7 @@ APOLOGY = ("Sorry, I couldn't answer your message because of a problem on our si
            "{reference}: our team will look at it and call you back. You can also write again in a few minutes.")
 STORED_MEDIA = ("image", "document", "video", "audio")  # stickers are not evidence
 SWEEP_SECONDS = 30.0
+NOTICE_SECONDS = 2.0  # how often the bank's notices (request updates) are looked for
 DUE_SECONDS = 1.0  # how often replies and turns waiting for a retry are looked for
 INGRESS_POLL_SECONDS = 0.1
 GIVE_UP_AFTER = dt.timedelta(minutes=float(os.environ.get("WHATSAPP_GIVE_UP_MINUTES", "10")))
@@ -213,10 +215,20 @@ class WhatsAppInput(InputChannel):
             else None,
             ingress=str(credentials.get("ingress") or os.environ.get("WHATSAPP_INGRESS", "")).lower()
             in ("1", "true", "yes"),
+            notices=cls._bank_notices() if str(credentials.get("notices", True)).lower() not in ("false", "0", "no")
+            else None,
         )
 
     @staticmethod
-    def _handoff_desk() -> Any:
+    def _bank_notices() -> BankNotices:
+        from cardsystem.requests.notices import NoticeBox
+        from cardsystem.service import CardSystem
+
+        CardSystem().create_schema()  # an older card database gets the notices table
+        return NoticeBox()
+
+    @staticmethod
+    def _handoff_desk() -> AgentDesk:
         from cardsystem.handoff import HandoffDesk
         from cardsystem.service import CardSystem
 
@@ -225,14 +237,18 @@ class WhatsAppInput(InputChannel):
     def __init__(self, verify_token: Text, app_secrets: List[Text], access_token: Text, phone_number_id: Text,
                  api_base: Text, api_version: Text, store_url: Optional[Text] = None, media_dir: Optional[Text] = None,
                  upload_documents: bool = True, sweep_seconds: float = SWEEP_SECONDS,
-                 max_concurrent_turns: int = MAX_CONCURRENT_TURNS, desk: Any = None, ingress: bool = False) -> None:
+                 max_concurrent_turns: int = MAX_CONCURRENT_TURNS, desk: Optional[AgentDesk] = None,
+                 ingress: bool = False, notices: Optional[BankNotices] = None, service_desk: Any = None) -> None:
         self.store = ChannelStore(store_url)
         self.receiver = WebhookReceiver(self.store, app_secrets, phone_number_id, verify_token)
         self.media = MediaStore(media_dir)
         self.client = GraphClient(api_base, api_version, phone_number_id, access_token, self.store)
         self.upload_documents = upload_documents
         self.sweep_seconds = sweep_seconds
-        self.desk = desk  # cardsystem.handoff.HandoffDesk: live agents (None: the bot answers everything)
+        self.desk = desk  # live agents (None: the bot answers everything)
+        self.notices = notices  # what the bank tells customers first (None: nothing)
+        self.service_desk = service_desk  # the console's Requests view works it (None: made on first use)
+        self._notifier: Optional[asyncio.Task] = None
         self.instance_id = uuid.uuid4().hex  # lease owner: one instance at a time answers a customer
         self._locks: Dict[Text, asyncio.Lock] = {}
         self._tasks: Set[asyncio.Task] = set()   # turns being answered
@@ -363,25 +379,32 @@ class WhatsAppInput(InputChannel):
                 position=place.position, wait=place.wait_minutes, return_word=self.desk.settings.return_word))
         return True
 
-    async def inject(self, sender: Text, reply_by: Text, text: Text,
-                     on_new_message: Callable[[UserMessage], Awaitable[Any]]) -> None:
+    async def inject(self, sender: Text, text: Text, on_new_message: Callable[[UserMessage], Awaitable[Any]]) -> None:
         """Queue an event for the bot in this customer's order (e.g. "/handoff_closed"): durable,
         answered by whichever instance holds the customer, after anything they already wrote."""
+        reply_by = await asyncio.to_thread(self.store.reply_by_of, sender)
         event = Inbound(message_id=f"cardcare.{uuid.uuid4().hex}", sender=sender, reply_by=reply_by, kind=EVENT_KIND,
                         text=text, timestamp=int(time.time()))
         await asyncio.to_thread(self.store.record_inbound, event)
         self._spawn(self.drain(sender, on_new_message))
 
-    async def send_from_person(self, sender: Text, reply_by: Text, text: Text,
-                               on_new_message: Callable[[UserMessage], Awaitable[Any]]) -> bool:
-        """An agent's message to a customer, through the outbox like the bot's replies: in order,
-        retried durably, never twice. False when the customer's 24-hour window is closed."""
+    async def tell(self, sender: Text, text: Text, on_new_message: Callable[[UserMessage], Awaitable[Any]],
+                   key: Optional[Text] = None, document: Optional[Dict[Text, Any]] = None) -> bool:
+        """A person's (or the bank's) message to a customer, through the outbox like the bot's
+        replies: in order, retried durably, never twice (`key`: sent once whoever calls twice).
+        How to address the customer is this channel's business (its store). False when the
+        customer's 24-hour window is closed."""
         bodies = [outbound.text_message(part) for part in outbound.split_text(text)]
+        if document and document.get("link"):
+            filename = str(document.get("filename") or "document.pdf")
+            bodies.append({**outbound.document_message(filename, link=document["link"], caption=document.get("caption")),
+                           **({"_upload": True} if self.upload_documents else {})})
         try:
             await self.client.check_window(sender, bodies[0])
         except OutsideServiceWindow:
             return False
-        await asyncio.to_thread(self.store.commit_turn, f"agent.{uuid.uuid4().hex}", sender, reply_by, bodies)
+        reply_by = await asyncio.to_thread(self.store.reply_by_of, sender)
+        await asyncio.to_thread(self.store.commit_turn, key or f"agent.{uuid.uuid4().hex}", sender, reply_by, bodies)
         self._spawn(self.drain(sender, on_new_message))
         return True
 
@@ -525,7 +548,7 @@ class WhatsAppInput(InputChannel):
             if self.desk is not None:
                 try:  # chats nobody took in time become callbacks; the bot tells the customer
                     for ticket in await asyncio.to_thread(self.desk.expire_waiting):
-                        await self.inject(ticket.sender, ticket.reply_by, "/handoff_expired", on_new_message)
+                        await self.inject(ticket.sender, "/handoff_expired", on_new_message)
                 except Exception:
                     logger.exception("expiring waiting handoffs failed")
 
@@ -544,6 +567,42 @@ class WhatsAppInput(InputChannel):
                 if lock is None or not lock.locked():
                     self._spawn(self.drain(sender, on_new_message))
 
+    async def deliver_notices(self, on_new_message: Callable[[UserMessage], Awaitable[Any]]) -> None:
+        """Every NOTICE_SECONDS: the bank's notices to customers into the outbox."""
+        while True:
+            await asyncio.sleep(NOTICE_SECONDS)
+            await self.deliver_notices_once(on_new_message)
+
+    async def deliver_notices_once(self, on_new_message: Callable[[UserMessage], Awaitable[Any]]) -> int:
+        """Take due notices and queue each in the outbox (keyed by the notice: once, however often
+        this runs on however many instances). Outside the customer's 24-hour window a notice is
+        held, and looked at again later: it goes when they next write."""
+        try:
+            taken = await asyncio.to_thread(self.notices.take, "whatsapp", 50)
+        except Exception:  # the card database may be briefly unavailable; next round
+            logger.exception("looking for notices to customers failed")
+            return 0
+        queued = 0
+        for notice in taken:
+            try:
+                queued += await self._deliver_notice(notice, on_new_message)
+            except Exception as exc:
+                logger.exception("notice %s to %s not queued", notice.id, mask_phone(notice.address))
+                await asyncio.to_thread(self.notices.failed, notice.id, type(exc).__name__, notice.attempts)
+        return queued
+
+    async def _deliver_notice(self, notice: Notice, on_new_message: Callable[[UserMessage], Awaitable[Any]]) -> int:
+        # held quietly outside the window (looked at again each minute, it is no refused send);
+        # a template will carry these once the bank has approved ones (issue 11)
+        open_window = await asyncio.to_thread(self.store.window_open, notice.address)
+        if not open_window or not await self.tell(notice.address, notice.text, on_new_message,
+                                                  key=f"notice.{notice.id}", document=notice.document):
+            await asyncio.to_thread(self.notices.held, notice.id, "outside the 24-hour window")
+            return 0
+        await asyncio.to_thread(self.notices.sent, notice.id)
+        logger.info("notice %s queued for %s", notice.id, mask_phone(notice.address))
+        return 1
+
     def _spawn(self, coroutine: Awaitable[Any]) -> asyncio.Task:
         task = asyncio.ensure_future(coroutine)
         self._tasks.add(task)
@@ -552,11 +611,11 @@ class WhatsAppInput(InputChannel):
 
     async def stop(self) -> None:
         """Stop background work; unanswered messages stay recorded for the next start."""
-        tasks = list(self._tasks) + [t for t in (self._sweeper, self._retrier) if t]
+        tasks = list(self._tasks) + [t for t in (self._sweeper, self._retrier, self._notifier) if t]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self._sweeper = self._retrier = None
+        self._sweeper = self._retrier = self._notifier = None
         await self.client.close()
 
     def blueprint(self, on_new_message: Callable[[UserMessage], Awaitable[Any]]) -> Blueprint:
@@ -569,6 +628,8 @@ class WhatsAppInput(InputChannel):
             if self.sweep_seconds > 0:
                 self._sweeper = asyncio.ensure_future(self.sweep(on_new_message))
             self._retrier = asyncio.ensure_future(self.retry_due(on_new_message))
+            if self.notices is not None:
+                self._notifier = asyncio.ensure_future(self.deliver_notices(on_new_message))
 
         @whatsapp_webhook.listener("before_server_stop")
         async def stop_background_work(app, loop) -> None:

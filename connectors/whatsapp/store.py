@@ -417,6 +417,14 @@ class ChannelStore:
             if record is not None:
                 record.state, record.handled_at = state, utcnow()
 
+    def reply_by_of(self, sender: str) -> str:
+        """How replies to this sender are addressed: "to" for a phone number's wa_id, "recipient"
+        for a business-scoped user id (as their latest message came)."""
+        with session_scope(self.engine) as s:
+            latest = s.execute(select(InboundRecord.reply_by).where(InboundRecord.sender == sender)
+                               .order_by(InboundRecord.id.desc()).limit(1)).scalar_one_or_none()
+            return latest or "to"
+
     def window_open(self, sender: str, now: Optional[dt.datetime] = None) -> bool:
         """Whether a free-form reply is allowed: the customer wrote within the last 24 hours."""
         with session_scope(self.engine) as s:

@@ -37,7 +37,7 @@ async def desk(system):
 
 def queue_ticket(desk, sender=ONE_CARD):
     customer = desk.system.find_customer(sender)
-    return desk.open_ticket(sender, "to", customer.id, "4821", "customer_asked",
+    return desk.open_ticket(sender, customer.id, "4821", "customer_asked",
                             {"customer_name": customer.first_name}, [("customer", "agent please")], "summary")
 
 
