@@ -40,6 +40,7 @@ class Settings:
     callback_within_hours: int = CALLBACK_WITHIN_HOURS
     # e-mail to customers (service request references and updates): smtp://[user:password@]host:port,
     # smtps:// for TLS from the start, smtp+starttls:// to upgrade; unset: no e-mail
+    proof_dir: Path = PROJECT_ROOT / "var" / "proofs"  # signed proofs of resolution, kept as records
     smtp_url: str = ""
     mail_from: str = "CardCare Bank <noreply@cardcare.example>"
 
@@ -59,6 +60,7 @@ class Settings:
             payment_link_ttl_minutes=int(env.get("CARDCARE_PAYMENT_LINK_TTL_MINUTES", "30")),
             statement_dir=Path(env.get("CARDCARE_STATEMENT_DIR", str(PROJECT_ROOT / "var" / "statements"))),
             support_phone=env.get("CARDCARE_SUPPORT_PHONE", "1800 266 0000"),
+            proof_dir=Path(env.get("CARDCARE_PROOF_DIR", str(PROJECT_ROOT / "var" / "proofs"))),
             smtp_url=env.get("CARDCARE_SMTP_URL", ""),
             mail_from=env.get("CARDCARE_MAIL_FROM", "CardCare Bank <noreply@cardcare.example>"),
         )

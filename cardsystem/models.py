@@ -345,3 +345,17 @@ class HandoffMessage(Base):
     text = Column(Text, nullable=False, default="")
     attachment = Column(Text, nullable=True)  # JSON of the channel's attachment metadata
     created_at = Column(DateTime, nullable=False)
+
+
+class RequestFeedback(Base):
+    """What a customer said on the feedback page of a closed request; one per link (its nonce)."""
+
+    __tablename__ = "service_request_feedback"
+
+    id = Column(Integer, primary_key=True)
+    nonce = Column(String(32), nullable=False, unique=True)   # the link's: a link is used once
+    reference = Column(String(20), nullable=False, index=True)
+    rating = Column(Integer, nullable=True)                   # 1 (poor) to 5 (excellent)
+    comment = Column(Text, nullable=True)
+    escalated = Column(Boolean, nullable=False, default=False)
+    at = Column(DateTime, nullable=False)

@@ -51,6 +51,25 @@ def api_enabled(env: Mapping[str, str]) -> bool:
     return env.get("RASA_ENABLE_API", "").strip().lower() in ("1", "true", "yes", "on")
 
 
+def _signing_problems(env: Mapping[str, str]) -> List[str]:
+    """The bank's key and certificate for signing proofs of resolution: set, readable, matching, and
+    not the development pair."""
+    from cardsystem.requests.proof import CERT_ENV, DEV_COMMON_NAME, KEY_ENV, PASSWORD_ENV, load_signer
+
+    key, cert = env.get(KEY_ENV, "").strip(), env.get(CERT_ENV, "").strip()
+    if not key or not cert:
+        return [f"{KEY_ENV} and {CERT_ENV} must name the bank's signing key and certificate (PEM files): "
+                "resolved service requests get a signed proof"]
+    try:
+        password = env.get(PASSWORD_ENV)
+        pair = load_signer(key, cert, password.encode("utf-8") if password else None)
+    except Exception as exc:  # unreadable, wrong password, key and certificate that do not match
+        return [f"{KEY_ENV}/{CERT_ENV} cannot be used: {type(exc).__name__}: {str(exc)[:120]}"]
+    if pair.common_name == DEV_COMMON_NAME:
+        return [f"{KEY_ENV}/{CERT_ENV} are the development signing pair: use the bank's own"]
+    return []
+
+
 def problems(env: Optional[Mapping[str, str]] = None) -> List[str]:
     """Everything that keeps this environment from serving customers, one line per variable."""
     env = os.environ if env is None else env
@@ -77,6 +96,7 @@ def problems(env: Optional[Mapping[str, str]] = None) -> List[str]:
     if "WHATSAPP_PHONE_NUMBER_ID" in env and env["WHATSAPP_PHONE_NUMBER_ID"].strip() \
             and not env["WHATSAPP_PHONE_NUMBER_ID"].strip().isdigit():
         found.append("WHATSAPP_PHONE_NUMBER_ID must be the number's numeric id from the WhatsApp Manager")
+    found += _signing_problems(env)
     if env.get("CARDCARE_DESK_API_TOKENS", "").strip():
         try:
             tokens = [token for _, token in parse_desk_tokens(env["CARDCARE_DESK_API_TOKENS"])]

@@ -136,3 +136,27 @@ def buttons_of(messages: List[Dict[str, Any]], domain: Dict[str, Any]) -> List[D
         if message.get("response") and not message.get("buttons"):
             found += domain["responses"][message["response"]][0].get("buttons") or []
     return found
+
+
+@pytest.fixture(scope="session")
+def signing_pair(tmp_path_factory):
+    """A development signing pair of the tests' own, (key path, cert path): proofs signed in tests
+    never touch var/signing."""
+    from cardsystem.requests.proof import ensure_dev_pair
+
+    return ensure_dev_pair(tmp_path_factory.mktemp("signing") / "pair")
+
+
+@pytest.fixture
+def make_desk(system, signing_pair, tmp_path):
+    """A service desk on the test's card system with a given clock, its proofs in tmp_path."""
+    from cardsystem.requests.desk import ServiceDesk
+    from cardsystem.requests.proof import load_signer
+    from cardsystem.requests.rules import DeskRules
+
+    signer = load_signer(*signing_pair)
+
+    def make(now=lambda: NOW, email=False):
+        return ServiceDesk(engine=system.engine, rules=DeskRules.load(), now=now, email=email,
+                           proof_dir=tmp_path / "proofs", signer=signer)
+    return make

@@ -11,10 +11,8 @@ import pytest_asyncio
 from sanic import Sanic
 
 from cardsystem.config import parse_desk_tokens
-from cardsystem.requests.desk import ServiceDesk
-from cardsystem.requests.rules import DeskRules
 from connectors.desk_api import ServiceDeskAPI, openapi
-from tests.conftest import NOW, ONE_CARD
+from tests.conftest import ONE_CARD
 from tests.servers import free_port
 
 pytestmark = pytest.mark.asyncio
@@ -24,11 +22,11 @@ _names = itertools.count()
 
 
 @pytest_asyncio.fixture
-async def api(system):
+async def api(system, make_desk):
     servers = []
 
     async def start(tokens):
-        desk = ServiceDesk(engine=system.engine, rules=DeskRules.load(), now=lambda: NOW, email=False)
+        desk = make_desk()
         app = Sanic(f"desk_api_test_{next(_names)}")
         Sanic.test_mode = True
         app.blueprint(ServiceDeskAPI(tokens, desk=desk).blueprint(None), url_prefix="/webhooks/desk")
@@ -119,3 +117,16 @@ def test_make_serve_refuses_weak_or_shared_api_tokens():
     assert problems({**env, "CARDCARE_DESK_API_TOKENS": "core:short"})
     assert problems({**env, "CARDCARE_DESK_API_TOKENS": f"core:{CORE},crm:{CORE}"})
     assert problems({**env, "CARDCARE_DESK_API_TOKENS": f"core:{CORE},crm:{CRM}"}) == []
+
+
+def test_make_serve_needs_the_banks_own_signing_pair(signing_pair):
+    from cardsystem.preflight import problems
+    from tests.test_serve import production_secrets
+
+    env = {**production_secrets(), "CARDCARE_ENV": "production"}
+    missing = {k: v for k, v in env.items() if k != "CARDCARE_SIGNING_CERT"}
+    assert any("CARDCARE_SIGNING_KEY and CARDCARE_SIGNING_CERT" in p for p in problems(missing))
+    development = {**env, "CARDCARE_SIGNING_KEY": str(signing_pair[0]), "CARDCARE_SIGNING_CERT": str(signing_pair[1])}
+    assert any("development signing pair" in p for p in problems(development))
+    mismatched = {**env, "CARDCARE_SIGNING_CERT": str(signing_pair[1])}
+    assert any("cannot be used" in p for p in problems(mismatched))

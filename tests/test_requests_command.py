@@ -24,9 +24,11 @@ def run(env, *args, check=True):
 
 
 @pytest.fixture
-def sqlite_env(tmp_path, seeded_template):
+def sqlite_env(tmp_path, seeded_template, signing_pair):
     (tmp_path / "cards.db").write_bytes(seeded_template.read_bytes())
-    return {**os.environ, "CARDCARE_DB_URL": f"sqlite:///{tmp_path / 'cards.db'}", "PYTHONPATH": str(ROOT)}
+    return {**os.environ, "CARDCARE_DB_URL": f"sqlite:///{tmp_path / 'cards.db'}", "PYTHONPATH": str(ROOT),
+            "CARDCARE_PROOF_DIR": str(tmp_path / "proofs"), "CARDCARE_STATEMENT_DIR": str(tmp_path / "files"),
+            "CARDCARE_SIGNING_KEY": str(signing_pair[0]), "CARDCARE_SIGNING_CERT": str(signing_pair[1])}
 
 
 def test_list_show_set_status_and_figures(sqlite_env):

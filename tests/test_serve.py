@@ -34,8 +34,20 @@ AGENT_PASSWORD = "a-long-agent-password"
 NGINX = shutil.which("nginx") or (Path("/usr/sbin/nginx") if Path("/usr/sbin/nginx").exists() else None)
 
 
+def signing_pair() -> tuple:
+    """A stand-in for the bank's signing key and certificate (not the development pair)."""
+    import tempfile
+
+    from cardsystem.requests.proof import ensure_dev_pair
+
+    folder = Path(tempfile.gettempdir()) / f"cardcare-test-signing-{os.getuid()}"
+    return ensure_dev_pair(folder, common_name="CardCare Bank test signer")
+
+
 def production_secrets() -> dict:
+    key, cert = signing_pair()
     return {
+        "CARDCARE_SIGNING_KEY": str(key), "CARDCARE_SIGNING_CERT": str(cert),
         "WHATSAPP_APP_SECRET": secrets.token_hex(16), "WHATSAPP_ACCESS_TOKEN": "EAA" + secrets.token_hex(24),
         "WHATSAPP_VERIFY_TOKEN": secrets.token_hex(12), "WHATSAPP_PHONE_NUMBER_ID": "109876543210987",
         "CARDCARE_PAYMENT_LINK_SECRET": secrets.token_hex(16), "CARDCARE_FILES_SECRET": secrets.token_hex(16),

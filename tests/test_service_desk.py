@@ -13,7 +13,6 @@ from cardsystem.errors import NotAllowed, NotFound
 from cardsystem.models import CustomerNotice, DeskAlert
 from cardsystem.requests import notices
 from cardsystem.requests.calendar import WorkCalendar
-from cardsystem.requests.desk import ServiceDesk
 from cardsystem.requests.rules import DeskRules, check_move
 from tests.conftest import NOW, ONE_CARD, TWO_CARDS
 
@@ -37,8 +36,8 @@ def clock():
 
 
 @pytest.fixture
-def desk(system, clock):
-    return ServiceDesk(engine=system.engine, rules=RULES, now=clock, email=False)
+def desk(make_desk, clock):
+    return make_desk(clock)
 
 
 def limit_request(system):
@@ -155,8 +154,8 @@ def test_a_refused_move_writes_nothing(system, desk):
     assert len(desk.request(request.reference)["history"]) == 1 and desk.request(request.reference)["notices"] == []
 
 
-def test_e_mail_notices_only_where_the_customer_has_an_address_and_smtp_is_set(system, clock):
-    desk = ServiceDesk(engine=system.engine, rules=RULES, now=clock, email=True)
+def test_e_mail_notices_only_where_the_customer_has_an_address_and_smtp_is_set(system, make_desk, clock):
+    desk = make_desk(clock, email=True)
     _, request = limit_request(system)
     desk.set_status(request.reference, "in_progress", "", "api:core")
     told = desk.request(request.reference)["notices"]
@@ -258,7 +257,7 @@ def test_the_clock_stops_while_waiting_for_the_customer_and_when_closed(system, 
     assert first.reference not in [r["reference"] for r in desk.worklist(overdue=True)]
 
 
-def test_the_delay_job_on_two_instances_acts_once_per_breach(system, clock):
+def test_the_delay_job_on_two_instances_acts_once_per_breach(system, make_desk, clock):
     customers = [system.find_customer(ONE_CARD), system.find_customer(TWO_CARDS)]
     references = []
     for customer in customers:
@@ -266,7 +265,7 @@ def test_the_delay_job_on_two_instances_acts_once_per_breach(system, clock):
             references.append(system.request_limit_increase(customer.id, card.last4,
                                                             card.credit_limit_paise + 1_000_000).reference)
     clock.moment = dt.datetime(2026, 12, 15, 10)
-    desks = [ServiceDesk(engine=system.engine, rules=RULES, now=clock, email=False) for _ in range(2)]
+    desks = [make_desk(clock) for _ in range(2)]
     reports, start = [], threading.Barrier(2)
 
     def run(d):
@@ -312,3 +311,74 @@ def test_figures_per_kind(system, desk, clock):
     figures = {f["kind"]: f for f in desk.figures()["kinds"]}
     limit = figures["limit_increase"]
     assert limit["opened"] >= 1 and limit["resolved_in_time"] >= 1 and limit["median_hours_to_resolve"] == 49.5
+
+
+# -- the signed proof and the feedback link ----------------------------------------------------------------
+def test_resolving_signs_a_proof_and_sends_it_with_a_feedback_link(system, desk, signing_pair, tmp_path):
+    from cardsystem.requests.proof import verify_proof
+
+    _, request = limit_request(system)
+    desk.set_status(request.reference, "resolved", "Limit raised to Rs 3,50,000 from 1 December", "agent:asha")
+    pdf = desk.proof(request.reference)
+    checked = verify_proof(pdf, signing_pair[1].read_bytes())
+    assert checked["intact"] and checked["valid"] and checked["trusted"] and checked["coverage"] == "ENTIRE_FILE"
+    told = desk.request(request.reference)["notices"][-1]
+    assert told["document"]["proof"] == f"{request.reference}.pdf" and "/webhooks/feedback/" in told["text"]
+    box = notices.NoticeBox(engine=system.engine, proof_dir=tmp_path / "proofs", files_dir=tmp_path / "files")
+    taken = [n for n in box.take("whatsapp") if n.reference == request.reference]
+    assert taken[0].document["link"].split("/")[-1] == f"CardCare-{request.reference}-proof.pdf"
+    from cardsystem import files
+    token = taken[0].document["link"].split("/")[-2]
+    assert files.resolve(tmp_path / "files", token).read_bytes() == pdf
+    with pytest.raises(NotFound):
+        desk.proof(limit_request(system)[1].reference)
+
+
+def feedback_token(desk, reference):
+    text = desk.request(reference)["notices"][-1]["text"]
+    return text.rsplit("/webhooks/feedback/", 1)[1].split()[0]
+
+
+def test_feedback_link_is_signed_expires_and_is_used_once(system, desk, clock):
+    from cardsystem.requests import feedback
+
+    _, request = limit_request(system)
+    desk.set_status(request.reference, "rejected", "Income below the policy", "agent:asha")
+    token = feedback_token(desk, request.reference)
+    assert desk.feedback_page(token)["closed"]
+    reference, expires, nonce, signature = token.split(".")
+    for forged in (f"{reference}.{int(expires) + 86400}.{nonce}.{signature}",
+                   f"LMT000000ABCD.{expires}.{nonce}.{signature}", token[:-1] + ("0" if token[-1] != "0" else "1"),
+                   "", "../../etc/passwd", token + "x" * 200):
+        with pytest.raises(feedback.BadLink) as refused:
+            desk.give_feedback(forged, 5, "", False)
+        assert refused.value.code == "invalid"
+    with pytest.raises(feedback.BadLink) as late:
+        feedback.read_token(token, now=int(expires) + 1)
+    assert late.value.code == "expired"
+    with pytest.raises(NotAllowed):
+        desk.give_feedback(token, 9, "", False)
+    done = desk.give_feedback(token, 2, "Slow, and card 4111 1111 1111 1111 was in the letter", False)
+    assert done["reference"] == request.reference and not done["escalated"]
+    shown = desk.request(request.reference)
+    assert shown["status"] == "rejected" and shown["history"][-1]["event"] == "feedback"
+    assert "4111 1111 1111 1111" not in shown["history"][-1]["note"] and "rated 2/5" in shown["history"][-1]["note"]
+    for again in (lambda: desk.give_feedback(token, 5, "", False), lambda: desk.feedback_page(token)):
+        with pytest.raises(feedback.BadLink) as used:
+            again()
+        assert used.value.code == "used"
+
+
+def test_escalating_from_the_feedback_page_reopens_one_level_up(system, desk, clock):
+    _, request = limit_request(system)
+    desk.set_status(request.reference, "resolved", "Limit unchanged after review", "agent:asha")
+    clock.moment = dt.datetime(2026, 11, 25, 11, 0)
+    desk.give_feedback(feedback_token(desk, request.reference), 1, "Nobody reviewed my salary slips", True)
+    shown = desk.request(request.reference)
+    assert shown["status"] == "in_progress" and shown["escalation_level"] == 2 and not shown["closed"]
+    assert shown["promised_by"] == CAL.add_working_days(clock.moment, 5).isoformat()
+    assert "Service desk supervisor" in shown["notices"][-1]["text"]
+    with session_scope(system.engine) as s:
+        alert = s.execute(select(DeskAlert).where(DeskAlert.reference == request.reference)).scalars().one()
+    assert alert.role == "supervisor" and "Nobody reviewed my salary slips" in alert.text
+    assert desk.set_status(request.reference, "resolved", "Limit raised after review", "agent:meena")["closed"]

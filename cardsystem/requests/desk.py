@@ -14,7 +14,9 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import os
 import statistics
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
@@ -27,8 +29,9 @@ from cardsystem.db import get_engine, session_scope
 from cardsystem.errors import NotAllowed, NotFound
 from cardsystem.formatting import format_datetime, mask_phone
 from cardsystem.models import (
-    Agent, Attachment, Card, Customer, DeskAlert, ServiceRequest, StatusChange, Transaction,
+    Agent, Card, Customer, DeskAlert, RequestFeedback, ServiceRequest, StatusChange, Transaction,
 )
+from cardsystem.requests import feedback as feedback_links
 from cardsystem.requests import notices, wording
 from cardsystem.requests.rules import (
     ACTIVE, CLOCK_RUNS, CLOSED, IN_PROGRESS, NEEDS_DOCUMENTS, REJECTED, RESOLVED, STATUSES, DeskRules, check_move,
@@ -57,6 +60,20 @@ def _when(moment: Optional[dt.datetime]) -> str:
     return format_datetime(moment) if moment else "-"
 
 
+def _off_the_loop(function: Callable[..., Any], *args: Any) -> Any:
+    """Run `function` here, or in a worker thread when this thread runs an event loop (pyHanko
+    signs with its own loop, which cannot start inside a running one)."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return function(*args)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(function, *args).result()
+
+
 def _mask_email(email: Optional[str]) -> Optional[str]:
     if not email or "@" not in email:
         return None
@@ -69,13 +86,14 @@ class ServiceDesk:
 
     def __init__(self, db_url: Optional[str] = None, rules: Optional[DeskRules] = None,
                  now: Optional[Callable[[], dt.datetime]] = None, email: Optional[bool] = None,
-                 engine: Optional[Engine] = None) -> None:
-        needs_settings = (db_url is None and engine is None) or email is None
-        settings = Settings.from_env() if needs_settings else None
+                 engine: Optional[Engine] = None, proof_dir: Optional[Path] = None, signer: Any = None) -> None:
+        settings = Settings.from_env()
         self.engine = engine or get_engine(db_url or settings.db_url)
         self.rules = rules or DeskRules.load()
         self._now = now or self.rules.calendar.local_now
         self.email = bool(settings.smtp_url) if email is None else email  # e-mail notices only with SMTP set up
+        self.proof_dir = Path(proof_dir or settings.proof_dir)
+        self.signer = signer  # the bank's signing pair (None: cardsystem.requests.proof.signer_from_env)
 
     def now(self) -> dt.datetime:
         return self._now()
@@ -202,14 +220,18 @@ class ServiceDesk:
             else:  # REJECTED
                 r.resolution, r.closed_at = text, now
                 message = wording.REJECTED.format(reason=text.rstrip("."), **values)
+            if status in CLOSED:
+                message += " " + wording.FEEDBACK.format(link=feedback_links.feedback_url(r.reference))
             r.status, r.updated_at = status, now
             if agent_id is not None and r.assigned_agent_id is None:
                 r.assigned_agent_id = agent_id
             change = self._history(s, r, status, text or None, actor, "status", now)
             audit.record(s, "request_status", r.customer_id, "service_request", r.reference,
                          {"from": previous, "to": status, "note": text[:200]}, actor=actor)
+            # the proof is signed inside the change: no resolution is recorded without it
+            document = self._proof(s, r, customer, rule) if status == RESOLVED else None
             notices.queue(s, customer, f"{r.reference}:h{change.id}", message, r.reference,
-                          wording.UPDATE_SUBJECT.format(reference=r.reference), email=self.email)
+                          wording.UPDATE_SUBJECT.format(reference=r.reference), email=self.email, document=document)
             logger.info("request %s %s -> %s by %s", r.reference, previous, status, actor)
         return self.request(reference)
 
@@ -273,6 +295,108 @@ class ServiceDesk:
                          {"back_to_desk": back_to_desk, "mime_type": attachment.get("mime_type")}, actor=actor)
             return {"reference": r.reference, "status": r.status, "promised_by": r.promised_by,
                     "back_to_desk": back_to_desk, "message": message, "label": rule.label}
+
+    def _proof(self, s: Any, r: ServiceRequest, customer: Customer, rule: Any) -> Dict[str, Any]:
+        """Sign the proof of resolution (cardsystem.requests.proof) and keep it in proof_dir."""
+        from cardsystem.requests.proof import make_proof
+
+        s.flush()
+        s.refresh(r)
+        card = s.get(Card, r.card_id) if r.card_id else None
+        data = {"reference": r.reference, "label": rule.label, "status": r.status,
+                "customer": {"name": customer.name, "phone": mask_phone(customer.phone)},
+                "card_last4": card.last4 if card else None, "created_at": r.created_at.isoformat(),
+                "first_promised_by": (r.first_promised_by or r.promised_by).isoformat(),
+                "closed_at": r.closed_at.isoformat() if r.closed_at else None, "resolution": r.resolution,
+                "history": [{"status": h.status, "note": h.note, "actor": h.actor or "bot", "at": h.at.isoformat(),
+                             "event": h.event or "status"} for h in r.history]}
+        try:
+            pdf = _off_the_loop(make_proof, data, self.signer)
+        except RuntimeError as exc:  # e.g. no signing key configured in production
+            raise NotAllowed("no_signing_key", f"The proof of resolution could not be signed: {exc}") from exc
+        self.proof_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        name = f"{r.reference}.pdf"
+        fd = os.open(self.proof_dir / f".{name}.part", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(pdf)
+        (self.proof_dir / f".{name}.part").replace(self.proof_dir / name)
+        return {"proof": name, "filename": f"CardCare-{r.reference}-proof.pdf",
+                "caption": wording.PROOF_CAPTION.format(reference=r.reference)}
+
+    def proof(self, reference: str) -> bytes:
+        """The signed proof of a resolved request, as sent to the customer."""
+        with session_scope(self.engine) as s:
+            r = self._find(s, reference)
+        path = self.proof_dir / f"{r.reference}.pdf"
+        if not path.exists():
+            raise NotFound("no_proof", "This request has no signed proof (it is not resolved).")
+        return path.read_bytes()
+
+    # -- feedback ---------------------------------------------------------------------------------
+    def feedback_page(self, token: str) -> Dict[str, Any]:
+        """What the feedback page shows for a link (BadLink when forged, expired or used)."""
+        link = feedback_links.read_token(token)
+        with session_scope(self.engine) as s:
+            if s.execute(select(RequestFeedback.id).where(RequestFeedback.nonce == link.nonce)).first():
+                raise feedback_links.BadLink("used", "We already have your feedback from this link. Thank you!")
+            r = self._find(s, link.reference)
+            return {"reference": r.reference, "label": self.rules.kind(r.kind).label, "status": r.status,
+                    "resolution": r.resolution, "closed": r.status in CLOSED}
+
+    def give_feedback(self, token: str, rating: Optional[int], comment: Optional[str],
+                      escalate: bool) -> Dict[str, Any]:
+        """Record a customer's rating and comment; an escalation re-opens the request one rung up
+        the ladder, alerts that rung and tells the customer the new date. Once per link."""
+        from sqlalchemy.exc import IntegrityError
+        from cardsystem.formatting import redact_card_numbers
+
+        link = feedback_links.read_token(token)
+        if rating is not None and rating not in range(1, 6):
+            raise NotAllowed("bad_rating", "Choose a rating from 1 to 5.")
+        text = redact_card_numbers(" ".join((comment or "").split()))[:1000]
+        if rating is None and not text and not escalate:
+            raise NotAllowed("empty", "Choose a rating, write a comment or ask to escalate.")
+        now = self.now()
+        try:
+            with session_scope(self.engine) as s:
+                r = self._find(s, link.reference, lock=True)
+                s.add(RequestFeedback(nonce=link.nonce, reference=r.reference, rating=rating, comment=text or None,
+                                      escalated=escalate, at=now))
+                s.flush()  # a second use of the link stops here (unique nonce)
+                said = (f"rated {rating}/5" if rating else "feedback") + (f": {text}" if text else "")
+                self._history(s, r, r.status, said[:300], "customer", "feedback", now)
+                audit.record(s, "request_feedback", r.customer_id, "service_request", r.reference,
+                             {"rating": rating, "escalate": escalate}, actor="customer")
+                if escalate:
+                    self._reopen(s, r, text, now)
+        except IntegrityError:
+            raise feedback_links.BadLink("used", "We already have your feedback from this link. Thank you!")
+        return {"reference": link.reference, "escalated": escalate,
+                "message": wording.FEEDBACK_THANKS.format(reference=link.reference)}
+
+    def _reopen(self, s: Any, r: ServiceRequest, comment: str, now: dt.datetime) -> None:
+        rule = self.rules.kind(r.kind)
+        target = min((r.escalation_level or 1) + 1, max(self.rules.top, 1))
+        level = self.rules.level(target)
+        r.escalation_level = target
+        r.status, r.closed_at, r.updated_at = IN_PROGRESS, None, now
+        r.promised_by = self.rules.calendar.add_working_days(now, level.days if level else self.rules.delay_days)
+        name = level.name if level else "senior team"
+        change = self._history(s, r, IN_PROGRESS, f"{wording.ESCALATION_ASKED}; level {target} ({name})",
+                               "customer", "escalation", now)
+        audit.record(s, "request_reopened", r.customer_id, "service_request", r.reference, {"level": target},
+                     actor="customer")
+        alert = wording.ALERT_REOPENED.format(reference=r.reference, label=rule.label, comment=comment or "-")
+        self._alert(s, r, f"f{change.id}", level.role if level else "supervisor", alert, now)
+        customer = s.get(Customer, r.customer_id)
+        if level is not None and level.role == "ombudsman":
+            message = wording.OMBUDSMAN.format(label=rule.label, reference=r.reference, level=name,
+                                               contact=level.contact or "")
+        else:
+            message = wording.REOPENED.format(label=rule.label, reference=r.reference, level=name,
+                                              promised=_when(r.promised_by))
+        notices.queue(s, customer, f"{r.reference}:h{change.id}", message, r.reference,
+                      wording.UPDATE_SUBJECT.format(reference=r.reference), email=self.email)
 
     def _resume_clock(self, r: ServiceRequest, rule: Any, now: dt.datetime) -> None:
         days = r.paused_days if rule.documents_clock == "pause" and r.paused_days else rule.days_for(r.reason)

@@ -13,11 +13,13 @@ import datetime as dt
 import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.engine import Engine
 
+from cardsystem import files
 from cardsystem.db import get_engine, session_scope
 from cardsystem.models import Customer, CustomerNotice, utcnow
 
@@ -63,12 +65,15 @@ class NoticeBox:
     """The deliverers' side: take due notices of a medium, settle them."""
 
     def __init__(self, db_url: Optional[str] = None, engine: Optional[Engine] = None,
-                 held_recheck_seconds: float = HELD_RECHECK_SECONDS) -> None:
-        if engine is None:
-            from cardsystem.config import Settings
-            engine = get_engine(db_url or Settings.from_env().db_url)
-        self.engine = engine
+                 held_recheck_seconds: float = HELD_RECHECK_SECONDS, proof_dir: Optional[Path] = None,
+                 files_dir: Optional[Path] = None) -> None:
+        from cardsystem.config import Settings
+
+        settings = Settings.from_env()
+        self.engine = engine or get_engine(db_url or settings.db_url)
         self.held_recheck = dt.timedelta(seconds=held_recheck_seconds)
+        self.proof_dir = Path(proof_dir or settings.proof_dir)
+        self.files_dir = Path(files_dir or settings.statement_dir)
 
     def take(self, medium: str, limit: int = 50, now: Optional[dt.datetime] = None) -> List[Notice]:
         """Due notices of `medium`, each taken by this caller alone (a conditional update)."""
@@ -92,8 +97,21 @@ class NoticeBox:
                                 .execution_options(synchronize_session=False)).rowcount
                 if won:
                     taken.append(Notice(row.id, row.key, row.medium, row.address, row.reference, row.subject, row.text,
-                                        json.loads(row.document) if row.document else None, (row.attempts or 0) + 1))
+                                        self._document(row.document), (row.attempts or 0) + 1))
         return taken
+
+    def _document(self, stored: Optional[str]) -> Optional[Dict[str, Any]]:
+        """A notice's document as a fresh signed link (a kept proof is published for an hour now, so
+        a notice held for days still carries a link that works)."""
+        if not stored:
+            return None
+        document = json.loads(stored)
+        name = document.get("proof")
+        if name and (self.proof_dir / name).is_file():
+            link, _ = files.publish(self.files_dir, (self.proof_dir / name).read_bytes(),
+                                    document.get("filename") or name)
+            document["link"] = link
+        return document
 
     def sent(self, notice_id: int) -> None:
         self._settle(notice_id, state="sent", sent_at=utcnow(), error=None)

@@ -11,9 +11,13 @@ CLOCK_RESTART = "Once it arrives we'll complete your request within {days} worki
 DOCUMENTS_RECEIVED = ("Thank you, we've received your document for {reference} and passed it to the desk. "
                       "We'll complete it by {promised}.")
 DOCUMENTS_MORE = "Thank you, we've added your document to {reference}. The desk will look at it with the rest."
-RESOLVED = "{done}. Reference {reference}: {resolution}"
+RESOLVED = "{done}. Reference {reference}: {resolution} Your signed proof follows."
+FEEDBACK = "How did we do? Rate us or, if it is not sorted, escalate it here: {link}"
+PROOF_CAPTION = "Signed proof of resolution, reference {reference}"
+FEEDBACK_THANKS = "Thank you for your feedback on {reference}."
 REJECTED = ("We could not complete your {label} request {reference}: {reason}. "
             "If you disagree, reply here and ask for a person.")
+ESCALATION_ASKED = "escalated by the customer from the feedback page"
 DELAY = ("Sorry, your {label} request {reference} is taking longer than we promised ({old}). {reason} "
          "We'll complete it by {promised}.")
 DELAY_REASON_DEFAULT = "Our checks need a little more time."

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from cardsystem.requests.desk import ServiceDesk
 from cardsystem.requests.notices import NoticeBox
-from cardsystem.requests.rules import DeskRules
-from tests.conftest import NOW, ONE_CARD, TWO_CARDS
+from tests.conftest import ONE_CARD, TWO_CARDS
 from tests.whatsapp.test_channel import post, settle
 from tests.whatsapp.test_channel_sandbox import world  # noqa: F401  (fixture)
 from tests.whatsapp.test_pieces import envelope, message
@@ -26,10 +24,10 @@ def limit_request(system, sender):
     return system.request_limit_increase(customer.id, card.last4, card.credit_limit_paise + 5_000_000)
 
 
-async def test_status_changes_are_told_once_inside_the_window_and_held_outside(world, system):
+async def test_status_changes_are_told_once_inside_the_window_and_held_outside(world, system, make_desk):
     outbox, start_bot, bot_port, _ = world
     box = NoticeBox(engine=system.engine, held_recheck_seconds=0)
-    desk = ServiceDesk(engine=system.engine, rules=DeskRules.load(), now=lambda: NOW, email=False)
+    desk = make_desk()
 
     async def bot(user_message):
         await user_message.output_channel.send_text_message(user_message.sender_id, "Hello!")

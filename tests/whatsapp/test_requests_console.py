@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from cardsystem.requests.desk import ServiceDesk
 from cardsystem.requests.notices import NoticeBox
-from cardsystem.requests.rules import DeskRules
-from tests.conftest import NOW, ONE_CARD
+from tests.conftest import ONE_CARD
 from tests.whatsapp.test_channel import post, settle
 from tests.whatsapp.test_channel_sandbox import PNG, world  # noqa: F401  (fixture)
 from tests.whatsapp.test_handoff_channel import Console, desk_with_agents, until
@@ -22,17 +20,18 @@ def texts_to(outbox, number):
             if m["message"].get("to") == number and m["message"].get("type") == "text"]
 
 
-async def test_an_executive_works_a_request_and_the_customer_hears_each_step(world, system):
+async def test_an_executive_works_a_request_and_the_customer_hears_each_step(world, system, make_desk):
     outbox, start_bot, bot_port, _ = world
     agents = desk_with_agents(system)
     agents.create_agent("meena", "Meena", "a-supervisor-password", role="supervisor")
-    service = ServiceDesk(engine=system.engine, rules=DeskRules.load(), now=lambda: NOW, email=False)
+    service = make_desk()
 
     async def bot(user_message):
         await user_message.output_channel.send_text_message(user_message.sender_id, "Noted.")
 
-    channel, url = await start_bot(bot, port=bot_port, desk=agents, service_desk=service,
-                                   notices=NoticeBox(engine=system.engine))
+    # documents go by link here (no statement-file server in this test to fetch them from for an upload)
+    channel, url = await start_bot(bot, port=bot_port, desk=agents, service_desk=service, upload_documents=False,
+                                   notices=NoticeBox(engine=system.engine, proof_dir=service.proof_dir))
     await post(url, envelope(message("text", {"body": "hello"}, "wamid.r1")))
     await settle(channel)
     customer = system.find_customer(ONE_CARD)
@@ -87,6 +86,11 @@ async def test_an_executive_works_a_request_and_the_customer_hears_each_step(wor
     assert await until(lambda: any(t.startswith("Your credit limit request has been decided") for t in
                                    texts_to(outbox, ONE_CARD)))
     assert [h["actor"] for h in done["history"]][-1] == "agent:priya"
+    documents = lambda: [m["message"]["document"] for m in outbox.messages  # noqa: E731
+                         if m["message"].get("to") == ONE_CARD and m["message"].get("type") == "document"]
+    assert await until(lambda: documents())
+    assert documents()[-1]["filename"] == f"CardCare-{request.reference}-proof.pdf"
+    assert "/webhooks/files/statements/" in documents()[-1]["link"]
     status, figures = await meena.get("/figures")
     assert status == 200 and any(f["kind"] == "limit_increase" and f["resolved_in_time"] >= 1 for f in figures["kinds"])
     for console in (stranger, priya, meena):
