@@ -55,6 +55,7 @@ reseed: $(STAMP) ## recreate the card system's demo data from scratch
 run: $(STAMP) $(MODEL) $(DB) ## the developers' demo on 127.0.0.1: action server, Rasa with REST and API (:5005), WhatsApp sandbox (:5006)
 	@echo "Starting the action server (:$(ACTION_PORT)), Rasa (:$(RASA_PORT)) and the WhatsApp sandbox (:$(SANDBOX_PORT))."
 	@$(PY) -m cardsystem.agents demo
+	@$(PY) -m cardsystem.requests.proof dev-pair
 	@echo ">>> Chat page: http://localhost:$(SANDBOX_PORT)/   Agent console: http://localhost:$(RASA_PORT)/webhooks/whatsapp/agents   (Ctrl-C stops everything)"
 	@umask 077; sed 's|localhost:5055|127.0.0.1:$(ACTION_PORT)|' endpoints.yml > var/endpoints.run.yml; \
 	export WHATSAPP_API_BASE=$${WHATSAPP_API_BASE:-http://127.0.0.1:$(SANDBOX_PORT)} \

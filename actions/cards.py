@@ -8,6 +8,7 @@ from typing import Any, Dict, List, Text
 from rasa_sdk.events import EventType, SlotSet
 
 from actions.common import CustomerAction, card_label, card_system, current_customer, in_thread, money
+from actions.session import FORM_SLOTS
 from actions.forms import DECLINED_SLOT, AskWithChoices, ConfirmedSubmit, latest_intent, CardFormValidation
 from cardsystem.formatting import format_date, parse_amount_paise
 
@@ -19,8 +20,6 @@ BLOCK_WORDS = (
               "left my card", "left it", "forgot my card", "dropped", "gir gaya", "nahi mil")),
 )
 BLOCK_REASON_BUTTONS = (("Lost", "lost"), ("Stolen", "stolen"), ("Suspicious activity", "suspicious"))
-BLOCK_SLOTS = ("block_reason", "block_confirm")
-LIMIT_SLOTS = ("new_limit", "limit_confirm")
 
 
 _LEFT_SOMEWHERE = re.compile(r"\b(?:left|forgot|dropped|lost)\b.{0,30}\bcard\b|\bcard\b.{0,30}\b(?:left|fell|dropped)\b", re.I)
@@ -103,7 +102,7 @@ class ActionBlockCard(ConfirmedSubmit):
 
     stranger_response = "utter_lost_card_stranger"
     form_name = "block_card_form"
-    form_slots = BLOCK_SLOTS
+    form_slots = FORM_SLOTS["block_card_form"]
     confirm_slot = "block_confirm"
     declined_response = "utter_block_declined"
 
@@ -197,7 +196,7 @@ class ActionAskLimitConfirm(CustomerAction):
 
 class ActionRequestLimitIncrease(ConfirmedSubmit):
     form_name = "limit_increase_form"
-    form_slots = LIMIT_SLOTS
+    form_slots = FORM_SLOTS["limit_increase_form"]
     confirm_slot = "limit_confirm"
     declined_response = "utter_limit_declined"
 

@@ -37,8 +37,22 @@ def card_system() -> CardSystem:
 
 def use_card_system(system: Optional[CardSystem]) -> None:
     """Point every action at `system` (tests use a seeded temporary database)."""
-    global _system
-    _system = system
+    global _system, _desk
+    _system, _desk = system, None
+
+
+_desk = None
+
+
+def service_desk():
+    """The service desk on the card system's database and clock (cardsystem.requests.desk)."""
+    global _desk
+    if _desk is None:
+        from cardsystem.requests.desk import ServiceDesk
+
+        system = card_system()
+        _desk = ServiceDesk(engine=system.engine, rules=system.desk_rules, now=system.now)
+    return _desk
 
 
 async def in_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -205,6 +219,11 @@ REQUEST_ACTIONS: Dict[Text, Text] = {
     "block_card": "block_card_form",
     "redeem_rewards": "redeem_form",
     "request_limit_increase": "limit_increase_form",
+    "change_address": "address_change_form",
+    "change_email": "email_change_form",
+    "replace_card": "replace_card_form",
+    "close_card": "close_card_form",
+    "pending_documents": "action_pending_documents",
     "talk_to_human": "action_handoff",
     "request_callback": "action_book_callback",
     "help": "utter_help",

@@ -20,7 +20,9 @@ logger = logging.getLogger(__name__)
 PENDING_ATTACHMENT = "pending_attachment"
 LEFT_SLOT = "left_request"  # the form left for another request, offered again once that is done
 FORM_NAMES = {"statement_form": "the statement", "dispute_form": "the dispute", "block_card_form": "blocking the card",
-              "redeem_form": "the redemption", "limit_increase_form": "the limit request", "rating_form": "the rating"}
+              "redeem_form": "the redemption", "limit_increase_form": "the limit request", "rating_form": "the rating",
+              "address_change_form": "the address change", "email_change_form": "the e-mail change",
+              "replace_card_form": "the card replacement", "close_card_form": "closing the card"}
 
 
 def payload_intent(payload: Text) -> Optional[Text]:
@@ -100,8 +102,9 @@ class ActionSwitchForm(Action):
 
 
 class ActionMediaReceived(Action):
-    """A photo or document outside the dispute questions: kept for the dispute it belongs to
-    (the one just raised, or the next one), never dropped."""
+    """A photo or document outside the dispute questions, never dropped: the document a request
+    waits for (it goes back to the desk, the clock rule applied and told), else added to the
+    dispute just raised, else kept for the request the customer raises next."""
 
     def name(self) -> Text:
         return "action_media_received"
@@ -115,6 +118,14 @@ class ActionMediaReceived(Action):
             return []
         customer = await current_customer(tracker)
         reference = tracker.get_slot("reference_id") or ""
+        if customer is not None:
+            from actions.common import service_desk
+
+            waiting = await in_thread(service_desk().pending_from, customer.id)
+            if waiting:
+                got = await in_thread(service_desk().documents_received, customer.id, None, attachment)
+                dispatcher.utter_message(response="utter_documents_received", message=got["message"])
+                return [SlotSet("reference_id", got["reference"])]
         if customer is not None and reference.upper().startswith("DSP"):
             added = await in_thread(card_system().attach_to_request, customer.id, reference, attachment)
             if added:
@@ -122,6 +133,7 @@ class ActionMediaReceived(Action):
                 return []
         dispatcher.utter_message(response="utter_media_kept",
                                  buttons=[{"title": "Report a transaction", "payload": "/report_dispute"},
+                                          {"title": "Change my address", "payload": "/change_address"},
                                           {"title": "Talk to a person", "payload": "/talk_to_human"}])
         return [SlotSet(PENDING_ATTACHMENT, dumps(attachment))]
 

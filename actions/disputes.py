@@ -11,6 +11,7 @@ from rasa_sdk.executor import CollectingDispatcher
 
 from actions.common import card_entity, short_title, CustomerAction, card_label, card_system, current_customer, in_thread, money, pick_card
 from actions.handoff import dispute_needs_a_person, hand_off
+from actions.session import FORM_SLOTS
 from actions.forms import AskWithChoices, ConfirmedSubmit, latest_intent, CardFormValidation, dumps, latest_attachment
 from cardsystem.formatting import format_date, format_datetime, parse_amount_paise
 from cardsystem.months import parse_day
@@ -40,11 +41,8 @@ REASON_BUTTONS = (("Don't recognise it", "not_recognised"), ("Charged twice", "c
                   ("Refund not received", "refund_not_received"), ("Wrong amount", "wrong_amount"),
                   ("Never received it", "not_delivered"))
 SKIP_WORDS = ("skip", "no screenshot", "don't have", "dont have", "nahi hai", "no")
-DISPUTE_SLOTS = ("transaction_id", "dispute_reason", "dispute_attachment", "dispute_confirm")
-KIND_LABELS = {"dispute": "Dispute", "block_card": "Card block & replacement", "limit_increase": "Limit increase",
-               "callback": "Callback request"}
-STATUS_LABELS = {"open": "open", "in_progress": "being worked on", "resolved": "resolved", "rejected": "closed",
-                 "closed": "closed"}
+STATUS_LABELS = {"open": "open", "in_progress": "being worked on", "needs_documents": "waiting for a document from you",
+                 "resolved": "resolved", "rejected": "closed", "closed": "closed"}
 
 
 def describe(txn: TransactionView) -> Text:
@@ -286,7 +284,7 @@ class ActionAskDisputeConfirm(CustomerAction):
 
 class ActionFileDispute(ConfirmedSubmit):
     form_name = "dispute_form"
-    form_slots = DISPUTE_SLOTS
+    form_slots = FORM_SLOTS["dispute_form"]
     confirm_slot = "dispute_confirm"
     declined_response = "utter_dispute_declined"
 
@@ -360,11 +358,19 @@ class ActionDisputeStatus(CustomerAction):
             detail = f"card ending {request.card_last4}"
         else:
             detail = "your request"
-        open_now = request.status in ("open", "in_progress")
-        promise = (f"we'll resolve it by {format_date(request.promised_by.date())}" if open_now
-                   else f"last updated {format_datetime(request.history[-1][1]) if request.history else '-'}")
+        system = card_system()
+        if request.status == "needs_documents":
+            promise = f"please send {request.needs or 'the document we asked for'} here as a photo or PDF"
+        elif request.status in ("open", "in_progress") and request.promised_by < system.now():
+            promise = (f"it is taking longer than the {format_date(request.promised_by.date())} we promised, "
+                       "sorry: our team has been alerted and will tell you the new date")
+        elif request.status in ("open", "in_progress"):
+            promise = f"we'll complete it by {format_datetime(request.promised_by)}"
+        else:
+            done = f"last updated {format_datetime(request.history[-1][1]) if request.history else '-'}"
+            promise = f"{done}: {request.resolution}" if request.resolution else done
         dispatcher.utter_message(
-            response="utter_request_status", kind=KIND_LABELS.get(request.kind, "Request"),
+            response="utter_request_status", kind=system.desk_rules.kind(request.kind).label,
             reference=request.reference, detail=detail, status=STATUS_LABELS.get(request.status, request.status),
             created=format_date(request.created_at.date()), promise=promise,
         )

@@ -193,7 +193,8 @@ class ActionAskCardLast4(CustomerAction):
 
     async def act(self, dispatcher, tracker, domain, customer) -> List[EventType]:
         cards = await in_thread(card_system().cards_of, customer.id)
-        if (tracker.active_loop or {}).get("name") in ("block_card_form", "limit_increase_form"):
+        if (tracker.active_loop or {}).get("name") in ("block_card_form", "limit_increase_form", "replace_card_form",
+                                                         "close_card_form"):
             cards = [c for c in cards if c.is_active]
         dispatcher.utter_message(response="utter_ask_card_last4", buttons=card_buttons(cards, "inform"))
         return []

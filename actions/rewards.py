@@ -7,13 +7,13 @@ from typing import Any, Dict, List, Text
 from rasa_sdk.events import EventType, SlotSet
 
 from actions.common import CustomerAction, card_system, current_customer, in_thread
+from actions.session import FORM_SLOTS
 from actions.forms import CardFormValidation, ConfirmedSubmit
 from cardsystem.formatting import format_date, format_inr
 from cardsystem.views import CustomerView
 
 PAISE_PER_POINT = 25  # 1 point = Rs 0.25
 EXPIRY_HORIZON_DAYS = 90
-REDEEM_SLOTS = ("reward_item", "redeem_confirm")
 FULFILMENT = "Vouchers arrive by SMS and e-mail within 7 days; statement credits show on your next bill"
 
 
@@ -130,7 +130,7 @@ class ActionAskRedeemConfirm(CustomerAction):
 
 class ActionRedeemRewards(ConfirmedSubmit):
     form_name = "redeem_form"
-    form_slots = REDEEM_SLOTS
+    form_slots = FORM_SLOTS["redeem_form"]
     confirm_slot = "redeem_confirm"
     declined_response = "utter_redeem_declined"
 

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, List, Text
+from typing import Any, Dict, List, Text, Tuple
+
+import yaml
 
 from rasa_sdk import Action, Tracker
 from rasa_sdk.events import ActionExecuted, ActiveLoop, EventType, SessionStarted, SlotSet
@@ -11,15 +13,20 @@ from rasa_sdk.executor import CollectingDispatcher
 from actions.common import MAX_MESSAGE_CHARS, current_customer
 from actions.forms import form_reset
 from actions.handoff import hand_off
+from cardsystem.config import PROJECT_ROOT
 
 logger = logging.getLogger(__name__)
-FORM_SLOTS = {
-    "statement_form": ("month",),
-    "dispute_form": ("transaction_id", "dispute_reason", "dispute_attachment", "dispute_confirm"),
-    "block_card_form": ("block_reason", "block_confirm"),
-    "redeem_form": ("reward_item", "redeem_confirm"),
-    "limit_increase_form": ("new_limit", "limit_confirm"),
-}
+
+
+def _form_slots() -> Dict[Text, Tuple[Text, ...]]:
+    """Each form's own answers, from domain.yml (the one place forms are declared); the card is
+    shared by many requests and stays known after a form ends."""
+    domain = yaml.safe_load((PROJECT_ROOT / "domain.yml").read_text(encoding="utf-8"))
+    return {name: tuple(slot for slot in (form or {}).get("required_slots", []) if slot != "card_last4")
+            for name, form in (domain.get("forms") or {}).items() if name != "rating_form"}
+
+
+FORM_SLOTS = _form_slots()
 
 
 class ActionSessionStart(Action):

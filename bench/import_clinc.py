@@ -24,7 +24,6 @@ RENAME = {
     "account_blocked": "faq/account_blocked",
     "apply_card": "faq/apply_card",
     "ask_card_delivery": "faq/replacement_card",
-    "replace_card": "faq/replacement_card",
     "ask_expiry_date": "faq/expiry_date",
     "ask_fees": "faq/fees",
     "ask_interest_rate": "faq/interest_rate",

@@ -31,7 +31,8 @@ import yaml
 from tests.servers import MODEL, RASA, ROOT, free_port, wait_for
 
 OUT = ROOT / "bench" / "out"
-HELDOUT_SETS = (("customers", ROOT / "tests" / "nlu" / "customers.yml"), ("heldout", ROOT / "tests" / "nlu" / "heldout.yml"))
+HELDOUT_SETS = (("customers", ROOT / "tests" / "nlu" / "customers.yml"), ("heldout", ROOT / "tests" / "nlu" / "heldout.yml"),
+                ("requests", ROOT / "tests" / "nlu" / "heldout_requests.yml"))
 DECLINED = {"out_of_scope", "nlu_fallback"}
 CLINC = ROOT.parent / "shared" / "benchmarks" / "clinc150-cards"
 INTENT_MAP = ROOT / "bench" / "clinc_intent_map.yml"

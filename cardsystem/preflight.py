@@ -97,6 +97,12 @@ def problems(env: Optional[Mapping[str, str]] = None) -> List[str]:
             and not env["WHATSAPP_PHONE_NUMBER_ID"].strip().isdigit():
         found.append("WHATSAPP_PHONE_NUMBER_ID must be the number's numeric id from the WhatsApp Manager")
     found += _signing_problems(env)
+    feedback = env.get("CARDCARE_FEEDBACK_BASE_URL", "").strip()
+    if not feedback:
+        found.append("CARDCARE_FEEDBACK_BASE_URL must be the public https:// address customers open for feedback "
+                     "(e.g. https://bot.example.bank/webhooks/feedback)")
+    elif urlparse(feedback).scheme != "https" and urlparse(feedback).hostname not in LOOPBACK_HOSTS:
+        found.append("CARDCARE_FEEDBACK_BASE_URL must be https:// (customers open it on their phones)")
     if env.get("CARDCARE_DESK_API_TOKENS", "").strip():
         try:
             tokens = [token for _, token in parse_desk_tokens(env["CARDCARE_DESK_API_TOKENS"])]

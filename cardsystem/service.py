@@ -66,8 +66,17 @@ REFERENCE_PREFIX = {
     "limit_increase": "LMT",
     "callback": "CBK",
     "redemption": "RDM",
+    "address_change": "ADR",
+    "email_change": "EML",
+    "card_replacement": "RPL",
+    "card_closure": "CLS",
 }
-REFERENCE_RE = re.compile(r"\b(?:DSP|BLK|LMT|CBK|RDM)\d{6}[A-Z2-9]{4}\b", re.I)
+REFERENCE_RE = re.compile(r"\b(?:DSP|BLK|LMT|CBK|RDM|ADR|EML|RPL|CLS)\d{6}[A-Z2-9]{4}\b", re.I)
+# what a customer must send with a request of these kinds (asked for when it is raised)
+DOCUMENTS_NEEDED = {
+    "address_change": "proof of your new address (Aadhaar, passport, or a utility bill from the last 3 months)",
+    "email_change": "a photo of your PAN card or Aadhaar, to confirm the change is yours",
+}
 _REFERENCE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
 DISPUTE_WINDOW_DAYS = 120
 MAX_LIMIT_MULTIPLE = 3
@@ -448,6 +457,43 @@ class CardSystem:
                         {"card": f"**{card.last4}", "new_limit_paise": new_limit_paise})
             return self._new_view(s, request)
 
+    def raise_request(self, customer_id: int, kind: str, card_last4: Optional[str] = None,
+                      details: Optional[dict] = None, attachment: Optional[dict] = None) -> ServiceRequestView:
+        """Open a change of address or e-mail, a card replacement or a closure (an open one of the
+        same kind and card is returned as is). A kind that needs documents (DOCUMENTS_NEEDED) starts
+        waiting for them, unless `attachment` brings them already."""
+        if kind not in ("address_change", "email_change", "card_replacement", "card_closure"):
+            raise NotAllowed("bad_kind", "That is not a request I can raise here.")
+        with session_scope(self.engine) as s:
+            card = None
+            if kind in ("card_replacement", "card_closure"):
+                card = s.execute(select(Card).where(Card.customer_id == customer_id, Card.last4 == str(card_last4))
+                                 ).scalar_one_or_none()
+                if card is None:
+                    raise NotFound("unknown_card", "That card isn't one of yours.")
+                if card.status != "active":
+                    raise NotAllowed("card_inactive", f"Your card ending {card.last4} is not active.")
+            filters = {"card_id": card.id} if card else {}
+            existing = s.execute(select(ServiceRequest).where(
+                ServiceRequest.customer_id == customer_id, ServiceRequest.kind == kind,
+                ServiceRequest.status.in_(("open", "in_progress", "needs_documents")),
+                *[getattr(ServiceRequest, k) == v for k, v in filters.items()])
+                .order_by(ServiceRequest.id.desc())).scalars().first()
+            if existing is not None:
+                return self._request_view(s, existing)
+            request = self._new_request(s, customer_id, kind, self._promise(kind), card_id=card.id if card else None,
+                                        details=details or {})
+            needs = DOCUMENTS_NEEDED.get(kind)
+            if needs and attachment and attachment.get("media_id"):
+                s.add(_attachment_row(request.id, attachment))
+            elif needs:
+                request.status, request.needs = "needs_documents", needs
+                s.add(StatusChange(service_request_id=request.id, status="needs_documents", note=needs[:300],
+                                   at=request.created_at, actor="bot", event="status"))
+            audit.record(s, f"request_{kind}", customer_id, "service_request", request.reference,
+                         {"card": f"**{card.last4}" if card else None, "attachment": bool(attachment)})
+            return self._new_view(s, request)
+
     def request_callback(self, customer_id: int, reason: str = "customer asked for an agent",
                          card_last4: Optional[str] = None, context: Optional[dict] = None) -> ServiceRequestView:
         """Book a call from a colleague. `context` (summary, transcript, intents) is kept with the
@@ -561,6 +607,7 @@ class CardSystem:
             amount_paise=r.amount_paise, promised_by=r.promised_by, created_at=r.created_at,
             attachments=len(r.attachments),
             history=tuple((h.status, h.at, h.note) for h in r.history),
+            needs=r.needs, resolution=r.resolution,
         )
 
     # -- audit -------------------------------------------------------------------------------

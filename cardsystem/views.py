@@ -117,3 +117,5 @@ class ServiceRequestView:
     attachments: int
     history: Tuple[Tuple[str, dt.datetime, Optional[str]], ...]
     created_now: bool = False  # True when this call created it, False when it already existed
+    needs: Optional[str] = None       # what the desk asked the customer to send
+    resolution: Optional[str] = None  # the outcome (or the reason of a rejection)

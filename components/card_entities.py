@@ -66,7 +66,7 @@ CARD_RE = re.compile(
     r"|^\s*(?P<c>\d{4})\s*$)", re.I)
 _YEAR = re.compile(r"^(?:19|20)\d\d$")
 
-REFERENCE_RE = re.compile(r"\b(?P<prefix>DSP|BLK|LMT|CBK|RDM|RPL)[\s-]?(?P<date>\d{6})[\s-]?(?P<tail>[A-Z0-9]{4})\b", re.I)
+REFERENCE_RE = re.compile(r"\b(?P<prefix>DSP|BLK|LMT|CBK|RDM|RPL|ADR|EML|CLS)[\s-]?(?P<date>\d{6})[\s-]?(?P<tail>[A-Z0-9]{4})\b", re.I)
 # A reference the customer read from elsewhere ("ref no 4471823", "SR#88231"): kept, so the bot
 # can say it found nothing under it rather than not understanding.
 OTHER_REFERENCE_RE = re.compile(

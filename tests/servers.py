@@ -72,6 +72,9 @@ class Servers:
             "CARDCARE_FILES_BASE_URL": f"http://127.0.0.1:{self.rasa_port}/webhooks/files/statements",
             "CARDCARE_CHANNEL_DB_URL": f"sqlite:///{workdir / 'channel.db'}",
             "CARDCARE_MEDIA_DIR": str(workdir / "media"),
+            "CARDCARE_PROOF_DIR": str(workdir / "proofs"),
+            "CARDCARE_SIGNING_KEY": str(workdir / "signing" / "dev-signing-key.pem"),
+            "CARDCARE_SIGNING_CERT": str(workdir / "signing" / "dev-signing-cert.pem"),
             "TF_CPP_MIN_LOG_LEVEL": "2",
             "SQLALCHEMY_SILENCE_UBER_WARNING": "1",
             **({"WHATSAPP_INGRESS": "1"} if ingress else {}),
@@ -79,6 +82,8 @@ class Servers:
         }
         seed_args = [sys.executable, "-m", "cardsystem.seed"] + (["--today", today] if today else [])
         subprocess.run(seed_args, cwd=ROOT, env=self.env, check=True, capture_output=True)
+        from cardsystem.requests.proof import ensure_dev_pair
+        ensure_dev_pair(workdir / "signing")  # the run's own signing pair (proofs of resolution)
         self.endpoints = workdir / "endpoints.yml"
         tracker = (f"tracker_store:\n  type: SQL\n  dialect: sqlite\n  db: {workdir / 'tracker.db'}\n"
                    if sql_tracker else "")  # the default endpoints.yml keeps conversations in SQLite too

@@ -178,3 +178,103 @@ def test_handoff_in_headless_chromium_customer_agent_and_rating(sandbox_and_bot,
     ticket = desk.latest(EXPIRING)
     assert ticket.status == "closed" and ticket.rating == 4 and ticket.agent.username == DEMO[0]
     assert ticket.resolution == "told the customer about expiring points"
+
+
+def test_address_change_worked_by_the_desk_in_headless_chromium(sandbox_and_bot, browser_page, tmp_path):
+    """A customer asks for an address change on the chat page and uploads a proof; an executive
+    asks for one more document in the console; the customer sends it; the executive resolves; the
+    customer gets the signed PDF proof and rates the service through the feedback link."""
+    import re
+
+    from cardsystem.agents import DEMO_SUPERVISOR
+    from cardsystem.requests.proof import verify_proof
+
+    sandbox_url, bot = sandbox_and_bot
+    customer = browser_page
+    customer.goto(sandbox_url)
+    persona = "919800000005"
+    customer.wait_for_selector(f'#persona option[value="{persona}"]', state="attached")
+    customer.select_option("#persona", persona)
+
+    def bot_says(text, timeout=30_000):
+        """Wait for a message with `text` that the bot sent after the customer's latest one."""
+        customer.wait_for_function(
+            "t => { const all = [...document.querySelectorAll('.msg')];"
+            " const mine = all.map(e => e.classList.contains('me')).lastIndexOf(true);"
+            " return all.slice(mine + 1).some(e => e.classList.contains('bot') && e.textContent.includes(t)); }",
+            arg=text, timeout=timeout)
+
+    def type_(text):
+        customer.fill("#text", text)
+        customer.press("#text", "Enter")
+        customer.locator(".msg.me", has_text=text).last.wait_for()
+
+    def upload(name, content, mime):
+        path = tmp_path / name
+        path.write_bytes(content)
+        customer.set_input_files("#attach", str(path))
+        customer.locator(".msg.me", has_text=name).last.wait_for()
+
+    type_("I have shifted house, please change my address")
+    bot_says("type your new address")
+    type_("Flat 12, Lotus Towers, Andheri East, Mumbai 400069")
+    bot_says("Change your address to")
+    customer.locator(".msg.bot .choices button", has_text="Yes, change it").last.click()
+    bot_says("your address change is registered")
+    said = customer.locator(".msg.bot", has_text="your address change is registered").last.text_content()
+    reference = re.search(r"ADR\d{6}[A-Z2-9]{4}", said).group(0)
+    upload("bill.pdf", b"%PDF-1.4\n% electricity bill\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n", "application/pdf")
+    bot_says(f"received your document for {reference}")
+
+    executive = customer.context.browser.new_context(accept_downloads=True).new_page()
+    executive.goto(f"{bot.url}/webhooks/whatsapp/agents")
+    executive.fill("#username", DEMO_SUPERVISOR[0])
+    executive.fill("#password", DEMO_SUPERVISOR[2])
+    executive.click("#login")
+    executive.wait_for_selector("#tabs:not([hidden])")
+    executive.click("#tab-requests")
+    executive.locator("#worklist tbody tr", has_text=reference).click()
+    executive.wait_for_selector("#request:not([hidden])")
+    assert "Change of address" in executive.text_content("#r-title")
+    with executive.expect_download() as download:
+        executive.locator("#r-documents a").first.click()
+    assert download.value.suggested_filename.endswith(".pdf")
+    executive.select_option("#r-status", "needs_documents")
+    executive.fill("#r-note", "a utility bill that shows your name as well")
+    executive.click("#r-update")
+    executive.locator("#r-history li", has_text="a utility bill that shows your name").wait_for()
+    bot_says("a utility bill that shows your name as well")
+
+    upload("bill-with-name.pdf", b"%PDF-1.4\n% bill with the name\n1 0 obj<<>>endobj\ntrailer<<>>\n%%EOF\n",
+           "application/pdf")
+    bot_says(f"received your document for {reference}", timeout=30_000)
+    executive.locator("#worklist tbody tr", has_text=reference).click()
+    executive.locator("#r-documents a").nth(1).wait_for()
+    executive.select_option("#r-status", "resolved")
+    executive.fill("#r-note", "Address updated to Flat 12, Lotus Towers, Andheri East, Mumbai 400069")
+    executive.click("#r-update")
+    bot_says("Your address change is done")
+    bot_says(f"CardCare-{reference}-proof.pdf")
+
+    proof = [m["message"]["document"] for m in requests.get(f"{sandbox_url}/_sandbox/messages",
+                                                           params={"to": persona}, timeout=5).json()
+             if m["message"]["type"] == "document" and reference in m["message"]["document"].get("filename", "")][-1]
+    pdf = requests.get(f"{sandbox_url}/_sandbox/media/{proof['id']}", timeout=10).content
+    checked = verify_proof(pdf, (bot.workdir / "signing" / "dev-signing-cert.pem").read_bytes())
+    assert checked["intact"] and checked["valid"] and checked["trusted"] and checked["coverage"] == "ENTIRE_FILE"
+
+    done = customer.locator(".msg.bot", has_text="How did we do").last.text_content()
+    link = re.search(r"https?://\S+/webhooks/feedback/\S+", done).group(0)
+    rating = customer.context.new_page()
+    rating.goto(link)
+    rating.check('input[name="rating"][value="5"]')
+    rating.fill('textarea[name="comment"]', "Quick and clear, thank you")
+    rating.click('button[type="submit"]')
+    rating.locator("h1", has_text="Thank you").wait_for()
+    rating.goto(link)
+    assert "already have your feedback" in rating.text_content("body")
+    from cardsystem.requests.desk import ServiceDesk
+
+    kept = ServiceDesk(db_url=bot.env["CARDCARE_DB_URL"], email=False).request(reference)
+    assert kept["status"] == "resolved" and len(kept["documents"]) == 2
+    assert [h["event"] for h in kept["history"]][-1] == "feedback" and "rated 5/5" in kept["history"][-1]["note"]

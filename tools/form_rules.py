@@ -26,6 +26,10 @@ FORMS: Dict[str, Tuple[str, str]] = {
     "block_card_form": ("block_card", "action_block_card"),
     "redeem_form": ("redeem_rewards", "action_redeem_rewards"),
     "limit_increase_form": ("request_limit_increase", "action_request_limit_increase"),
+    "address_change_form": ("change_address", "action_request_address_change"),
+    "email_change_form": ("change_email", "action_request_email_change"),
+    "replace_card_form": ("replace_card", "action_request_replacement"),
+    "close_card_form": ("close_card", "action_request_closure"),
 }
 # Answered, then the form asks its question again.
 ANSWER_AND_RESUME: Dict[str, str] = {
@@ -46,6 +50,7 @@ ANSWER_AND_RESUME: Dict[str, str] = {
     "out_of_scope": "utter_out_of_scope",
     "opt_in": "action_opt_in",
     "share_media": "action_media_received",
+    "pending_documents": "action_pending_documents",
 }
 # The form stops (and says so); the action runs.
 STOP_WITH: Dict[str, str] = {

@@ -60,20 +60,6 @@ def _when(moment: Optional[dt.datetime]) -> str:
     return format_datetime(moment) if moment else "-"
 
 
-def _off_the_loop(function: Callable[..., Any], *args: Any) -> Any:
-    """Run `function` here, or in a worker thread when this thread runs an event loop (pyHanko
-    signs with its own loop, which cannot start inside a running one)."""
-    import asyncio
-    from concurrent.futures import ThreadPoolExecutor
-
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return function(*args)
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(function, *args).result()
-
-
 def _mask_email(email: Optional[str]) -> Optional[str]:
     if not email or "@" not in email:
         return None
@@ -311,7 +297,7 @@ class ServiceDesk:
                 "history": [{"status": h.status, "note": h.note, "actor": h.actor or "bot", "at": h.at.isoformat(),
                              "event": h.event or "status"} for h in r.history]}
         try:
-            pdf = _off_the_loop(make_proof, data, self.signer)
+            pdf = make_proof(data, signer=self.signer)
         except RuntimeError as exc:  # e.g. no signing key configured in production
             raise NotAllowed("no_signing_key", f"The proof of resolution could not be signed: {exc}") from exc
         self.proof_dir.mkdir(mode=0o700, parents=True, exist_ok=True)

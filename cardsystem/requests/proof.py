@@ -315,11 +315,31 @@ def _pyhanko_signer(signer: Union[SigningPair, signers.Signer, None]) -> signers
     return signer.signer if isinstance(signer, SigningPair) else signer
 
 
+def off_the_loop(function):
+    """pyHanko runs its own event loop, which cannot start inside a running one: called from async
+    code (the action server, a browser test), the work moves to a worker thread."""
+    import functools
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        import asyncio
+        from concurrent.futures import ThreadPoolExecutor
+
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return function(*args, **kwargs)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            return pool.submit(function, *args, **kwargs).result()
+    return wrapper
+
+
+@off_the_loop
 def sign_pdf(pdf: bytes, signer: Union[SigningPair, signers.Signer, None] = None,
              reason: str = "Proof of resolution", location: str = BANK_NAME) -> bytes:
     """Append an invisible PAdES signature (field Signature1) as an incremental update.
 
-    pyHanko runs its own event loop here: call it from a worker thread, not from async code."""
+    Safe to call from async code too (off_the_loop moves it to a worker thread)."""
     meta = signers.PdfSignatureMetadata(
         field_name=FIELD_NAME, subfilter=fields.SigSeedSubFilter.PADES, md_algorithm="sha256",
         reason=reason, location=location,
@@ -341,6 +361,7 @@ def _not_verified(coverage: str) -> Dict[str, Any]:
             "coverage": coverage}
 
 
+@off_the_loop
 def verify_proof(pdf: bytes, trusted_cert_pem: bytes) -> Dict[str, Any]:
     """Check the proof's signature with `trusted_cert_pem` as the only trust root, offline.
 
@@ -376,3 +397,30 @@ def verify_proof(pdf: bytes, trusted_cert_pem: bytes) -> Dict[str, Any]:
         "signed_at": signed_at.isoformat() if signed_at else None,
         "coverage": status.coverage.name if status.coverage else "unknown",
     }
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """python -m cardsystem.requests.proof dev-pair | verify FILE.pdf --cert CERT.pem"""
+    import argparse
+    import json
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m cardsystem.requests.proof",
+                                     description="Signed proofs of resolution: the development pair, checking a proof.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("dev-pair", help=f"make (once) the self-signed development pair in {DEV_DIRECTORY}")
+    check = commands.add_parser("verify", help="check a proof's signature against a certificate")
+    check.add_argument("pdf")
+    check.add_argument("--cert", required=True, help="the bank's certificate (PEM)")
+    args = parser.parse_args(argv)
+    if args.command == "dev-pair":
+        key, cert = ensure_dev_pair(DEV_DIRECTORY)
+        print(f"Development signing pair (not trusted by anyone else): {key} and {cert}")
+        return 0
+    result = verify_proof(Path(args.pdf).read_bytes(), Path(args.cert).read_bytes())
+    print(json.dumps(result, indent=2))
+    return 0 if result["intact"] and result["valid"] and result["trusted"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

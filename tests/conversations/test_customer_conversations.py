@@ -337,7 +337,7 @@ def test_c14_screenshot_first_then_not_recognised(customer):
 def test_c15_dispute_status_latest(customer):
     c = customer(FATIMA)
     reply = c.says("status of my dispute")
-    assert re.search(r"DSP\d{6}DEMO", reply) and "resolve it by" in reply
+    assert re.search(r"DSP\d{6}DEMO", reply) and "complete it by" in reply
     assert not c.changes()  # nothing in the bank's records changed
 
 
@@ -465,14 +465,23 @@ def test_c05_statement_month_correction(customer):
 
 
 
+def months_from_today(system, step: int) -> str:
+    """The month `step` months from the bank's today, as the bot writes it ("October 2026")."""
+    from cardsystem.formatting import format_month
+    from cardsystem.months import shift_period
+
+    today = system.today()
+    return format_month(shift_period(f"{today.year:04d}-{today.month:02d}", step))
+
+
 def test_c06_last_month_then_next_months_also(customer):
     c = customer(ROHAN)
     reply = c.says("last month ka statement bhejo")
     assert "Which card" in reply
     reply = c.says("1117")
-    assert "Oct 2026" in reply or "October 2026" in reply
+    assert months_from_today(c.system, -1) in reply
     reply = c.says("next month's also")
-    assert "Nov 2026" in reply or "November 2026" in reply  # the one after October: sent, or said to be missing
+    assert months_from_today(c.system, 0) in reply  # the one after last month: sent, or said not to be over
     assert "Sorry, I didn't" not in reply
     assert not c.changes()  # nothing in the bank's records changed
 
@@ -498,10 +507,17 @@ def test_c08_statement_with_typos(customer):
 
 
 
-def test_december_in_late_november_asks_which(customer):
+def test_next_months_name_asks_which_is_meant(customer):
+    """"december statement" in November (whatever the date, the coming month's name): the latest
+    bill, or last year's December? The month the bot offers is the past one, a year back."""
+    from cardsystem.formatting import format_month
+    from cardsystem.months import parse_month
+
     c = customer(ANANYA)
-    reply = c.says("december statement")
-    assert "isn't over yet" in reply and "Dec 2025" in reply or "December 2025" in reply
+    today = c.system.today()
+    coming = dt.date(today.year + today.month // 12, today.month % 12 + 1, 1)
+    reply = c.says(f"{coming:%B} statement".lower())
+    assert "isn't over yet" in reply and format_month(parse_month(f"{coming:%B}".lower(), today)) in reply
 
 
 # -- rewards -----------------------------------------------------------------------------------------
@@ -818,7 +834,7 @@ def test_c47_requests_replacement_and_an_address_change(customer):
     reply = c.says("status of my requests")
     assert REFERENCE.search(reply)
     reply = c.says("kab tak aayega naya card")
-    assert "working days" in reply or "resolve it by" in reply or "replacement" in reply.lower()
+    assert "working days" in reply or "complete it by" in reply or "replacement" in reply.lower()
     reply = c.says("can you send it to my office address instead")
     assert "can't be changed in this chat" in reply
     reply = c.says("and how much do i owe on the old card")
