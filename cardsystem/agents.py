@@ -21,7 +21,8 @@ import os
 import sys
 
 from cardsystem.errors import CardSystemError
-from cardsystem.handoff import ROLES, HandoffDesk
+from cardsystem.accounts import ROLES
+from cardsystem.handoff import HandoffDesk
 from cardsystem.service import CardSystem
 
 DEMO = ("asha", "Asha", "cardcare-demo-agent")
@@ -61,28 +62,28 @@ def main(argv=None) -> int:
                 if getpass.getpass("Again: ") != password:
                     print("The passwords differ; nothing was created.", file=sys.stderr)
                     return 1
-            agent = desk.create_agent(args.username, args.first_name, password, args.role)
+            agent = desk.accounts.create_agent(args.username, args.first_name, password, args.role)
             print(f"{agent.role.capitalize()} {agent.username} ({agent.first_name}) created.")
         elif args.command == "list":
-            for agent in desk.agents():
-                locked = desk.locked_until(agent.username)
+            for agent in desk.accounts.agents():
+                locked = desk.accounts.locked_until(agent.username)
                 status = f"locked until {locked:%H:%M}" if locked else ("online" if agent.online else "")
                 print(f"{agent.username:<20} {agent.first_name:<20} {agent.role:<11} {status}".rstrip())
         elif args.command == "disable":
-            desk.disable(args.username)
+            desk.accounts.disable(args.username)
             print(f"{args.username} can no longer sign in; their sessions have ended.")
         elif args.command == "unlock":
-            desk.unlock(args.username, args.address)
+            desk.accounts.unlock(args.username, args.address)
             print(f"{args.username} can sign in again" + (f"; {args.address} is no longer refused." if args.address
                                                           else "."))
         else:
             if os.environ.get("CARDCARE_ENV", "development") == "production":
                 print("No demo accounts in production: use `add`.", file=sys.stderr)
                 return 1
-            existing = {a.username for a in desk.agents()}
+            existing = {a.username for a in desk.accounts.agents()}
             for (username, first_name, password), role in ((DEMO, "agent"), (DEMO_SUPERVISOR, "supervisor")):
                 if username not in existing:
-                    desk.create_agent(username, first_name, password, role)
+                    desk.accounts.create_agent(username, first_name, password, role)
                 print(f"Demo {role}: username {username}, password {password}")
     except CardSystemError as refused:
         print(str(refused), file=sys.stderr)

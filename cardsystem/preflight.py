@@ -130,7 +130,7 @@ def demo_accounts_usable() -> List[str]:
     desk = HandoffDesk(CardSystem())
     return [f"the demo console account '{username}' exists with its published password: "
             f"python -m cardsystem.agents disable {username}"
-            for username, _, password in (DEMO, DEMO_SUPERVISOR) if desk.password_is(username, password)]
+            for username, _, password in (DEMO, DEMO_SUPERVISOR) if desk.accounts.password_is(username, password)]
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -14,7 +14,8 @@ import pytest_asyncio
 from sanic import Blueprint, Sanic
 
 from cardsystem import agents as agents_cli
-from cardsystem.handoff import Forbidden, HandoffDesk, HandoffSettings, TooManyAttempts
+from cardsystem.accounts import TooManyAttempts
+from cardsystem.handoff import Forbidden, HandoffDesk, HandoffSettings
 from connectors.handoff.console import add_console_routes, client_address
 from connectors.whatsapp.media import MediaStore
 from tests.conftest import DISPUTE, NOW, ONE_CARD, TWO_CARDS
@@ -31,7 +32,7 @@ CLIENT = "203.0.113.7"  # the address the local proxy says the browser has
 @pytest.fixture
 def desk(system):
     desk = desk_with_agents(system)
-    desk.create_agent("meera", "Meera", "supervisor-password", role="supervisor")
+    desk.accounts.create_agent("meera", "Meera", "supervisor-password", role="supervisor")
     return desk
 
 
@@ -92,10 +93,10 @@ async def test_wrong_passwords_lock_the_account_even_against_the_right_one_until
         # locked: the right password is refused, in the very words of a wrong one or an unknown name
         assert await browser.login("priya", "a-long-password") == (401, {"error": WRONG})
         assert await browser.login("nobody-here", "a-long-password") == (401, {"error": WRONG})
-        assert desk.locked_until("priya") == NOW + dt.timedelta(minutes=15)
+        assert desk.accounts.locked_until("priya") == NOW + dt.timedelta(minutes=15)
         monkeypatch.setenv("CARDCARE_DB_URL", desk.system.settings.db_url)
         assert agents_cli.main(["unlock", "priya"]) == 0
-        assert desk.locked_until("priya") is None
+        assert desk.accounts.locked_until("priya") is None
         status, data = await browser.login("priya", "a-long-password")
         assert status == 200 and data["agent"] == {"username": "priya", "first_name": "Priya", "role": "agent"}
     finally:
@@ -113,16 +114,16 @@ async def test_wrong_passwords_lock_the_account_even_against_the_right_one_until
 
 async def test_a_lock_lapses_and_a_success_starts_the_count_again(desk):
     for _ in range(4):
-        assert desk.sign_in("priya", "guessing-wrong") is None
-    assert desk.sign_in("priya", "a-long-password") is not None  # resets the count
+        assert desk.accounts.sign_in("priya", "guessing-wrong") is None
+    assert desk.accounts.sign_in("priya", "a-long-password") is not None  # resets the count
     for _ in range(4):
-        assert desk.sign_in("priya", "guessing-wrong") is None
-    assert desk.sign_in("priya", "a-long-password") is not None and "agent_locked" not in actions(desk)
+        assert desk.accounts.sign_in("priya", "guessing-wrong") is None
+    assert desk.accounts.sign_in("priya", "a-long-password") is not None and "agent_locked" not in actions(desk)
     for _ in range(5):
-        desk.sign_in("priya", "guessing-wrong")
-    assert desk.sign_in("priya", "a-long-password") is None and desk.locked_until("priya")
+        desk.accounts.sign_in("priya", "guessing-wrong")
+    assert desk.accounts.sign_in("priya", "a-long-password") is None and desk.accounts.locked_until("priya")
     desk.clock.moment += dt.timedelta(minutes=15, seconds=1)
-    assert desk.sign_in("priya", "a-long-password") is not None  # the lock lapsed
+    assert desk.accounts.sign_in("priya", "a-long-password") is not None  # the lock lapsed
 
 
 async def test_an_address_that_keeps_failing_is_refused_with_429(start_console, monkeypatch):
@@ -149,18 +150,18 @@ async def test_an_address_that_keeps_failing_is_refused_with_429(start_console, 
         await guesser.close()
         await colleague.close()
     assert actions(desk).count("address_locked") == 2 and "address_unlocked" in actions(desk)
-    assert desk.locked_until("rahul") is None  # three failures: under the account's limit
+    assert desk.accounts.locked_until("rahul") is None  # three failures: under the account's limit
 
 
 async def test_twenty_failures_from_one_address_refuse_it_by_default(desk):
     for attempt in range(20):
-        assert desk.sign_in(f"guess{attempt}", "guessing-wrong", "198.51.100.1") is None
+        assert desk.accounts.sign_in(f"guess{attempt}", "guessing-wrong", "198.51.100.1") is None
     with pytest.raises(TooManyAttempts) as refused:
-        desk.sign_in("priya", "a-long-password", "198.51.100.1")
+        desk.accounts.sign_in("priya", "a-long-password", "198.51.100.1")
     assert refused.value.retry_after == 15 * 60
-    assert desk.sign_in("priya", "a-long-password", "198.51.100.2") is not None
+    assert desk.accounts.sign_in("priya", "a-long-password", "198.51.100.2") is not None
     desk.clock.moment += dt.timedelta(minutes=5)  # a restart or another instance: the count is in the database
-    assert pytest.raises(TooManyAttempts, HandoffDesk(desk.system, HandoffSettings()).sign_in, "priya",
+    assert pytest.raises(TooManyAttempts, HandoffDesk(desk.system, HandoffSettings()).accounts.sign_in, "priya",
                          "a-long-password", "198.51.100.1").value.retry_after == 10 * 60
 
 
@@ -248,7 +249,7 @@ async def test_every_console_response_carries_the_security_headers(start_console
 
 def three_chats(desk):
     """A waiting chat (with notes by Rahul and Priya), Rahul's active chat, Rahul's closed chat."""
-    by_name = {agent.username: agent for agent in desk.agents()}
+    by_name = {agent.username: agent for agent in desk.accounts.agents()}
     priya, rahul, meera = by_name["priya"], by_name["rahul"], by_name["meera"]
     waiting, rahuls, closed = open_for(desk, ONE_CARD), open_for(desk, TWO_CARDS), open_for(desk, DISPUTE)
     desk.note(waiting.reference, rahul, "rahul's private thought")

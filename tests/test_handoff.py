@@ -16,7 +16,8 @@ from cardsystem.seed import seed
 from cardsystem.service import CardSystem
 
 from cardsystem.errors import NotAllowed, NotFound
-from cardsystem.handoff import HandoffDesk, HandoffSettings, hash_password, verify_password
+from cardsystem.accounts import hash_password, verify_password
+from cardsystem.handoff import HandoffDesk, HandoffSettings
 from tests.conftest import NOW, ONE_CARD, STRANGER, TODAY, TWO_CARDS, make_system
 
 
@@ -80,33 +81,33 @@ def test_passwords_are_salted_scrypt_and_checked_in_constant_time():
 
 
 def test_agents_sign_in_with_expiring_sessions(desk):
-    priya = desk.create_agent("priya", "Priya", "a-long-password")
+    priya = desk.accounts.create_agent("priya", "Priya", "a-long-password")
     with pytest.raises(NotAllowed):
-        desk.create_agent("priya", "Priya", "a-long-password")
+        desk.accounts.create_agent("priya", "Priya", "a-long-password")
     with pytest.raises(NotAllowed):
-        desk.create_agent("x", "X", "short")
+        desk.accounts.create_agent("x", "X", "short")
     for weak in ("aaaaaaaaaa", "1212121212", "ravishankar"):  # repeated characters, or the name itself
         with pytest.raises(NotAllowed):
-            desk.create_agent("ravishankar", "Ravi", weak)
-    assert desk.sign_in("priya", "wrong-password") is None
-    assert desk.sign_in("nobody", "a-long-password") is None
-    token, csrf, agent = desk.sign_in("Priya", "a-long-password")
+            desk.accounts.create_agent("ravishankar", "Ravi", weak)
+    assert desk.accounts.sign_in("priya", "wrong-password") is None
+    assert desk.accounts.sign_in("nobody", "a-long-password") is None
+    token, csrf, agent = desk.accounts.sign_in("Priya", "a-long-password")
     assert agent == priya.__class__(priya.id, "priya", "Priya", True) and len(csrf) >= 24
-    assert desk.session(token)[0].username == "priya" and desk.session(token)[1] == csrf
-    assert desk.session("forged") is None and desk.session(None) is None
+    assert desk.accounts.session(token)[0].username == "priya" and desk.accounts.session(token)[1] == csrf
+    assert desk.accounts.session("forged") is None and desk.accounts.session(None) is None
     desk.clock.moment += dt.timedelta(hours=8, seconds=1)
-    assert desk.session(token) is None  # expired
-    token, _, _ = desk.sign_in("priya", "a-long-password")
-    desk.sign_out(token)
-    assert desk.session(token) is None
+    assert desk.accounts.session(token) is None  # expired
+    token, _, _ = desk.accounts.sign_in("priya", "a-long-password")
+    desk.accounts.sign_out(token)
+    assert desk.accounts.session(token) is None
     actions = [a["action"] for a in desk.system.audit_entries()]
     assert {"create_agent", "agent_sign_in", "agent_sign_in_failed", "agent_sign_out"} <= set(actions)
 
 
 def test_availability_follows_hours_and_online_agents(desk):
     assert desk.availability().why_not == "no_agents"
-    desk.create_agent("priya", "Priya", "a-long-password")
-    desk.sign_in("priya", "a-long-password")
+    desk.accounts.create_agent("priya", "Priya", "a-long-password")
+    desk.accounts.sign_in("priya", "a-long-password")
     assert desk.availability().open and desk.availability().agents_online == 1
     desk.clock.moment += dt.timedelta(minutes=3)  # the console stopped polling
     assert desk.availability().why_not == "no_agents"
@@ -125,10 +126,10 @@ def test_availability_follows_hours_and_online_agents(desk):
 
 
 def test_queue_order_claim_reply_transfer_close_and_rating(desk):
-    priya = desk.sign_in(*("priya", "a-long-password")) if False else None
-    desk.create_agent("priya", "Priya", "a-long-password")
-    desk.create_agent("rahul", "Rahul", "another-long-password")
-    _, _, priya = desk.sign_in("priya", "a-long-password")
+    priya = desk.accounts.sign_in(*("priya", "a-long-password")) if False else None
+    desk.accounts.create_agent("priya", "Priya", "a-long-password")
+    desk.accounts.create_agent("rahul", "Rahul", "another-long-password")
+    _, _, priya = desk.accounts.sign_in("priya", "a-long-password")
     first = open_for(desk, ONE_CARD)
     desk.clock.moment += dt.timedelta(minutes=1)
     second = open_for(desk, TWO_CARDS)
@@ -158,7 +159,7 @@ def test_queue_order_claim_reply_transfer_close_and_rating(desk):
     _, rahul = desk.transfer(first.reference, priya, "rahul")
     with pytest.raises(NotAllowed):
         desk.close(first.reference, priya, "done")  # not hers any more
-    rahul_view = desk.sign_in("rahul", "another-long-password")[2]
+    rahul_view = desk.accounts.sign_in("rahul", "another-long-password")[2]
     with pytest.raises(NotAllowed):
         desk.close(first.reference, rahul_view, "  ")
     closed = desk.close(first.reference, rahul_view, "explained the duplicate; refund raised")
@@ -207,8 +208,8 @@ WA = {"whatsapp": {"reply_by": "to", "type": "text"}}
 
 @pytest.fixture
 def live_desk(desk):
-    desk.create_agent("priya", "Priya", "a-long-password")
-    desk.sign_in("priya", "a-long-password")
+    desk.accounts.create_agent("priya", "Priya", "a-long-password")
+    desk.accounts.sign_in("priya", "a-long-password")
     use_handoff_desk(desk)
     yield desk
     use_handoff_desk(None)
@@ -230,7 +231,7 @@ async def test_a_person_is_asked_for_on_whatsapp_with_the_whole_context(system, 
     assert "number 1 in the queue" in text and "about 6 minutes" in text and '"bot"' in text
     reference = slots_of(events)["handoff_ticket"]
     assert {"event": "active_loop", "name": None} in [{k: e.get(k) for k in ("event", "name")} for e in events]
-    ticket = live_desk.ticket(reference, live_desk.agents()[0])
+    ticket = live_desk.ticket(reference, live_desk.accounts.agents()[0])
     assert ticket["status"] == "queued" and ticket["card_last4"] == "4821" and ticket["reason"] == "customer_asked"
     assert ticket["context"]["intents"] == ["check_balance", "request_statement", "talk_to_human"]
     assert ticket["context"]["slots"] == {"month": "2026-10"}
@@ -281,14 +282,14 @@ async def test_second_miss_and_fraud_disputes_go_to_a_person(system, live_desk, 
     assert responses[0] == "utter_dispute_filed" and responses[-2:] == ["utter_dispute_to_person", "utter_handoff_queued"]
     ticket = live_desk.latest(ONE_CARD)
     assert ticket.reason == "fraud_dispute" and slots_of(events)["handoff_ticket"] == ticket.reference
-    detail = live_desk.ticket(ticket.reference, live_desk.agents()[0])
+    detail = live_desk.ticket(ticket.reference, live_desk.accounts.agents()[0])
     assert any(r["kind"] == "dispute" for r in detail["context"]["open_requests"])
 
 
 @pytest.mark.asyncio
 async def test_after_the_agent_closes_the_customer_rates_the_chat(system, live_desk, domain):
     ticket = open_for(live_desk, ONE_CARD)
-    priya = live_desk.agents()[0]
+    priya = live_desk.accounts.agents()[0]
     live_desk.claim(ticket.reference, priya)
     live_desk.close(ticket.reference, priya, "explained the charge")
     _, messages = await run_action(ActionHandoffClosed(), make_tracker(ONE_CARD, "handoff_closed"), domain)

@@ -382,3 +382,17 @@ def test_escalating_from_the_feedback_page_reopens_one_level_up(system, desk, cl
         alert = s.execute(select(DeskAlert).where(DeskAlert.reference == request.reference)).scalars().one()
     assert alert.role == "supervisor" and "Nobody reviewed my salary slips" in alert.text
     assert desk.set_status(request.reference, "resolved", "Limit raised after review", "agent:meena")["closed"]
+
+
+def test_the_reference_is_e_mailed_when_raised_where_smtp_is_set(system):
+    import dataclasses
+
+    customer = system.find_customer(ONE_CARD)
+    card = system.cards_of(customer.id)[0]
+    quiet = system.request_limit_increase(customer.id, card.last4, card.credit_limit_paise + 1_000_000)
+    assert notices.NoticeBox(engine=system.engine).of(quiet.reference) == []       # no SMTP: no e-mail
+    system.settings = dataclasses.replace(system.settings, smtp_url="smtp://127.0.0.1:2525")
+    raised = system.raise_request(customer.id, "card_replacement", card.last4)
+    [mail] = notices.NoticeBox(engine=system.engine).of(raised.reference)
+    assert mail["medium"] == "email" and mail["subject"] == f"Your Card replacement request {raised.reference}"
+    assert raised.reference in mail["text"] and "We'll complete it by" in mail["text"]

@@ -403,7 +403,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     """python -m cardsystem.requests.proof dev-pair | verify FILE.pdf --cert CERT.pem"""
     import argparse
     import json
-    import sys
 
     parser = argparse.ArgumentParser(prog="python -m cardsystem.requests.proof",
                                      description="Signed proofs of resolution: the development pair, checking a proof.")

@@ -30,7 +30,8 @@ from sanic.response import HTTPResponse
 
 from cardsystem.errors import CardSystemError, NotFound
 from cardsystem.formatting import mask_phone
-from cardsystem.handoff import AgentView, Forbidden, TooManyAttempts
+from cardsystem.accounts import AgentView, TooManyAttempts
+from cardsystem.handoff import Forbidden
 from connectors.handoff import wording
 
 if TYPE_CHECKING:
@@ -118,7 +119,7 @@ def add_console_routes(bp: Blueprint, channel: "WhatsAppInput", on_new_message: 
 
         @wraps(handler)
         async def wrapper(request: Request, *args, **kwargs):
-            found = await asyncio.to_thread(desk.session, request.cookies.get(COOKIE))
+            found = await asyncio.to_thread(desk.accounts.session, request.cookies.get(COOKIE))
             if found is None:
                 return error(401, "Please sign in.")
             agent, csrf = found
@@ -176,7 +177,7 @@ def add_console_routes(bp: Blueprint, channel: "WhatsAppInput", on_new_message: 
             return error(415, "Send JSON (Content-Type: application/json).")
         data = body_of(request)
         try:
-            found = await asyncio.to_thread(desk.sign_in, str(data.get("username") or ""),
+            found = await asyncio.to_thread(desk.accounts.sign_in, str(data.get("username") or ""),
                                             str(data.get("password") or ""), client_address(request))
         except TooManyAttempts as refused:
             return error(429, str(refused), headers={"Retry-After": str(refused.retry_after)})
@@ -204,7 +205,7 @@ def add_console_routes(bp: Blueprint, channel: "WhatsAppInput", on_new_message: 
     @bp.route("/agents/api/logout", methods=["POST"])
     @signed_in
     async def logout(request: Request, agent) -> HTTPResponse:
-        await asyncio.to_thread(desk.sign_out, request.cookies.get(COOKIE))
+        await asyncio.to_thread(desk.accounts.sign_out, request.cookies.get(COOKIE))
         answer = ok({"signed_out": True})
         del answer.cookies[COOKIE]
         return answer
@@ -213,7 +214,7 @@ def add_console_routes(bp: Blueprint, channel: "WhatsAppInput", on_new_message: 
     @signed_in
     async def queue(request: Request, agent) -> HTTPResponse:
         rows = await asyncio.to_thread(desk.queue, agent)
-        agents = await asyncio.to_thread(desk.agents)
+        agents = await asyncio.to_thread(desk.accounts.agents)
         for row in rows:
             row["mine"] = row.pop("agent_id") == agent.id
         return ok({"queue": rows, "agents": [{"username": a.username, "first_name": a.first_name, "online": a.online}

@@ -82,7 +82,7 @@ def add_request_routes(bp: Blueprint, channel: "WhatsAppInput", on_new_message: 
             raise Forbidden("refused", "Only a supervisor gives a request to someone else; take it yourself.")
         target = None
         if to:
-            target = next((a for a in await asyncio.to_thread(people.agents) if a.username == to), None)
+            target = next((a for a in await asyncio.to_thread(people.accounts.agents) if a.username == to), None)
             if target is None:
                 raise NotAllowed("unknown_agent", "No such colleague.")
         return ok(await asyncio.to_thread(service_desk_of(channel).assign, reference, target.id if target else None,

@@ -25,8 +25,8 @@ def desk_with_agents(system) -> HandoffDesk:
     system._now = clock
     desk = HandoffDesk(system, HandoffSettings())
     desk.clock = clock
-    desk.create_agent("priya", "Priya", "a-long-password")
-    desk.create_agent("rahul", "Rahul", "another-long-password")
+    desk.accounts.create_agent("priya", "Priya", "a-long-password")
+    desk.accounts.create_agent("rahul", "Rahul", "another-long-password")
     return desk
 
 

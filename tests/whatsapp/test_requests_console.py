@@ -23,7 +23,7 @@ def texts_to(outbox, number):
 async def test_an_executive_works_a_request_and_the_customer_hears_each_step(world, system, make_desk):
     outbox, start_bot, bot_port, _ = world
     agents = desk_with_agents(system)
-    agents.create_agent("meena", "Meena", "a-supervisor-password", role="supervisor")
+    agents.accounts.create_agent("meena", "Meena", "a-supervisor-password", role="supervisor")
     service = make_desk()
 
     async def bot(user_message):
