@@ -9,7 +9,7 @@ from rasa_sdk.events import EventType, SlotSet
 
 from actions.common import CustomerAction, card_label, card_system, current_customer, in_thread, money
 from actions.session import FORM_SLOTS
-from actions.forms import DECLINED_SLOT, AskWithChoices, ConfirmedSubmit, latest_intent, CardFormValidation
+from actions.forms import DECLINED_SLOT, AskCardConfirm, AskWithChoices, ConfirmedSubmit, latest_intent, CardFormValidation
 from cardsystem.formatting import format_date, parse_amount_paise
 
 BLOCK_WORDS = (
@@ -86,14 +86,11 @@ class ActionAskBlockReason(AskWithChoices):
         return "action_ask_block_reason"
 
 
-class ActionAskBlockConfirm(CustomerAction):
+class ActionAskBlockConfirm(AskCardConfirm):
+    response = "utter_ask_block_confirm"
+
     def name(self) -> Text:
         return "action_ask_block_confirm"
-
-    async def act(self, dispatcher, tracker, domain, customer) -> List[EventType]:
-        card = await in_thread(card_system().card_of, customer.id, tracker.get_slot("card_last4"))
-        dispatcher.utter_message(response="utter_ask_block_confirm", card_label=card_label(card) if card else "your card")
-        return []
 
 
 class ActionBlockCard(ConfirmedSubmit):

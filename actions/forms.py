@@ -264,6 +264,21 @@ class ConfirmedSubmit(CustomerAction):
         """Make the request, tell the customer, return extra events."""
 
 
+class AskCardConfirm(CustomerAction):
+    """A form's final yes/no about the chosen card ("Block Platinum •• 4821 permanently?")."""
+
+    response: Text = ""
+
+    @abstractmethod
+    def name(self) -> Text:
+        """action_ask_<confirm slot>"""
+
+    async def act(self, dispatcher, tracker, domain, customer) -> List[EventType]:
+        card = await in_thread(card_system().card_of, customer.id, tracker.get_slot("card_last4"))
+        dispatcher.utter_message(response=self.response, card_label=card.label if card else "your card")
+        return []
+
+
 class AskWithChoices(CustomerAction):
     """A form's question with one button per choice, each answering `/inform{"<slot>": value}`.
     Built here, not in domain.yml: JSON in a domain button payload is read by Rasa as placeholders."""

@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Text
 from rasa_sdk.events import EventType, SlotSet
 
 from actions.common import CustomerAction, card_label, card_system, in_thread, money, service_desk
-from actions.forms import CardFormValidation, ConfirmedSubmit, latest_intent
+from actions.forms import AskCardConfirm, CardFormValidation, ConfirmedSubmit, latest_intent
 from actions.session import FORM_SLOTS
 from cardsystem.formatting import format_datetime, redact_card_numbers
 
@@ -84,38 +84,36 @@ class ValidateEmailChangeForm(AccountFormValidation):
         return self.yes_no(tracker, "email_confirm")
 
 
-class ValidateReplaceCardForm(CardFormValidation):
-    form_intent = "replace_card"
+class CardAndYesForm(CardFormValidation):
+    """A form that asks which (active) card, then an explicit yes."""
+
     active_cards_only = True
-    confirm_slot = "replace_confirm"
+
+    async def extract_confirm(self, dispatcher, tracker, domain) -> Dict[Text, Any]:
+        return self.yes_no(tracker, self.confirm_slot)
+
+
+class ValidateReplaceCardForm(CardAndYesForm):
+    form_intent, confirm_slot = "replace_card", "replace_confirm"
+    extract_replace_confirm = CardAndYesForm.extract_confirm
 
     def name(self) -> Text:
         return "validate_replace_card_form"
 
-    async def extract_replace_confirm(self, dispatcher, tracker, domain) -> Dict[Text, Any]:
-        return self.yes_no(tracker, "replace_confirm")
 
-
-class ValidateCloseCardForm(CardFormValidation):
-    form_intent = "close_card"
-    active_cards_only = True
-    confirm_slot = "close_confirm"
+class ValidateCloseCardForm(CardAndYesForm):
+    form_intent, confirm_slot = "close_card", "close_confirm"
+    extract_close_confirm = CardAndYesForm.extract_confirm
 
     def name(self) -> Text:
         return "validate_close_card_form"
 
-    async def extract_close_confirm(self, dispatcher, tracker, domain) -> Dict[Text, Any]:
-        return self.yes_no(tracker, "close_confirm")
 
+class ActionAskReplaceConfirm(AskCardConfirm):
+    response = "utter_ask_replace_confirm"
 
-class ActionAskReplaceConfirm(CustomerAction):
     def name(self) -> Text:
         return "action_ask_replace_confirm"
-
-    async def act(self, dispatcher, tracker, domain, customer) -> List[EventType]:
-        card = await in_thread(card_system().card_of, customer.id, tracker.get_slot("card_last4"))
-        dispatcher.utter_message(response="utter_ask_replace_confirm", card_label=card_label(card) if card else "your card")
-        return []
 
 
 class ActionAskCloseConfirm(CustomerAction):

@@ -180,6 +180,29 @@ def running_whatsapp_bot(workdir: Path, extra_env: Optional[Dict[str, str]] = No
         sandbox.wait(timeout=20)
 
 
+@contextmanager
+def postgres_database(prefix: str) -> Iterator[str]:
+    """A PostgreSQL database of its own on 127.0.0.1:5432 (trust auth), dropped afterwards; its name.
+    Skips the test when no PostgreSQL answers."""
+    import uuid
+
+    import psycopg2
+    import pytest
+
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    try:
+        admin = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=5)
+    except psycopg2.OperationalError as exc:
+        pytest.skip(f"PostgreSQL on 127.0.0.1:5432 is needed here: {exc}")
+    admin.autocommit = True
+    admin.cursor().execute(f"CREATE DATABASE {name}")
+    try:
+        yield name
+    finally:
+        admin.cursor().execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.close()
+
+
 class Phone:
     """A customer's WhatsApp, through the sandbox: say something, get what the bot sent back."""
 

@@ -7,10 +7,11 @@ import json
 import os
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 import pytest
+
+from tests.servers import postgres_database
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,18 +69,8 @@ def test_run_sla_with_a_given_now_is_idempotent(sqlite_env):
 
 @pytest.fixture
 def postgres_url():
-    import psycopg2
-
-    name = f"cardcare_desk_{uuid.uuid4().hex[:8]}"
-    try:
-        admin = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=5)
-    except psycopg2.OperationalError as exc:
-        pytest.skip(f"PostgreSQL on 127.0.0.1:5432 is needed for the several-instances test: {exc}")
-    admin.autocommit = True
-    admin.cursor().execute(f"CREATE DATABASE {name}")
-    yield f"postgresql://postgres@127.0.0.1:5432/{name}"
-    admin.cursor().execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    admin.close()
+    with postgres_database("cardcare_desk") as name:
+        yield f"postgresql://postgres@127.0.0.1:5432/{name}"
 
 
 def test_two_instances_of_the_delay_job_on_postgresql_act_once_per_breach(postgres_url, tmp_path):

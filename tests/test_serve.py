@@ -25,7 +25,7 @@ import pytest
 import requests
 
 from connectors.whatsapp.signature import sign
-from tests.servers import MODEL, ROOT, free_port, start_sandbox
+from tests.servers import MODEL, ROOT, free_port, postgres_database, start_sandbox
 
 pytestmark = pytest.mark.model
 CUSTOMER = "919800000001"   # a seeded customer with one card
@@ -70,18 +70,8 @@ def refusal(env: dict) -> str:
 @pytest.fixture(scope="module")
 def postgres_db():
     """A PostgreSQL database of its own for this run's tracker store (dropped afterwards)."""
-    import psycopg2
-
-    name = f"cardcare_serve_{uuid.uuid4().hex[:8]}"
-    try:
-        admin = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=5)
-    except psycopg2.OperationalError as exc:
-        pytest.skip(f"PostgreSQL on 127.0.0.1:5432 is needed for the production topology: {exc}")
-    admin.autocommit = True
-    admin.cursor().execute(f"CREATE DATABASE {name}")
-    yield name
-    admin.cursor().execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    admin.close()
+    with postgres_database("cardcare_serve") as name:
+        yield name
 
 
 @pytest.fixture(scope="module")
