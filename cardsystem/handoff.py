@@ -35,7 +35,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from sqlalchemy import func, select, update
 
 from cardsystem import audit
-from cardsystem.db import create_schema, session_scope
+from cardsystem.db import create_schema, get_engine, session_scope
 from cardsystem.errors import NotAllowed, NotFound
 from cardsystem.formatting import format_date, format_datetime, format_inr, mask_phone, redact_card_numbers
 from cardsystem.models import Agent, Base, HandoffMessage, HandoffTicket
@@ -120,9 +120,11 @@ class QueuePlace:
 class HandoffDesk:
     """The agents' desk: tickets, queue, agents and console sessions."""
 
-    def __init__(self, system: CardSystem, settings: Optional[HandoffSettings] = None) -> None:
-        self.system = system
-        self.engine = system.engine
+    def __init__(self, system: CardSystem, settings: Optional[HandoffSettings] = None,
+                 db_url: Optional[str] = None) -> None:
+        self.system = system  # the card system's public calls only: now, cards_of, request_callback
+        # its own database (agents, sessions, tickets, their audit): CARDCARE_DESK_DB_URL, else the card system's
+        self.engine = get_engine(db_url or os.environ.get("CARDCARE_DESK_DB_URL") or system.settings.db_url)
         self.settings = settings or HandoffSettings.from_env()
         create_schema(self.engine, Base.metadata)  # databases made before handoff existed gain its tables
         self.accounts = AgentAccounts(self.engine, self.settings, self.now)

@@ -153,7 +153,7 @@ class ServiceRequest(Base):
     updated_at = Column(DateTime, nullable=False, default=utcnow)
 
     # added with the service desk (nullable, so create_schema adds them to older databases)
-    assigned_agent_id = Column(Integer, ForeignKey("agents.id"), nullable=True, index=True)
+    assigned_to = Column(String(60), nullable=True, index=True)  # an agent's username (accounts may live apart)
     needs = Column(Text, nullable=True)            # documents the desk asked the customer for
     resolution = Column(Text, nullable=True)       # the resolution, or the reason of a rejection
     first_promised_by = Column(DateTime, nullable=True)  # the promise made when raised ("resolved in time")
@@ -224,7 +224,7 @@ class DeskAlert(Base):
     id = Column(Integer, primary_key=True)
     key = Column(String(120), nullable=False, unique=True)   # one alert per request, breach and recipient
     reference = Column(String(20), nullable=False, index=True)
-    agent_id = Column(Integer, ForeignKey("agents.id"), nullable=True, index=True)  # one person, or
+    username = Column(String(60), nullable=True, index=True)  # one person (an agent's username), or
     role = Column(String(20), nullable=True)                  # everyone with this role
     text = Column(Text, nullable=False)
     created_at = Column(DateTime, nullable=False)
@@ -255,7 +255,8 @@ class AuditEntry(Base):
     at = Column(DateTime, nullable=False, default=utcnow)
     actor = Column(String(60), nullable=False)
     action = Column(String(60), nullable=False)
-    customer_id = Column(Integer, ForeignKey("customers.id"), nullable=True, index=True)
+    # no foreign key: the handoff desk may keep its own database (CARDCARE_DESK_DB_URL), audit included
+    customer_id = Column(Integer, nullable=True, index=True)
     entity = Column(String(40), nullable=False)
     entity_id = Column(String(40), nullable=False)
     details = Column(Text, nullable=True)
@@ -314,7 +315,7 @@ class HandoffTicket(Base):
     sender = Column(String(160), nullable=False, index=True)   # the WhatsApp id replies go to
     # unused: how to address the sender is the WhatsApp channel's business (its store); kept for older databases
     reply_by = Column(String(10), nullable=False, default="to")
-    customer_id = Column(Integer, ForeignKey("customers.id"), nullable=True, index=True)
+    customer_id = Column(Integer, nullable=True, index=True)  # the card system's (another database, maybe)
     card_last4 = Column(String(4), nullable=True)
     reason = Column(String(40), nullable=False)
     status = Column(String(12), nullable=False, index=True)  # queued | active | closed | callback | returned

@@ -332,3 +332,26 @@ async def test_a_chat_nobody_took_becomes_a_callback_the_customer_is_told_about(
     events, messages = await run_action(ActionHandoffExpired(), make_tracker(ONE_CARD, "handoff_expired"), domain)
     assert messages[0]["response"] == "utter_handoff_expired_callback"
     assert slots_of(events)["reference_id"] == expired.callback_reference
+
+
+def test_the_desk_keeps_its_own_database_when_told(system, tmp_path):
+    """Agents, sessions and tickets in a database of their own (CARDCARE_DESK_DB_URL): the card
+    system's database holds none of them, and the desk still reaches the card system's calls."""
+    from sqlalchemy import func, select
+
+    from cardsystem.db import dispose_engine, session_scope
+    from cardsystem.models import Agent
+
+    url = f"sqlite:///{tmp_path / 'desk.db'}"
+    desk = HandoffDesk(system, HandoffSettings(), db_url=url)
+    try:
+        desk.accounts.create_agent("priya", "Priya", "a-long-password")
+        customer = system.find_customer(ONE_CARD)
+        ticket = desk.open_ticket(ONE_CARD, customer.id, "4821", "customer_asked", {}, [("customer", "hi")], "summary")
+        assert desk.open_ticket_for(ONE_CARD).reference == ticket.reference
+        with session_scope(system.engine) as s:
+            assert s.execute(select(func.count()).select_from(Agent)).scalar_one() == 0
+        _, _, priya = desk.accounts.sign_in("priya", "a-long-password")
+        assert desk.ticket(ticket.reference, priya)["cards"]   # the card system's data, through its calls
+    finally:
+        dispose_engine(url)

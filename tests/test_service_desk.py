@@ -129,7 +129,7 @@ def test_moves_and_their_notes(current, new, note, error):
 
 def test_a_status_change_is_recorded_audited_and_told_once(system, desk):
     customer, request = limit_request(system)
-    desk.set_status(request.reference, "in_progress", "", "agent:asha", agent_id=None)
+    desk.set_status(request.reference, "in_progress", "", "agent:asha")
     done = desk.set_status(request.reference.lower(), "resolved", "Limit raised to Rs 3,50,000", "agent:asha")
     assert done["status"] == "resolved" and done["resolution"] == "Limit raised to Rs 3,50,000" and done["closed"]
     assert [(h["status"], h["actor"]) for h in done["history"]] == \
@@ -225,7 +225,7 @@ def test_the_delay_job_tells_the_delay_then_escalates_a_level_each_breach(system
     assert "taking longer than we promised" in told and "bureau report" in told and "3 Dec 2026" in told
     with session_scope(system.engine) as s:
         alerts = s.execute(select(DeskAlert).order_by(DeskAlert.id)).scalars().all()
-        mine = [(a.role, a.agent_id) for a in alerts if a.reference == request.reference]
+        mine = [(a.role, a.username) for a in alerts if a.reference == request.reference]
         assert mine == [("agent", None), ("supervisor", None)]
 
     levels = []
@@ -296,8 +296,13 @@ def test_worklist_sorted_by_due_time_with_filters(system, desk, clock):
     assert all(rows[i]["promised_by"] <= rows[i + 1]["promised_by"] for i in range(len(rows) - 1))
     assert [r["reference"] for r in desk.worklist(kind="limit_increase")] == [request.reference]
     assert all(r["customer_phone"].count("*") >= 4 for r in rows)               # masked
-    desk.assign(request.reference, None, "agent:asha")
-    assert desk.worklist(assigned_to=12345) == []
+    desk.assign(request.reference, "asha", "agent:meena")
+    assert [r["reference"] for r in desk.worklist(assigned_to="asha")] == [request.reference]
+    assert desk.worklist(assigned_to="nobody") == []
+    with pytest.raises(NotAllowed):
+        desk.assign(request.reference, "Robert'); DROP TABLE", "agent:meena")
+    desk.assign(request.reference, None, "agent:meena")
+    assert desk.worklist(assigned_to="asha") == []
     with pytest.raises(NotAllowed):
         desk.worklist(status="later")
     clock.moment = dt.datetime(2026, 11, 30, 9)

@@ -15,6 +15,7 @@ import datetime as dt
 import json
 import logging
 import os
+import re
 import statistics
 from pathlib import Path
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from cardsystem.db import get_engine, session_scope
 from cardsystem.errors import NotAllowed, NotFound
 from cardsystem.formatting import format_datetime, mask_phone
 from cardsystem.models import (
-    Agent, Card, Customer, DeskAlert, RequestFeedback, ServiceRequest, StatusChange, Transaction,
+    Card, Customer, DeskAlert, RequestFeedback, ServiceRequest, StatusChange, Transaction,
 )
 from cardsystem.requests import feedback as feedback_links
 from cardsystem.requests import notices, wording
@@ -108,10 +109,9 @@ class ServiceDesk:
             if overdue:
                 query = query.where(ServiceRequest.status.in_(CLOCK_RUNS), ServiceRequest.promised_by < now)
             if assigned_to is not None:
-                query = query.where(ServiceRequest.assigned_agent_id == assigned_to)
+                query = query.where(ServiceRequest.assigned_to == assigned_to)
             rows = s.execute(query.order_by(ServiceRequest.promised_by, ServiceRequest.id).limit(max(1, min(limit, 1000))))
-            names = self._agent_names(s)
-            return [self._row(r, c, now, names) for r, c in rows]
+            return [self._row(r, c, now) for r, c in rows]
 
     def request(self, reference: str) -> Dict[str, Any]:
         """One request with its customer (masked), documents, history and notices."""
@@ -119,8 +119,7 @@ class ServiceDesk:
         with session_scope(self.engine) as s:
             r = self._find(s, reference)
             customer = s.get(Customer, r.customer_id)
-            names = self._agent_names(s)
-            data = self._row(r, customer, now, names)
+            data = self._row(r, customer, now)
             card = s.get(Card, r.card_id) if r.card_id else None
             txn = s.get(Transaction, r.transaction_id) if r.transaction_id else None
             details = json.loads(r.details or "{}")
@@ -162,24 +161,25 @@ class ServiceDesk:
             return [{"reference": r.reference, "kind": r.kind, "label": self.rules.kind(r.kind).label,
                      "needs": r.needs or "a document"} for r in rows]
 
-    def alerts(self, agent_id: int, role: str, unread_only: bool = True, limit: int = 50) -> List[Dict[str, Any]]:
+    def alerts(self, username: str, role: str, unread_only: bool = True, limit: int = 50) -> List[Dict[str, Any]]:
+        """Alerts for this agent or their role, newest first."""
         with session_scope(self.engine) as s:
-            query = select(DeskAlert).where((DeskAlert.agent_id == agent_id) | (DeskAlert.role == role))
+            query = select(DeskAlert).where((DeskAlert.username == username) | (DeskAlert.role == role))
             if unread_only:
                 query = query.where(DeskAlert.read_at.is_(None))
             rows = s.execute(query.order_by(DeskAlert.id.desc()).limit(limit)).scalars()
             return [{"id": a.id, "reference": a.reference, "text": a.text, "at": a.created_at.isoformat(),
                      "read": a.read_at is not None} for a in rows]
 
-    def alert_read(self, alert_id: int, agent_id: int, role: str) -> None:
+    def alert_read(self, alert_id: int, username: str, role: str) -> None:
         with session_scope(self.engine) as s:
             s.execute(update(DeskAlert).where(DeskAlert.id == alert_id, DeskAlert.read_at.is_(None),
-                                              (DeskAlert.agent_id == agent_id) | (DeskAlert.role == role))
+                                              (DeskAlert.username == username) | (DeskAlert.role == role))
                       .values(read_at=self.now()).execution_options(synchronize_session=False))
 
     # -- changing -------------------------------------------------------------------------------
     def set_status(self, reference: str, status: str, note: Optional[str], actor: str,
-                   agent_id: Optional[int] = None) -> Dict[str, Any]:
+                   agent: Optional[str] = None) -> Dict[str, Any]:
         """Move a request (rules.MOVES), with the note the move needs; the customer is told."""
         now = self.now()
         with session_scope(self.engine) as s:
@@ -209,8 +209,8 @@ class ServiceDesk:
             if status in CLOSED:
                 message += " " + wording.FEEDBACK.format(link=feedback_links.feedback_url(r.reference))
             r.status, r.updated_at = status, now
-            if agent_id is not None and r.assigned_agent_id is None:
-                r.assigned_agent_id = agent_id
+            if agent and r.assigned_to is None:  # who moves an unassigned request takes it
+                r.assigned_to = agent
             change = self._history(s, r, status, text or None, actor, "status", now)
             audit.record(s, "request_status", r.customer_id, "service_request", r.reference,
                          {"from": previous, "to": status, "note": text[:200]}, actor=actor)
@@ -221,18 +221,15 @@ class ServiceDesk:
             logger.info("request %s %s -> %s by %s", r.reference, previous, status, actor)
         return self.request(reference)
 
-    def assign(self, reference: str, agent_id: Optional[int], actor: str) -> Dict[str, Any]:
-        """Give the request to an agent (None: back to the pool)."""
+    def assign(self, reference: str, username: Optional[str], actor: str) -> Dict[str, Any]:
+        """Give the request to an agent, by username (None: back to the pool). Whether that agent
+        exists is the accounts' business (the console checks before it calls)."""
         now = self.now()
+        if username is not None and not re.fullmatch(r"[a-z0-9._-]{3,60}", username):
+            raise NotAllowed("unknown_agent", "No such agent.")
         with session_scope(self.engine) as s:
             r = self._find(s, reference, lock=True)
-            username = None
-            if agent_id is not None:
-                agent = s.get(Agent, agent_id)
-                if agent is None or not agent.active:
-                    raise NotFound("unknown_agent", "No such active agent.")
-                username = agent.username
-            r.assigned_agent_id = agent_id
+            r.assigned_to = username
             self._history(s, r, r.status, f"assigned to {username}" if username else "unassigned", actor, "assigned", now)
             audit.record(s, "request_assign", r.customer_id, "service_request", r.reference, {"to": username}, actor=actor)
         return self.request(reference)
@@ -473,8 +470,8 @@ class ServiceDesk:
         key = f"{r.reference}:{key}"
         if s.execute(select(DeskAlert.id).where(DeskAlert.key == key)).first():
             return
-        if ladder_role == "executive" and r.assigned_agent_id:
-            s.add(DeskAlert(key=key, reference=r.reference, agent_id=r.assigned_agent_id, text=text, created_at=now))
+        if ladder_role == "executive" and r.assigned_to:
+            s.add(DeskAlert(key=key, reference=r.reference, username=r.assigned_to, text=text, created_at=now))
         else:
             s.add(DeskAlert(key=key, reference=r.reference, role=ROLE_OF_LEVEL.get(ladder_role, "supervisor"),
                             text=text, created_at=now))
@@ -526,11 +523,7 @@ class ServiceDesk:
         s.flush()
         return change
 
-    @staticmethod
-    def _agent_names(s: Any) -> Dict[int, str]:
-        return {a.id: a.username for a in s.execute(select(Agent)).scalars()}
-
-    def _row(self, r: ServiceRequest, customer: Customer, now: dt.datetime, names: Dict[int, str]) -> Dict[str, Any]:
+    def _row(self, r: ServiceRequest, customer: Customer, now: dt.datetime) -> Dict[str, Any]:
         level = self.rules.level(r.escalation_level or 1)
         return {
             "reference": r.reference, "kind": r.kind, "label": self.rules.kind(r.kind).label, "status": r.status,
@@ -539,7 +532,7 @@ class ServiceDesk:
             "overdue": r.status in CLOCK_RUNS and r.promised_by < now,
             "waiting_for_customer": r.status == NEEDS_DOCUMENTS,
             "escalation_level": r.escalation_level or 1, "escalation_name": level.name if level else None,
-            "assigned_to": names.get(r.assigned_agent_id) if r.assigned_agent_id else None,
+            "assigned_to": r.assigned_to,
             "documents": len(r.attachments), "callback": r.kind == "callback",
             "closed": r.status in CLOSED,
         }

@@ -55,7 +55,7 @@ def add_request_routes(bp: Blueprint, channel: "WhatsAppInput", on_new_message: 
         desk = service_desk_of(channel)
         rows = await asyncio.to_thread(
             desk.worklist, request.args.get("kind") or None, request.args.get("status") or None,
-            flag(request, "overdue"), agent.id if flag(request, "mine") else None, flag(request, "closed"))
+            flag(request, "overdue"), agent.username if flag(request, "mine") else None, flag(request, "closed"))
         kinds = [{"kind": k, "label": r.label} for k, r in desk.rules.kinds.items()]
         return ok({"requests": rows, "kinds": kinds,
                    "statuses": ["open", "in_progress", "needs_documents", "resolved", "rejected"]})
@@ -70,7 +70,7 @@ def add_request_routes(bp: Blueprint, channel: "WhatsAppInput", on_new_message: 
     async def status(request: Request, agent, reference: str) -> HTTPResponse:
         body = body_of(request)
         done = await asyncio.to_thread(service_desk_of(channel).set_status, reference, str(body.get("status") or ""),
-                                       str(body.get("note") or ""), f"agent:{agent.username}", agent.id)
+                                       str(body.get("note") or ""), f"agent:{agent.username}", agent.username)
         deliver_now()
         return ok(done)
 
@@ -85,7 +85,7 @@ def add_request_routes(bp: Blueprint, channel: "WhatsAppInput", on_new_message: 
             target = next((a for a in await asyncio.to_thread(people.accounts.agents) if a.username == to), None)
             if target is None:
                 raise NotAllowed("unknown_agent", "No such colleague.")
-        return ok(await asyncio.to_thread(service_desk_of(channel).assign, reference, target.id if target else None,
+        return ok(await asyncio.to_thread(service_desk_of(channel).assign, reference, target.username if target else None,
                                           f"agent:{agent.username}"))
 
     @bp.route("/agents/api/requests/<reference>/delay-reason", methods=["POST"])
@@ -109,12 +109,12 @@ def add_request_routes(bp: Blueprint, channel: "WhatsAppInput", on_new_message: 
     @bp.route("/agents/api/alerts", methods=["GET"])
     @signed_in
     async def alerts(request: Request, agent) -> HTTPResponse:
-        return ok({"alerts": await asyncio.to_thread(service_desk_of(channel).alerts, agent.id, agent.role)})
+        return ok({"alerts": await asyncio.to_thread(service_desk_of(channel).alerts, agent.username, agent.role)})
 
     @bp.route("/agents/api/alerts/<alert_id:int>/read", methods=["POST"])
     @signed_in
     async def alert_read(request: Request, agent, alert_id: int) -> HTTPResponse:
-        await asyncio.to_thread(service_desk_of(channel).alert_read, alert_id, agent.id, agent.role)
+        await asyncio.to_thread(service_desk_of(channel).alert_read, alert_id, agent.username, agent.role)
         return ok({"read": True})
 
     @bp.route("/agents/api/figures", methods=["GET"])
