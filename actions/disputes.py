@@ -41,6 +41,11 @@ REASON_BUTTONS = (("Don't recognise it", "not_recognised"), ("Charged twice", "c
                   ("Refund not received", "refund_not_received"), ("Wrong amount", "wrong_amount"),
                   ("Never received it", "not_delivered"))
 SKIP_WORDS = ("skip", "no screenshot", "don't have", "dont have", "nahi hai", "no")
+# words that name a kind of request in "status of my address change"
+KIND_WORDS = (("address_change", ("address", "pata")), ("email_change", ("email", "e-mail", "mail id")),
+              ("card_closure", ("closure", "closing", "close my card")), ("limit_increase", ("limit",)),
+              ("card_replacement", ("replacement", "damaged", "reissue")), ("callback", ("call back", "callback")),
+              ("dispute", ("dispute", "complaint", "charge")))
 STATUS_LABELS = {"open": "open", "in_progress": "being worked on", "needs_documents": "waiting for a document from you",
                  "resolved": "resolved", "rejected": "closed", "closed": "closed"}
 
@@ -342,22 +347,28 @@ class ActionDisputeStatus(CustomerAction):
                 return [SlotSet("reference_id", None)]
             self.tell(dispatcher, request)
             return [SlotSet("reference_id", request.reference)]
-        requests = await in_thread(system.service_requests, customer.id, "dispute", False, 1) or \
-            await in_thread(system.service_requests, customer.id, None, False, 1)
+        text = (tracker.latest_message.get("text") or "").lower()
+        kind = next((k for k, words in KIND_WORDS if any(w in text for w in words)), None)
+        if kind:  # "what's happening with my address change"
+            requests = await in_thread(system.service_requests, customer.id, kind, False, 1)
+        else:  # every request still open, else the latest one
+            requests = await in_thread(system.service_requests, customer.id, None, True, 5) or \
+                await in_thread(system.service_requests, customer.id, None, False, 1)
         if not requests:
             dispatcher.utter_message(response="utter_no_requests")
             return []
-        self.tell(dispatcher, requests[0])
+        for request in requests:
+            self.tell(dispatcher, request)
         return [SlotSet("reference_id", requests[0].reference)]
 
     @staticmethod
     def tell(dispatcher: CollectingDispatcher, request: ServiceRequestView) -> None:
         if request.transaction_merchant:
-            detail = f"{request.transaction_merchant}, {money(request.amount_paise)}"
+            detail = f" ({request.transaction_merchant}, {money(request.amount_paise)})"
         elif request.card_last4:
-            detail = f"card ending {request.card_last4}"
+            detail = f" (card ending {request.card_last4})"
         else:
-            detail = "your request"
+            detail = ""
         system = card_system()
         if request.status == "needs_documents":
             promise = f"please send {request.needs or 'the document we asked for'} here as a photo or PDF"

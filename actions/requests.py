@@ -10,12 +10,13 @@ from typing import Any, Dict, List, Text
 from rasa_sdk.events import EventType, SlotSet
 
 from actions.common import CustomerAction, card_label, card_system, in_thread, money, service_desk
-from actions.forms import AskCardConfirm, CardFormValidation, ConfirmedSubmit, latest_intent
+from actions.forms import ANSWER_INTENTS, AskCardConfirm, CardFormValidation, ConfirmedSubmit, latest_intent
 from actions.session import FORM_SLOTS
 from cardsystem.formatting import format_datetime, redact_card_numbers
 
 PIN_CODE = re.compile(r"(?<!\d)[1-9]\d{2}\s?\d{3}(?!\d)")
-EMAIL = re.compile(r"[A-Za-z0-9._%+'-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})*\.[A-Za-z]{2,24}")
+EMAIL = re.compile(r"(?!.*\.\.)[A-Za-z0-9_%+'-](?:[A-Za-z0-9._%+'-]{0,62}[A-Za-z0-9_%+'-])?"
+                   r"@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63})*\.[A-Za-z]{2,24}")
 STOPPERS = {"cancel", "talk_to_human", "complain", "opt_out", "goodbye"}
 PENDING_ATTACHMENT = "pending_attachment"  # a file sent before the request existed (actions.context)
 
@@ -31,11 +32,16 @@ class AccountFormValidation(CardFormValidation):
     async def can_start(self, customer) -> bool:
         return True
 
+    looks_like: "re.Pattern[str]" = re.compile(r"$^")  # what an answer to the free-text question looks like
+
     def free_text_answer(self, tracker, slot: Text) -> bool:
-        """The reply to a question asking for free text (an address, an e-mail): whatever NLU made
-        of it, unless it is a way out (cancel, a person, STOP) or a button."""
-        return tracker.get_slot("requested_slot") == slot and latest_intent(tracker) not in STOPPERS \
-            and bool(typed_text(tracker))
+        """The reply to a question asking for free text (an address, an e-mail): an answer when it
+        looks like one (a PIN code, an @) or NLU took it for one; another request ("block my card",
+        "my balance?") interrupts the form instead, and a way out (cancel, a person, STOP) stops it."""
+        text = typed_text(tracker)
+        if tracker.get_slot("requested_slot") != slot or not text or latest_intent(tracker) in STOPPERS:
+            return False
+        return bool(self.looks_like.search(text)) or latest_intent(tracker) in ANSWER_INTENTS | {self.form_intent}
 
     def is_answer(self, tracker) -> bool:
         asked = tracker.get_slot("requested_slot")
@@ -47,6 +53,7 @@ class AccountFormValidation(CardFormValidation):
 class ValidateAddressChangeForm(AccountFormValidation):
     form_intent = "change_address"
     confirm_slot = "address_confirm"
+    looks_like = re.compile(r"\d{3}")  # a house number or a PIN code
 
     def name(self) -> Text:
         return "validate_address_change_form"
@@ -55,7 +62,10 @@ class ValidateAddressChangeForm(AccountFormValidation):
         if not self.free_text_answer(tracker, "new_address"):
             return {}
         text = " ".join(redact_card_numbers(typed_text(tracker)).split())[:300]
-        if not PIN_CODE.search(text) or len(text.split()) < 3:
+        if len(text.split()) < 3:
+            dispatcher.utter_message(response="utter_address_too_short")
+            return {"new_address": None}
+        if not PIN_CODE.search(text):
             dispatcher.utter_message(response="utter_address_needs_pin")
             return {"new_address": None}
         return {"new_address": text}
@@ -67,15 +77,19 @@ class ValidateAddressChangeForm(AccountFormValidation):
 class ValidateEmailChangeForm(AccountFormValidation):
     form_intent = "change_email"
     confirm_slot = "email_confirm"
+    looks_like = re.compile(r"@")
 
     def name(self) -> Text:
         return "validate_email_change_form"
 
     async def extract_new_email(self, dispatcher, tracker, domain) -> Dict[Text, Any]:
-        found = EMAIL.search(tracker.latest_message.get("text") or "")
-        if found and (self.free_text_answer(tracker, "new_email") or latest_intent(tracker) == self.form_intent):
+        text = tracker.latest_message.get("text") or ""
+        found = EMAIL.fullmatch(text.strip()) or next((EMAIL.fullmatch(w.strip(".,;:()<>")) for w in text.split()
+                                                       if EMAIL.fullmatch(w.strip(".,;:()<>"))), None)
+        asked = self.free_text_answer(tracker, "new_email")
+        if found and (asked or latest_intent(tracker) == self.form_intent):
             return {"new_email": found.group(0).lower()}
-        if self.free_text_answer(tracker, "new_email"):
+        if asked or (latest_intent(tracker) == self.form_intent and "@" in text):
             dispatcher.utter_message(response="utter_email_invalid")
             return {"new_email": None}
         return {}
@@ -209,6 +223,9 @@ class ActionRequestReplacement(_RaiseRequest):
         request = await in_thread(card_system().raise_request, customer.id, self.kind, card.last4)
         dispatcher.utter_message(response="utter_replacement_raised", card_label=card_label(card),
                                  reference=request.reference, promised=format_datetime(request.promised_by))
+        moving = await in_thread(card_system().service_requests, customer.id, "address_change", True, 1)
+        if moving:  # the card is posted to the address on record when it is dispatched
+            dispatcher.utter_message(response="utter_replacement_address_pending", reference=moving[0].reference)
         return [SlotSet("reference_id", request.reference)]
 
 

@@ -38,6 +38,7 @@ class Customer(Base):
     date_of_birth = Column(Date, nullable=False)
     email = Column(String(200), nullable=False)
     language = Column(String(8), nullable=False, default="en")
+    address = Column(Text, nullable=True)  # postal address (changed by a resolved address_change request)
     whatsapp_opt_in = Column(Boolean, nullable=False, default=True)
     created_at = Column(DateTime, nullable=False, default=utcnow)
 
@@ -208,7 +209,7 @@ class CustomerNotice(Base):
     subject = Column(String(200), nullable=True)
     text = Column(Text, nullable=False)
     document = Column(Text, nullable=True)                   # JSON {"path", "filename", "caption"}
-    state = Column(String(10), nullable=False, index=True)   # pending | sent | failed
+    state = Column(String(10), nullable=False, index=True)   # pending | sending | held | sent | failed | superseded
     attempts = Column(Integer, nullable=False, default=0)
     error = Column(String(200), nullable=True)
     created_at = Column(DateTime, nullable=False)

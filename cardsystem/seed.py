@@ -228,12 +228,14 @@ class Seeder:
 
     def _request(self, s, customer, card, kind, prefix, reason, txn, days_left, status) -> None:
         created = dt.datetime.combine(self.today - dt.timedelta(days=3), dt.time(11, 30))
+        # promised on a working day of the bank's calendar, like every real promise
+        promised = self.system.desk_rules.calendar.add_working_days(dt.datetime.combine(self.today, dt.time(9, 30)),
+                                                                     days_left)
         request = ServiceRequest(
             reference=f"{prefix}{created:%y%m%d}DEMO",
             customer_id=customer.id, card_id=card.id, kind=kind, status=status, reason=reason,
             transaction_id=txn.id if txn is not None else None, amount_paise=txn.amount_paise if txn is not None else None,
-            details="{}", promised_by=dt.datetime.combine(self.today + dt.timedelta(days=days_left), dt.time(17, 30)),
-            first_promised_by=dt.datetime.combine(self.today + dt.timedelta(days=days_left), dt.time(17, 30)),
+            details="{}", promised_by=promised, first_promised_by=promised,
             created_at=created, updated_at=created + dt.timedelta(days=1),
         )
         s.add(request)

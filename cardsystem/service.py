@@ -80,7 +80,7 @@ DOCUMENTS_NEEDED = {
 _REFERENCE_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
 DISPUTE_WINDOW_DAYS = 120
 MAX_LIMIT_MULTIPLE = 3
-OPEN_STATUSES = ("open", "in_progress")
+OPEN_STATUSES = ("open", "in_progress", "needs_documents")  # the bank still owes the customer something
 WORKDAY_START, WORKDAY_END = dt.time(9, 0), dt.time(18, 0)  # callbacks, Monday to Saturday
 
 

@@ -1,5 +1,5 @@
 """Marks messages no classifier should be trusted with (empty, or far too long) as not understood,
-and a photo or document sent without a caption as `share_media`.
+and a photo or document as `share_media` (unless its caption starts a dispute: the screenshot).
 
 A 5,000-character paste or an empty message must not be read as, say, a request to block a
 card. This component runs after the FallbackClassifier and sets `nlu_fallback` with full
@@ -20,6 +20,9 @@ from rasa.shared.nlu.training_data.message import Message
 
 MAX_CHARS_KEY = "max_chars"
 MEDIA_INTENT = "share_media"  # a photo or document with no caption: kept, never read as "bye"
+# A photo or document whose caption asks for one of these starts it (the screenshot of a dispute);
+# any other caption ("my PAN card", "bill for the new flat") describes the file, which is kept.
+CAPTION_REQUESTS = {"report_dispute"}
 # A short message that is mostly an answer ("6392 wala", "1117", "agust", "the other one") is
 # an answer, whatever the classifier thought of so few words.
 ANSWER_ENTITIES = {"card_last4", "month", "amount", "reference_id", "date", "merchant", "transaction_id"}
@@ -70,7 +73,8 @@ class MessageGuard(GraphComponent):
             if text.startswith("/"):
                 continue  # a button payload: the intent is given, not guessed
             attachment = (message.get("metadata") or {}).get("attachment")
-            if not text and isinstance(attachment, dict) and attachment.get("media_id"):
+            has_media = isinstance(attachment, dict) and attachment.get("media_id")
+            if has_media and (not text or (message.get(INTENT) or {}).get("name") not in CAPTION_REQUESTS):
                 media = {"name": MEDIA_INTENT, "confidence": 1.0}
                 message.set(INTENT, media, add_to_output=True)
                 message.set(INTENT_RANKING_KEY, [media], add_to_output=True)

@@ -37,7 +37,9 @@ def resolved_request(system, desk):
     card = system.cards_of(customer.id)[0]
     request = system.request_limit_increase(customer.id, card.last4, card.credit_limit_paise + 5_000_000)
     desk.set_status(request.reference, "resolved", "Limit raised <b>today</b>", "agent:asha")
-    text = desk.request(request.reference)["notices"][-1]["text"]
+    from cardsystem.requests.notices import NoticeBox
+
+    text = NoticeBox(engine=desk.engine).of(request.reference)[-1]["text"]
     return request.reference, text.rsplit("/webhooks/feedback/", 1)[1].split()[0]
 
 

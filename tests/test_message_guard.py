@@ -30,6 +30,15 @@ def test_a_photo_without_a_caption_is_shared_media_not_a_goodbye():
     assert classify("", metadata={})["intent"]["name"] == "nlu_fallback"
 
 
+def test_a_caption_describes_its_file_unless_it_reports_a_charge():
+    photo = {"attachment": {"media_id": "m-2", "mime_type": "image/jpeg"}}
+    assert classify("my PAN card", intent="block_card", metadata=photo)["intent"]["name"] == "share_media"
+    assert classify("electricity bill for the new flat", intent="check_balance", metadata=photo)["intent"]["name"] \
+        == "share_media"
+    assert classify("swiggy charged me twice", intent="report_dispute", metadata=photo)["intent"]["name"] \
+        == "report_dispute"                                   # the screenshot that starts a dispute
+
+
 def test_a_short_answer_the_classifier_declined_is_an_answer():
     card = [{"entity": "card_last4", "value": "6392"}]
     assert classify("6392 wala", intent="out_of_scope", entities=card)["intent"]["name"] == "inform"

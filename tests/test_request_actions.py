@@ -24,10 +24,17 @@ PHOTO = {"media_id": "998877", "mime_type": "image/jpeg", "filename": None, "cap
 
 async def test_address_change_asks_the_address_with_a_pin_then_the_proof(system, domain):
     asking = {"requested_slot": "new_address"}
-    # an address is taken whatever NLU made of it, and needs a 6-digit PIN code
+    # another request is not an address: the form is interrupted and the rules answer it
     events, messages = await run_action(ValidateAddressChangeForm(), make_tracker(
-        ONE_CARD, "check_balance", text="12 MG Road, Bengaluru", slots=asking, active_loop="address_change_form"), domain)
+        ONE_CARD, "block_card", text="block my card", slots=asking, active_loop="address_change_form"), domain)
+    assert "new_address" not in slots_of(events) and messages == []
+    # something that looks like an address (a number) is one, whatever NLU made of it; it needs a PIN code
+    events, messages = await run_action(ValidateAddressChangeForm(), make_tracker(
+        ONE_CARD, "check_balance", text="123 MG Road, Bengaluru", slots=asking, active_loop="address_change_form"), domain)
     assert slots_of(events).get("new_address") is None and messages[0]["response"] == "utter_address_needs_pin"
+    events, messages = await run_action(ValidateAddressChangeForm(), make_tracker(
+        ONE_CARD, "inform", text="411001", slots=asking, active_loop="address_change_form"), domain)
+    assert messages[0]["response"] == "utter_address_too_short"
     events, _ = await run_action(ValidateAddressChangeForm(), make_tracker(
         ONE_CARD, "nlu_fallback", text="Flat 12, Lotus Towers, Andheri East, Mumbai 400069", slots=asking,
         active_loop="address_change_form"), domain)
@@ -81,6 +88,12 @@ async def test_email_change_checks_the_address_and_can_be_declined(system, domai
     events, _ = await run_action(ValidateEmailChangeForm(), make_tracker(
         ONE_CARD, "change_email", text="change my email to Priya.New@Example.com"), domain)
     assert slots_of(events)["new_email"] == "priya.new@example.com"
+    events, messages = await run_action(ValidateEmailChangeForm(), make_tracker(
+        ONE_CARD, "change_email", text="change email to ananya..sharma@@gmail.com"), domain)
+    assert messages[0]["response"] == "utter_email_invalid" and not slots_of(events).get("new_email")
+    events, messages = await run_action(ValidateEmailChangeForm(), make_tracker(
+        ONE_CARD, "check_balance", text="what is my balance", slots=asking, active_loop="email_change_form"), domain)
+    assert "new_email" not in slots_of(events) and messages == []
     _, messages = await run_action(ActionRequestEmailChange(), make_tracker(
         ONE_CARD, "deny", slots={"new_email": "priya.new@example.com", "email_confirm": False}), domain)
     assert messages[0]["response"] == "utter_email_declined"

@@ -174,7 +174,7 @@ def test_needs_documents_pauses_the_clock_and_the_upload_resumes_it(system, desk
     asked = desk.set_status(dispute.reference, "needs_documents", "a copy of the charge slip", "agent:asha")
     assert asked["waiting_for_customer"] and asked["needs"] == "a copy of the charge slip"
     text = asked["notices"][-1]["text"]
-    assert "a copy of the charge slip" in text and "paused" in text and "7 working day(s)" in text
+    assert "a copy of the charge slip" in text and "paused" in text and "7 working days" in text
     assert desk.pending_from(customer.id) == [{"reference": dispute.reference, "kind": "dispute",
                                                "label": "Transaction dispute", "needs": "a copy of the charge slip"}]
     clock.moment = dt.datetime(2026, 12, 7, 10, 0)                                # a week later, the slip arrives
@@ -192,7 +192,7 @@ def test_needs_documents_pauses_the_clock_and_the_upload_resumes_it(system, desk
 def test_restart_rule_gives_the_whole_turnaround_again(system, desk, clock):
     customer, request = limit_request(system)                                    # 3 working days, clock: restart
     desk.set_status(request.reference, "needs_documents", "last 3 salary slips", "agent:asha")
-    assert "within 3 working day(s)" in desk.request(request.reference)["notices"][-1]["text"]
+    assert "within 3 working days" in desk.request(request.reference)["notices"][-1]["text"]
     clock.moment = dt.datetime(2026, 12, 2, 12, 0)
     got = desk.documents_received(customer.id, request.reference, PHOTO)
     assert got["promised_by"] == dt.datetime(2026, 12, 5, 17, 30)                # Wed + 3 working days (Sat 5th is first)
@@ -340,7 +340,9 @@ def test_resolving_signs_a_proof_and_sends_it_with_a_feedback_link(system, desk,
 
 
 def feedback_token(desk, reference):
-    text = desk.request(reference)["notices"][-1]["text"]
+    shown = desk.request(reference)["notices"][-1]["text"]
+    assert "/webhooks/feedback/<customer's link>" in shown          # the desk never sees the customer's link
+    text = notices.NoticeBox(engine=desk.engine).of(reference)[-1]["text"]
     return text.rsplit("/webhooks/feedback/", 1)[1].split()[0]
 
 
@@ -401,3 +403,37 @@ def test_the_reference_is_e_mailed_when_raised_where_smtp_is_set(system):
     [mail] = notices.NoticeBox(engine=system.engine).of(raised.reference)
     assert mail["medium"] == "email" and mail["subject"] == f"Your Card replacement request {raised.reference}"
     assert raised.reference in mail["text"] and "We'll complete it by" in mail["text"]
+
+
+def test_resolving_carries_the_change_out_in_the_card_system(system, desk):
+    customer = system.find_customer(ONE_CARD)
+    address = system.raise_request(customer.id, "address_change", details={"new_address": "Flat 12, Mumbai 400069"},
+                                   attachment=PHOTO)
+    email = system.raise_request(customer.id, "email_change", details={"new_email": "asha.new@example.com"},
+                                 attachment=PHOTO)
+    assert desk.request(address.reference)["asked"] == {"new_address": "Flat 12, Mumbai 400069"}
+    desk.set_status(address.reference, "resolved", "Address updated", "agent:asha")
+    desk.set_status(email.reference, "resolved", "E-mail updated", "agent:asha")
+    with session_scope(system.engine) as s:
+        from cardsystem.models import Customer
+        row = s.get(Customer, customer.id)
+        assert row.address == "Flat 12, Mumbai 400069" and row.email == "asha.new@example.com"
+    card = next(c for c in system.cards_of(customer.id))
+    closure = system.raise_request(customer.id, "card_closure", card.last4)
+    if card.outstanding_paise:
+        with pytest.raises(NotAllowed) as owed:
+            desk.set_status(closure.reference, "resolved", "Closed", "agent:asha")
+        assert owed.value.code == "still_owed" and desk.request(closure.reference)["status"] == "open"
+
+
+def test_a_silent_customer_gets_the_latest_news_once(system, desk, clock):
+    _, request = limit_request(system)
+    desk.set_status(request.reference, "in_progress", "", "agent:asha")
+    clock.moment = dt.datetime(2026, 12, 15, 10)
+    desk.run_sla()
+    clock.moment = dt.datetime(2027, 1, 15, 10)
+    desk.run_sla()
+    states = [n["state"] for n in notices.NoticeBox(engine=system.engine).of(request.reference)]
+    assert states == ["superseded", "superseded", "pending"]                # only the escalation goes out
+    assert len(desk.late_requests(dt.datetime(2027, 6, 1))) >= 1             # the dry run lists, changes nothing
+    assert [n["state"] for n in notices.NoticeBox(engine=system.engine).of(request.reference)] == states

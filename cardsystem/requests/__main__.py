@@ -3,7 +3,8 @@
     python -m cardsystem.requests list [--overdue] [--kind K] [--status S] [--all] [--json]
     python -m cardsystem.requests show REFERENCE
     python -m cardsystem.requests set-status REFERENCE STATUS --note TEXT [--as NAME]
-    python -m cardsystem.requests run-sla [--now ISO-TIME]     (the delay job once; cron runs this)
+    python -m cardsystem.requests run-sla [--now ISO-TIME] [--dry-run]   (the delay job once; cron runs this;
+                                  it tells real customers: --dry-run lists what it would do)
     python -m cardsystem.requests figures [--json]
 
 Statuses: open, in_progress, needs_documents (the note says what is needed), resolved (the note is
@@ -66,6 +67,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     status.add_argument("--as", dest="actor", default=None, help="who is acting (audit); default: your login")
     sla = commands.add_parser("run-sla", help="the delay job once: late requests told and escalated")
     sla.add_argument("--now", type=_moment, default=None, help="the moment to judge lateness at (tests, replays)")
+    sla.add_argument("--dry-run", action="store_true", help="list what would be done; change nothing, tell no one")
     figures = commands.add_parser("figures", help="per kind: opened, resolved in time, overdue, escalated, median")
     figures.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
@@ -83,6 +85,13 @@ def main(argv: Optional[List[str]] = None) -> int:
             print(f"{done['reference']} is now {done['status']}; the customer will be told.")
         elif args.command == "run-sla":
             now = desk.rules.calendar.localise(args.now) if args.now else None
+            if args.dry_run:
+                late = desk.late_requests(now)
+                print(f"Dry run: {len(late)} request(s) past their promise; nothing was changed and nobody told.")
+                for row in late:
+                    print(f"  {row['reference']:<14} promised {row['promised_by'][:16].replace('T', ' ')}  "
+                          f"would {row['would']} (level {row['level']})")
+                return 0
             report = desk.run_sla(now)
             print(f"Delay job at {report.now:%Y-%m-%d %H:%M}: {len(report.late)} late (customer told the new date), "
                   f"{len(report.escalated)} escalated, {report.skipped} taken by another instance.")

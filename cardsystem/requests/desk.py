@@ -61,6 +61,10 @@ def _when(moment: Optional[dt.datetime]) -> str:
     return format_datetime(moment) if moment else "-"
 
 
+def working_days(n: int) -> str:
+    return f"{n} working day" + ("" if n == 1 else "s")
+
+
 def _mask_email(email: Optional[str]) -> Optional[str]:
     if not email or "@" not in email:
         return None
@@ -131,15 +135,25 @@ class ServiceDesk:
                                 "posted_on": txn.posted_on.isoformat()} if txn else None,
                 "reason": r.reason, "needs": r.needs, "resolution": r.resolution, "delay_reason": r.delay_reason,
                 "description": details.get("description") or details.get("summary"),
+                "asked": {k: details[k] for k in ("new_address", "new_email") if details.get(k)},
                 "first_promised_by": (r.first_promised_by or r.promised_by).isoformat(),
                 "documents": [{"number": n, "filename": a.filename, "mime_type": a.mime_type, "caption": a.caption,
                                "stored": bool(a.stored_as)} for n, a in enumerate(r.attachments, 1)],
                 "history": [{"status": h.status, "event": h.event or "status", "note": h.note, "actor": h.actor or "bot",
                              "at": h.at.isoformat()} for h in r.history],
             })
-        data["notices"] = [{k: (v.isoformat() if isinstance(v, dt.datetime) else v) for k, v in n.items()}
-                           for n in notices.NoticeBox(engine=self.engine).of(data["reference"])]
+        data["notices"] = [self._shown_notice(n) for n in notices.NoticeBox(engine=self.engine).of(data["reference"])]
         return data
+
+    def _shown_notice(self, notice: Dict[str, Any]) -> Dict[str, Any]:
+        """A notice as the desk sees it: on the bank's clock, the customer's feedback link hidden
+        (it is theirs to use once, not a colleague's)."""
+        shown = dict(notice, text=re.sub(r"/webhooks/feedback/\S+", "/webhooks/feedback/<customer's link>",
+                                         notice["text"]))
+        for key in ("created_at", "sent_at"):
+            if shown.get(key):
+                shown[key] = self.rules.calendar.localise(shown[key].replace(tzinfo=dt.timezone.utc)).isoformat()
+        return shown
 
     def document(self, reference: str, number: int) -> Dict[str, Any]:
         """Where the channel keeps the request's `number`-th document (1-based)."""
@@ -190,17 +204,19 @@ class ServiceDesk:
             values = {"label": rule.label, "reference": r.reference}
             previous = r.status
             if status == NEEDS_DOCUMENTS:
+                text = text.rstrip(". ")
                 r.needs = text
                 days_left = max(1, self.rules.calendar.working_days_between(now, r.promised_by))
                 r.paused_days = days_left if rule.documents_clock == "pause" else None
-                clock = (wording.CLOCK_PAUSE.format(days=days_left) if rule.documents_clock == "pause"
-                         else wording.CLOCK_RESTART.format(days=rule.days_for(r.reason)))
+                clock = (wording.CLOCK_PAUSE.format(days=working_days(days_left)) if rule.documents_clock == "pause"
+                         else wording.CLOCK_RESTART.format(days=working_days(rule.days_for(r.reason))))
                 message = wording.NEEDS_DOCUMENTS.format(needs=text.rstrip("."), clock=clock, **values)
             elif status == IN_PROGRESS:
                 if previous == NEEDS_DOCUMENTS:
                     self._resume_clock(r, rule, now)
                 message = wording.IN_PROGRESS.format(promised=_when(r.promised_by), **values)
             elif status == RESOLVED:
+                self._carry_out(s, r, customer, actor)
                 r.resolution, r.closed_at = text, now
                 message = wording.RESOLVED.format(done=rule.done, resolution=text.rstrip(".") + ".", **values)
             else:  # REJECTED
@@ -278,6 +294,26 @@ class ServiceDesk:
                          {"back_to_desk": back_to_desk, "mime_type": attachment.get("mime_type")}, actor=actor)
             return {"reference": r.reference, "status": r.status, "promised_by": r.promised_by,
                     "back_to_desk": back_to_desk, "message": message, "label": rule.label}
+
+    def _carry_out(self, s: Any, r: ServiceRequest, customer: Customer, actor: str) -> None:
+        """What resolving a request changes in the card system itself: the customer's new address
+        or e-mail, a closed card (only once nothing is owed on it)."""
+        details = json.loads(r.details or "{}")
+        changed: Dict[str, Any] = {}
+        if r.kind == "email_change" and details.get("new_email"):
+            customer.email = changed["email"] = str(details["new_email"])[:200]
+        elif r.kind == "address_change" and details.get("new_address"):
+            customer.address = changed["address"] = str(details["new_address"])
+        elif r.kind == "card_closure" and r.card_id:
+            card = s.get(Card, r.card_id)
+            if card.outstanding_paise > 0:
+                from cardsystem.formatting import format_inr
+                raise NotAllowed("still_owed", f"The card still owes {format_inr(card.outstanding_paise)}: it can be "
+                                               "closed once that is paid.")
+            card.status, changed["card"] = "closed", f"**{card.last4} closed"
+        if changed:
+            audit.record(s, "request_carried_out", r.customer_id, "service_request", r.reference,
+                         {k: ("***" if k in ("email", "address") else v) for k, v in changed.items()}, actor=actor)
 
     def _proof(self, s: Any, r: ServiceRequest, customer: Customer, rule: Any) -> Dict[str, Any]:
         """Sign the proof of resolution (cardsystem.requests.proof) and keep it in proof_dir."""
@@ -387,6 +423,17 @@ class ServiceDesk:
         r.paused_days = None
 
     # -- the delay job ----------------------------------------------------------------------------
+    def late_requests(self, now: Optional[dt.datetime] = None) -> List[Dict[str, Any]]:
+        """What the delay job would act on at `now`, changing nothing (run-sla --dry-run)."""
+        now = now or self.now()
+        with session_scope(self.engine) as s:
+            rows = s.execute(select(ServiceRequest).where(ServiceRequest.status.in_(CLOCK_RUNS),
+                                                          ServiceRequest.promised_by < now)
+                             .order_by(ServiceRequest.promised_by)).scalars()
+            return [{"reference": r.reference, "promised_by": r.promised_by.isoformat(),
+                     "would": "escalate" if (r.breaches or 0) else "tell the delay",
+                     "level": r.escalation_level or 1} for r in rows]
+
     def run_sla(self, now: Optional[dt.datetime] = None) -> SlaReport:
         """Find requests past their promise and act once per breach: the first tells the customer the
         delay and a new date and alerts the executive and supervisor; each later one escalates a
@@ -453,8 +500,10 @@ class ServiceDesk:
                     message = wording.ESCALATED.format(level=name, promised=_when(r.promised_by), **values)
                 alert = wording.ALERT_ESCALATED.format(level=target, name=name, **values)
                 roles = [level.role] if level else ["supervisor"]
-                note, event, kind = f"escalated to level {target} ({name}); new date {_when(r.promised_by)}", \
-                    "escalation", "escalated"
+                note = (f"level {target}: the customer was given the {name}'s contact; new date {_when(r.promised_by)}"
+                        if level is not None and level.role == "ombudsman"
+                        else f"escalated to level {target} ({name}); new date {_when(r.promised_by)}")
+                event, kind = "escalation", "escalated"
             r.updated_at = now
             self._history(s, r, r.status, note, "sla", event, now)
             audit.record(s, "request_" + kind, r.customer_id, "service_request", r.reference,

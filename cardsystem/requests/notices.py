@@ -49,6 +49,11 @@ def queue(s: Any, customer: Customer, key: str, text: str, reference: Optional[s
     """Add the notice (WhatsApp, and e-mail when asked and the customer has an address) in session
     `s`; a key already queued adds nothing."""
     now = utcnow()
+    if reference and whatsapp:
+        # a customer silent for days gets the request's latest news once, not every step they missed
+        s.execute(update(CustomerNotice).where(CustomerNotice.reference == reference, CustomerNotice.medium == WHATSAPP,
+                                               CustomerNotice.state.in_(("pending", "held")))
+                  .values(state="superseded").execution_options(synchronize_session=False))
     media = ([(WHATSAPP, customer.phone)] if whatsapp else []) + \
         ([(EMAIL, customer.email)] if email and customer.email and "@" in customer.email else [])
     for medium, address in media:

@@ -6,8 +6,8 @@ RAISED_SUBJECT = "Your {label} request {reference}"
 IN_PROGRESS = "Update on your {label} request {reference}: a colleague is working on it now. We'll complete it by {promised}."
 NEEDS_DOCUMENTS = ("Your {label} request {reference} needs something from you: {needs}. "
                    "Please send it in this chat as a photo or PDF. {clock}")
-CLOCK_PAUSE = "Our clock is paused until it arrives; the {days} working day(s) left run from then."
-CLOCK_RESTART = "Once it arrives we'll complete your request within {days} working day(s)."
+CLOCK_PAUSE = "Our clock is paused until it arrives; the {days} left run from then."
+CLOCK_RESTART = "Once it arrives we'll complete your request within {days}."
 DOCUMENTS_RECEIVED = ("Thank you, we've received your document for {reference} and passed it to the desk. "
                       "We'll complete it by {promised}.")
 DOCUMENTS_MORE = "Thank you, we've added your document to {reference}. The desk will look at it with the rest."
@@ -29,6 +29,6 @@ REOPENED = "Your {label} request {reference} is open again and with our {level}.
 UPDATE_SUBJECT = "Update on your request {reference}"
 
 # to the desk, in the console
-ALERT_LATE = "{reference} ({label}) is past its promised time {promised}. The customer has been told the new date {new}."
+ALERT_LATE = "{reference} ({label}) is past its promised time {promised}. The customer is being told the new date {new}."
 ALERT_ESCALATED = "{reference} ({label}) escalated to level {level} ({name}) after a second missed date."
 ALERT_REOPENED = "{reference} ({label}) re-opened by the customer from the feedback page: {comment}"

@@ -53,6 +53,8 @@ async function openRequest(reference) {
   if (r.transaction) parts.push("Transaction " + r.transaction.reference + " at " + r.transaction.merchant + " on " + r.transaction.posted_on);
   if (r.reason) parts.push("Reason: " + r.reason);
   if (r.description) parts.push("Customer said: " + r.description);
+  if (r.asked && r.asked.new_address) parts.push("New address asked for: " + r.asked.new_address);
+  if (r.asked && r.asked.new_email) parts.push("New e-mail asked for: " + r.asked.new_email);
   if (r.needs) parts.push("Asked for: " + r.needs);
   if (r.resolution) parts.push("Outcome: " + r.resolution);
   $("r-detail").textContent = parts.join(" | ");
