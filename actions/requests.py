@@ -210,7 +210,20 @@ async def raise_with_documents(action: _RaiseRequest, dispatcher, tracker, custo
     return events
 
 
-class ActionRequestReplacement(_RaiseRequest):
+class _CardRequest(_RaiseRequest):
+    """A request about one of the customer's active cards."""
+
+    async def ready(self, dispatcher, tracker, customer) -> bool:
+        system = card_system()
+        card = await in_thread(system.card_of, customer.id, tracker.get_slot("card_last4"))
+        if card is not None and card.is_active:
+            return True
+        if not any(c.is_active for c in await in_thread(system.cards_of, customer.id)):
+            dispatcher.utter_message(response="utter_no_active_card_for_request")
+        return False
+
+
+class ActionRequestReplacement(_CardRequest):
     form_name, kind, confirm_slot = "replace_card_form", "card_replacement", "replace_confirm"
     form_slots = FORM_SLOTS["replace_card_form"]
     declined_response = "utter_replace_declined"
@@ -229,7 +242,7 @@ class ActionRequestReplacement(_RaiseRequest):
         return [SlotSet("reference_id", request.reference)]
 
 
-class ActionRequestClosure(_RaiseRequest):
+class ActionRequestClosure(_CardRequest):
     form_name, kind, confirm_slot = "close_card_form", "card_closure", "close_confirm"
     form_slots = FORM_SLOTS["close_card_form"]
     declined_response = "utter_close_declined"

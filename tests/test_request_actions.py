@@ -144,3 +144,14 @@ async def test_status_says_late_waiting_or_the_outcome(system, domain, make_desk
     desk.set_status(request.reference, "resolved", "Limit raised to Rs 3,50,000", "agent:asha")
     _, messages = await run_action(ActionDisputeStatus(), ask, domain)
     assert "Credit limit increase" in rendered(messages, domain)[0] and "Limit raised to Rs 3,50,000" in rendered(messages, domain)[0]
+
+
+async def test_a_customer_without_an_active_card_is_told_not_crashed(system, domain):
+    customer = system.find_customer(ONE_CARD)
+    system.block_card(customer.id, "4821", "lost")
+    events, messages = await run_action(ActionRequestReplacement(), make_tracker(
+        ONE_CARD, "affirm", slots={"card_last4": None, "replace_confirm": True}), domain)
+    assert messages[0]["response"] == "utter_no_active_card_for_request"
+    _, messages = await run_action(ActionRequestClosure(), make_tracker(
+        ONE_CARD, "affirm", slots={"card_last4": "4821", "close_confirm": True}), domain)
+    assert messages[0]["response"] == "utter_no_active_card_for_request"
