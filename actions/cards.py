@@ -9,7 +9,7 @@ from rasa_sdk.events import EventType, SlotSet
 
 from actions.common import CustomerAction, card_label, card_system, current_customer, in_thread, money
 from actions.session import FORM_SLOTS
-from actions.forms import DECLINED_SLOT, AskCardConfirm, AskWithChoices, ConfirmedSubmit, latest_intent, CardFormValidation
+from actions.forms import DECLINED_SLOT, ActiveCardSubmit, AskCardConfirm, AskWithChoices, ConfirmedSubmit, latest_intent, CardFormValidation
 from cardsystem.formatting import format_date, parse_amount_paise
 
 BLOCK_WORDS = (
@@ -93,7 +93,7 @@ class ActionAskBlockConfirm(AskCardConfirm):
         return "action_ask_block_confirm"
 
 
-class ActionBlockCard(ConfirmedSubmit):
+class ActionBlockCard(ActiveCardSubmit):
     """Blocks the chosen card after an explicit yes. There is deliberately no unblock.
     A number that is not registered gets the emergency route (hotline, app), not a registration text."""
 
@@ -102,18 +102,10 @@ class ActionBlockCard(ConfirmedSubmit):
     form_slots = FORM_SLOTS["block_card_form"]
     confirm_slot = "block_confirm"
     declined_response = "utter_block_declined"
+    no_card_response = "utter_no_active_cards"
 
     def name(self) -> Text:
         return "action_block_card"
-
-    async def ready(self, dispatcher, tracker, customer) -> bool:
-        system = card_system()
-        card = await in_thread(system.card_of, customer.id, tracker.get_slot("card_last4"))
-        if card is not None and card.is_active:
-            return True
-        if not any(c.is_active for c in await in_thread(system.cards_of, customer.id)):
-            dispatcher.utter_message(response="utter_no_active_cards")
-        return False
 
     async def submit(self, dispatcher, tracker, customer) -> List[EventType]:
         card = await in_thread(card_system().card_of, customer.id, tracker.get_slot("card_last4"))

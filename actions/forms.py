@@ -264,6 +264,22 @@ class ConfirmedSubmit(CustomerAction):
         """Make the request, tell the customer, return extra events."""
 
 
+class ActiveCardSubmit(ConfirmedSubmit):
+    """A request about one of the customer's active cards (block, replace, close): nothing is
+    submitted for a card that is not active, and a customer with none is told so."""
+
+    no_card_response: Text = ""
+
+    async def ready(self, dispatcher, tracker, customer) -> bool:
+        system = card_system()
+        card = await in_thread(system.card_of, customer.id, tracker.get_slot("card_last4"))
+        if card is not None and card.is_active:
+            return True
+        if not any(c.is_active for c in await in_thread(system.cards_of, customer.id)):
+            dispatcher.utter_message(response=self.no_card_response)
+        return False
+
+
 class AskCardConfirm(CustomerAction):
     """A form's final yes/no about the chosen card ("Block Platinum •• 4821 permanently?")."""
 

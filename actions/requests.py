@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Text
 from rasa_sdk.events import EventType, SlotSet
 
 from actions.common import CustomerAction, card_label, card_system, in_thread, money, service_desk
-from actions.forms import ANSWER_INTENTS, AskCardConfirm, CardFormValidation, ConfirmedSubmit, latest_intent
+from actions.forms import ANSWER_INTENTS, ActiveCardSubmit, AskCardConfirm, CardFormValidation, ConfirmedSubmit, latest_intent
 from actions.session import FORM_SLOTS
 from cardsystem.formatting import format_datetime, redact_card_numbers
 
@@ -210,17 +210,10 @@ async def raise_with_documents(action: _RaiseRequest, dispatcher, tracker, custo
     return events
 
 
-class _CardRequest(_RaiseRequest):
+class _CardRequest(ActiveCardSubmit, _RaiseRequest):
     """A request about one of the customer's active cards."""
 
-    async def ready(self, dispatcher, tracker, customer) -> bool:
-        system = card_system()
-        card = await in_thread(system.card_of, customer.id, tracker.get_slot("card_last4"))
-        if card is not None and card.is_active:
-            return True
-        if not any(c.is_active for c in await in_thread(system.cards_of, customer.id)):
-            dispatcher.utter_message(response="utter_no_active_card_for_request")
-        return False
+    no_card_response = "utter_no_active_card_for_request"
 
 
 class ActionRequestReplacement(_CardRequest):

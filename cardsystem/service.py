@@ -473,12 +473,7 @@ class CardSystem:
                     raise NotFound("unknown_card", "That card isn't one of yours.")
                 if card.status != "active":
                     raise NotAllowed("card_inactive", f"Your card ending {card.last4} is not active.")
-            filters = {"card_id": card.id} if card else {}
-            existing = s.execute(select(ServiceRequest).where(
-                ServiceRequest.customer_id == customer_id, ServiceRequest.kind == kind,
-                ServiceRequest.status.in_(("open", "in_progress", "needs_documents")),
-                *[getattr(ServiceRequest, k) == v for k, v in filters.items()])
-                .order_by(ServiceRequest.id.desc())).scalars().first()
+            existing = self._open_request(s, customer_id, kind, **({"card_id": card.id} if card else {}))
             if existing is not None:
                 return self._request_view(s, existing)
             request = self._new_request(s, customer_id, kind, self._promise(kind), card_id=card.id if card else None,

@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import os
 import re
 import statistics
 from pathlib import Path
@@ -28,12 +27,13 @@ from cardsystem import audit
 from cardsystem.config import Settings
 from cardsystem.db import get_engine, session_scope
 from cardsystem.errors import NotAllowed, NotFound
-from cardsystem.formatting import format_datetime, mask_phone
+from cardsystem.formatting import format_datetime, format_inr, mask_phone, redact_card_numbers
 from cardsystem.models import (
     Card, Customer, DeskAlert, RequestFeedback, ServiceRequest, StatusChange, Transaction,
 )
 from cardsystem.requests import feedback as feedback_links
 from cardsystem.requests import notices, wording
+from cardsystem.requests.mailer import mask_address
 from cardsystem.requests.rules import (
     ACTIVE, CLOCK_RUNS, CLOSED, IN_PROGRESS, NEEDS_DOCUMENTS, REJECTED, RESOLVED, STATUSES, DeskRules, check_move,
 )
@@ -53,9 +53,6 @@ class SlaReport:
     escalated: List[str] = field(default_factory=list)   # a later breach: one level up
     skipped: int = 0                                     # another instance took it first
 
-    def as_dict(self) -> Dict[str, Any]:
-        return {"now": self.now.isoformat(), "late": self.late, "escalated": self.escalated, "skipped": self.skipped}
-
 
 def _when(moment: Optional[dt.datetime]) -> str:
     return format_datetime(moment) if moment else "-"
@@ -63,13 +60,6 @@ def _when(moment: Optional[dt.datetime]) -> str:
 
 def working_days(n: int) -> str:
     return f"{n} working day" + ("" if n == 1 else "s")
-
-
-def _mask_email(email: Optional[str]) -> Optional[str]:
-    if not email or "@" not in email:
-        return None
-    name, domain = email.split("@", 1)
-    return f"{name[:1]}***@{domain}"
 
 
 class ServiceDesk:
@@ -89,15 +79,9 @@ class ServiceDesk:
     def now(self) -> dt.datetime:
         return self._now()
 
-    # -- promises -------------------------------------------------------------------------------
-    def promise(self, kind: str, reason: Optional[str] = None, moment: Optional[dt.datetime] = None) -> dt.datetime:
-        """When a request of `kind` raised at `moment` (now) must be done by."""
-        days = self.rules.kind(kind).days_for(reason)
-        return self.rules.calendar.add_working_days(moment or self.now(), days)
-
     # -- reading --------------------------------------------------------------------------------
     def worklist(self, kind: Optional[str] = None, status: Optional[str] = None, overdue: bool = False,
-                 assigned_to: Optional[int] = None, include_closed: bool = False, limit: int = 200) -> List[Dict[str, Any]]:
+                 assigned_to: Optional[str] = None, include_closed: bool = False, limit: int = 200) -> List[Dict[str, Any]]:
         """Requests sorted by due time (soonest first), with the filters the desk uses."""
         now = self.now()
         with session_scope(self.engine) as s:
@@ -129,7 +113,7 @@ class ServiceDesk:
             details = json.loads(r.details or "{}")
             data.update({
                 "customer": {"name": customer.name, "phone": mask_phone(customer.phone),
-                             "email": _mask_email(customer.email)},
+                             "email": mask_address(customer.email) if customer.email else None},
                 "card_last4": card.last4 if card else None,
                 "transaction": {"reference": txn.reference, "merchant": txn.merchant, "amount_paise": txn.amount_paise,
                                 "posted_on": txn.posted_on.isoformat()} if txn else None,
@@ -210,7 +194,7 @@ class ServiceDesk:
                 r.paused_days = days_left if rule.documents_clock == "pause" else None
                 clock = (wording.CLOCK_PAUSE.format(days=working_days(days_left)) if rule.documents_clock == "pause"
                          else wording.CLOCK_RESTART.format(days=working_days(rule.days_for(r.reason))))
-                message = wording.NEEDS_DOCUMENTS.format(needs=text.rstrip("."), clock=clock, **values)
+                message = wording.NEEDS_DOCUMENTS.format(needs=text, clock=clock, **values)
             elif status == IN_PROGRESS:
                 if previous == NEEDS_DOCUMENTS:
                     self._resume_clock(r, rule, now)
@@ -307,7 +291,6 @@ class ServiceDesk:
         elif r.kind == "card_closure" and r.card_id:
             card = s.get(Card, r.card_id)
             if card.outstanding_paise > 0:
-                from cardsystem.formatting import format_inr
                 raise NotAllowed("still_owed", f"The card still owes {format_inr(card.outstanding_paise)}: it can be "
                                                "closed once that is paid.")
             card.status, changed["card"] = "closed", f"**{card.last4} closed"
@@ -317,7 +300,7 @@ class ServiceDesk:
 
     def _proof(self, s: Any, r: ServiceRequest, customer: Customer, rule: Any) -> Dict[str, Any]:
         """Sign the proof of resolution (cardsystem.requests.proof) and keep it in proof_dir."""
-        from cardsystem.requests.proof import make_proof
+        from cardsystem.requests.proof import make_proof, write_private
 
         s.flush()
         s.refresh(r)
@@ -335,10 +318,7 @@ class ServiceDesk:
             raise NotAllowed("no_signing_key", f"The proof of resolution could not be signed: {exc}") from exc
         self.proof_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         name = f"{r.reference}.pdf"
-        fd = os.open(self.proof_dir / f".{name}.part", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(pdf)
-        (self.proof_dir / f".{name}.part").replace(self.proof_dir / name)
+        write_private(self.proof_dir / name, pdf)
         return {"proof": name, "filename": f"CardCare-{r.reference}-proof.pdf",
                 "caption": wording.PROOF_CAPTION.format(reference=r.reference)}
 
@@ -367,7 +347,6 @@ class ServiceDesk:
         """Record a customer's rating and comment; an escalation re-opens the request one rung up
         the ladder, alerts that rung and tells the customer the new date. Once per link."""
         from sqlalchemy.exc import IntegrityError
-        from cardsystem.formatting import redact_card_numbers
 
         link = feedback_links.read_token(token)
         if rating is not None and rating not in range(1, 6):
@@ -393,14 +372,26 @@ class ServiceDesk:
         return {"reference": link.reference, "escalated": escalate,
                 "message": wording.FEEDBACK_THANKS.format(reference=link.reference)}
 
-    def _reopen(self, s: Any, r: ServiceRequest, comment: str, now: dt.datetime) -> None:
-        rule = self.rules.kind(r.kind)
+    def _climb(self, r: ServiceRequest, now: dt.datetime) -> tuple:
+        """One rung up the ladder (the top rung is kept), with that rung's new date: (level number,
+        Level or None, its name)."""
         target = min((r.escalation_level or 1) + 1, max(self.rules.top, 1))
         level = self.rules.level(target)
         r.escalation_level = target
-        r.status, r.closed_at, r.updated_at = IN_PROGRESS, None, now
         r.promised_by = self.rules.calendar.add_working_days(now, level.days if level else self.rules.delay_days)
-        name = level.name if level else "senior team"
+        return target, level, level.name if level else "senior team"
+
+    @staticmethod
+    def _ladder_message(level: Any, name: str, template: str, values: Dict[str, str], r: ServiceRequest) -> str:
+        """What the customer is told on a new rung: at the ombudsman's, its contact; else the new date."""
+        if level is not None and level.role == "ombudsman":
+            return wording.OMBUDSMAN.format(level=name, contact=level.contact or "", **values)
+        return template.format(level=name, promised=_when(r.promised_by), **values)
+
+    def _reopen(self, s: Any, r: ServiceRequest, comment: str, now: dt.datetime) -> None:
+        rule = self.rules.kind(r.kind)
+        r.status, r.closed_at, r.updated_at = IN_PROGRESS, None, now
+        target, level, name = self._climb(r, now)
         change = self._history(s, r, IN_PROGRESS, f"{wording.ESCALATION_ASKED}; level {target} ({name})",
                                "customer", "escalation", now)
         audit.record(s, "request_reopened", r.customer_id, "service_request", r.reference, {"level": target},
@@ -408,12 +399,7 @@ class ServiceDesk:
         alert = wording.ALERT_REOPENED.format(reference=r.reference, label=rule.label, comment=comment or "-")
         self._alert(s, r, f"f{change.id}", level.role if level else "supervisor", alert, now)
         customer = s.get(Customer, r.customer_id)
-        if level is not None and level.role == "ombudsman":
-            message = wording.OMBUDSMAN.format(label=rule.label, reference=r.reference, level=name,
-                                               contact=level.contact or "")
-        else:
-            message = wording.REOPENED.format(label=rule.label, reference=r.reference, level=name,
-                                              promised=_when(r.promised_by))
+        message = self._ladder_message(level, name, wording.REOPENED, {"label": rule.label, "reference": r.reference}, r)
         notices.queue(s, customer, f"{r.reference}:h{change.id}", message, r.reference,
                       wording.UPDATE_SUBJECT.format(reference=r.reference), email=self.email)
 
@@ -488,16 +474,8 @@ class ServiceDesk:
                 roles = ["executive", "supervisor"]
                 note, event, kind = f"late: promised {_when(old)}, new date {_when(r.promised_by)}", "delay", "late"
             else:
-                target = min((r.escalation_level or 1) + 1, max(self.rules.top, 1))
-                level = self.rules.level(target)
-                days = level.days if level else self.rules.delay_days
-                r.escalation_level = target
-                r.promised_by = self.rules.calendar.add_working_days(now, days)
-                name = level.name if level else "senior team"
-                if level is not None and level.role == "ombudsman":
-                    message = wording.OMBUDSMAN.format(level=name, contact=level.contact or "", **values)
-                else:
-                    message = wording.ESCALATED.format(level=name, promised=_when(r.promised_by), **values)
+                target, level, name = self._climb(r, now)
+                message = self._ladder_message(level, name, wording.ESCALATED, values, r)
                 alert = wording.ALERT_ESCALATED.format(level=target, name=name, **values)
                 roles = [level.role] if level else ["supervisor"]
                 note = (f"level {target}: the customer was given the {name}'s contact; new date {_when(r.promised_by)}"

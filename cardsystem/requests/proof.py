@@ -258,8 +258,8 @@ def _dev_certificate(key: rsa.RSAPrivateKey, common_name: str = DEV_COMMON_NAME)
     )
 
 
-def _write_private(path: Path, content: bytes) -> None:
-    """Write through a fresh 0600 file, then move it into place, so no reader sees half a key."""
+def write_private(path: Path, content: bytes) -> None:
+    """Write through a fresh 0600 file, then move it into place, so no reader sees half a file (a key, a proof)."""
     temporary = path.with_name(path.name + ".tmp")
     temporary.unlink(missing_ok=True)
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -280,9 +280,9 @@ def ensure_dev_pair(directory: Union[str, Path], common_name: str = DEV_COMMON_N
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (key_path.exists() and cert_path.exists()):
             key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-            _write_private(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            write_private(key_path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                        serialization.NoEncryption()))
-            _write_private(cert_path, _dev_certificate(key, common_name).public_bytes(serialization.Encoding.PEM))
+            write_private(cert_path, _dev_certificate(key, common_name).public_bytes(serialization.Encoding.PEM))
     return key_path, cert_path
 
 
