@@ -170,6 +170,9 @@ async def test_free_form_replies_outside_the_24_hour_window_are_refused(world):
     assert output.refused == 1 and outbox.messages == []
     [refusal] = channel.store.sends("919811111111")
     assert refusal["status"] == "refused" and refusal["error_code"] == 131047
+    submitted = outbox.templates.create({"name": "payment_due_reminder", "language": "en", "category": "UTILITY",
+                                         "components": [{"type": "BODY", "text": "Your card bill is due."}]}, "waba")
+    outbox.templates.decide(submitted.id, "APPROVED")  # only an approved template is sent (132001 otherwise)
     template = {"type": "template", "template": {"name": "payment_due_reminder", "language": {"code": "en"}}}
     await output.send_custom_json("919811111111", template)  # templates are allowed
     assert outbox.messages[-1]["message"]["type"] == "template" and output.refused == 1
