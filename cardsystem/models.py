@@ -80,6 +80,7 @@ class Transaction(Base):
     amount_paise = Column(BigInteger, nullable=False)  # > 0 debit, < 0 credit (payment, refund)
     category = Column(String(30), nullable=False)
     status = Column(String(16), nullable=False, default="posted")  # posted | pending | reversed
+    posted_at = Column(DateTime, nullable=True)  # when it was recorded (UTC), for payments made since a reminder
 
     __table_args__ = (Index("ix_txn_card_date", "card_id", "posted_on"),)
 
@@ -215,6 +216,13 @@ class CustomerNotice(Base):
     created_at = Column(DateTime, nullable=False)
     claimed_at = Column(DateTime, nullable=True)             # taken by a sender, or last looked at while held
     sent_at = Column(DateTime, nullable=True)
+    # added with the bank's own messages (issue 11; nullable, so older databases get them)
+    kind = Column(String(20), nullable=True)        # payment_due | payment_received | statement_ready | card_blocked |
+                                                    # NULL: a service request's news (request_update)
+    card_id = Column(Integer, nullable=True)
+    facts = Column(Text, nullable=True)             # JSON: what the template is filled with (amounts, dates)
+    not_before = Column(DateTime, nullable=True)    # quiet hours: not taken before this (UTC)
+    expires_at = Column(DateTime, nullable=True)    # news that is stale after this (a reminder after its due date)
 
 
 class DeskAlert(Base):
@@ -232,6 +240,63 @@ class DeskAlert(Base):
     read_at = Column(DateTime, nullable=True)
 
 
+class MessageSend(Base):
+    """Every message the bank sent first, as handed to WhatsApp: what it was (a template of a
+    category, or a free-form message inside the customer's window), what WhatsApp charges for it
+    (the rate of its category and country when sent, in 1/10000 of a rupee, and the SMS rate it
+    replaces), and what became of it. One per notice (`notice_key`): a retry never counts twice."""
+
+    __tablename__ = "message_sends"
+
+    id = Column(Integer, primary_key=True)
+    notice_key = Column(String(120), nullable=False, unique=True)
+    customer_id = Column(Integer, nullable=False, index=True)
+    card_id = Column(Integer, nullable=True)
+    kind = Column(String(20), nullable=False)           # payment_due | payment_received | ... | request_update
+    via = Column(String(10), nullable=False)            # template | text (inside the 24-hour window)
+    template = Column(String(80), nullable=True)
+    category = Column(String(20), nullable=False)       # utility | marketing | authentication | service
+    country = Column(String(4), nullable=False)
+    rate_e4 = Column(Integer, nullable=False)           # WhatsApp's rate, 1/10000 INR (0.1150 -> 1150)
+    sms_rate_e4 = Column(Integer, nullable=False)
+    state = Column(String(10), nullable=False, index=True)  # queued | sent | delivered | read | failed
+    wamid = Column(String(256), nullable=True, index=True)
+    error_code = Column(Integer, nullable=True)
+    error = Column(String(200), nullable=True)
+    queued_at = Column(DateTime, nullable=False, index=True)
+    sent_at = Column(DateTime, nullable=True)
+    delivered_at = Column(DateTime, nullable=True)
+    read_at = Column(DateTime, nullable=True)
+    failed_at = Column(DateTime, nullable=True)
+
+
+class MessageTemplate(Base):
+    """A template's approval as Meta last reported it (submit, sync, or its status webhook)."""
+
+    __tablename__ = "message_templates"
+
+    name = Column(String(512), primary_key=True)
+    language = Column(String(8), primary_key=True)
+    category = Column(String(20), nullable=False)
+    status = Column(String(20), nullable=False)          # PENDING | APPROVED | REJECTED | PAUSED | DISABLED ...
+    meta_id = Column(String(40), nullable=True)
+    content_hash = Column(String(16), nullable=False)     # the text that was submitted
+    reason = Column(String(200), nullable=True)
+    submitted_at = Column(DateTime, nullable=True)
+    updated_at = Column(DateTime, nullable=False)
+
+
+class PaymentLinkUse(Base):
+    """A payment link that was used: its nonce, once (a second use is refused)."""
+
+    __tablename__ = "payment_link_uses"
+
+    nonce = Column(String(40), primary_key=True)
+    card_id = Column(Integer, nullable=False)
+    amount_paise = Column(BigInteger, nullable=False)
+    used_at = Column(DateTime, nullable=False)
+
+
 class MessagingConsent(Base):
     """Whether a WhatsApp number agreed to messages the bank sends first (reminders, updates).
 
@@ -245,6 +310,9 @@ class MessagingConsent(Base):
     opted_in = Column(Boolean, nullable=False)
     source = Column(String(40), nullable=False)  # e.g. whatsapp:STOP, whatsapp:START, signup
     changed_at = Column(DateTime, nullable=False, default=utcnow)
+    # a number WhatsApp could not reach (131026) or held back (131049): not tried again blindly
+    paused_until = Column(DateTime, nullable=True)
+    pause_error = Column(String(120), nullable=True)
 
 
 class AuditEntry(Base):

@@ -20,6 +20,7 @@ from sqlalchemy import func, select
 from cardsystem.config import Settings
 from cardsystem.db import session_scope
 from cardsystem.models import (
+    MessagingConsent,
     AuditEntry, Card, Customer, RewardItem, RewardLot, ServiceRequest, Statement, StatusChange, Transaction,
 )
 from cardsystem.service import CardSystem
@@ -139,6 +140,9 @@ class Seeder:
                             whatsapp_opt_in=self.rng.random() > 0.05)
         s.add(customer)
         s.flush()
+        if customer.whatsapp_opt_in:  # agreed on the card application to reminders and updates on WhatsApp
+            s.add(MessagingConsent(phone=phone, opted_in=True, source="signup:card_application",
+                                   changed_at=customer.created_at))
         return customer
 
     def _card(self, s, customer: Customer, last4: str, product: str, network: str, limit: int):

@@ -12,15 +12,17 @@ import json
 import logging
 import re
 import secrets
-from typing import Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
 
 from cardsystem import audit
 from cardsystem.config import Settings
 from cardsystem.db import create_schema, get_engine, session_scope
 from cardsystem.errors import NotAllowed, NotFound
-from cardsystem.formatting import format_datetime
+from cardsystem.formatting import format_date, format_datetime, format_inr
+from cardsystem.paylinks import InvalidPaymentLink, verify_payment_link
 from cardsystem.requests import notices, wording
 from cardsystem.requests.rules import DeskRules
 from cardsystem.models import (
@@ -29,6 +31,7 @@ from cardsystem.models import (
     Card,
     Customer,
     MessagingConsent,
+    PaymentLinkUse,
     Redemption,
     RewardItem,
     RewardLot,
@@ -60,6 +63,8 @@ DISPUTE_REASONS = {
     "not_delivered": "Goods or service not received",
 }
 BLOCK_REASONS = ("lost", "stolen", "damaged", "suspicious")
+BLOCK_WORDS = {"lost": "reported lost", "stolen": "reported stolen", "damaged": "reported damaged",
+               "suspicious": "suspicious activity", "bank": "blocked by the bank's fraud checks"}
 REFERENCE_PREFIX = {
     "dispute": "DSP",
     "block_card": "BLK",
@@ -194,6 +199,11 @@ class CardSystem:
                 select(Card).where(Card.customer_id == customer_id, Card.status != "closed").order_by(Card.id)
             ).scalars()
             return [_card_view(c) for c in rows]
+
+    def card_by_id(self, card_id: int) -> Optional[CardView]:
+        with session_scope(self.engine) as s:
+            card = s.get(Card, int(card_id))
+            return _card_view(card) if card else None
 
     def card_of(self, customer_id: int, last4: Optional[str]) -> Optional[CardView]:
         """The customer's card ending in `last4`, or None when it is not theirs."""
@@ -417,9 +427,11 @@ class CardSystem:
             s.flush()
             return self._new_view(s, request)
 
-    def block_card(self, customer_id: int, last4: str, reason: str) -> ServiceRequestView:
-        """Block the card at once and open a replacement request. There is no unblock."""
-        if reason not in BLOCK_REASONS:
+    def block_card(self, customer_id: int, last4: str, reason: str, by: str = "customer") -> ServiceRequestView:
+        """Block the card at once and open a replacement request. There is no unblock. A block the
+        bank makes (`by` another than the customer in the chat, e.g. "bank:fraud-desk") is told to
+        the customer (card_blocked: a plain message, or its template outside the window)."""
+        if reason not in BLOCK_REASONS + ("bank",):
             reason = "lost"
         with session_scope(self.engine) as s:
             card = s.execute(
@@ -434,7 +446,15 @@ class CardSystem:
             card.block_reason = reason
             request = self._new_request(s, customer_id, "block_card", self._promise("block_card"), card_id=card.id,
                                         reason=reason, details={"replacement": True})
-            audit.record(s, "block_card", customer_id, "card", f"**{card.last4}", {"reason": reason, "request": request.reference})
+            audit.record(s, "block_card", customer_id, "card", f"**{card.last4}",
+                         {"reason": reason, "request": request.reference, "by": by[:40]})
+            if by != "customer":
+                customer = s.get(Customer, customer_id)
+                when = format_datetime(self.now())
+                facts = {"card_last4": card.last4, "blocked_at": when,
+                         "block_reason": BLOCK_WORDS.get(reason, reason), "support_phone": self.settings.support_phone}
+                notices.queue(s, customer, f"blocked:{card.id}:{card.blocked_at:%Y%m%d%H%M%S}",
+                              wording.CARD_BLOCKED.format(**facts), kind="card_blocked", card_id=card.id, facts=facts)
             return self._new_view(s, request)
 
     def request_limit_increase(self, customer_id: int, last4: str, new_limit_paise: int) -> ServiceRequestView:
@@ -527,6 +547,66 @@ class CardSystem:
             ).scalar_one_or_none()
             return json.loads(request.details or "{}") if request else {}
 
+    # -- payments -------------------------------------------------------------------------------
+    def pay_with_link(self, url: str, via: str = "payment page") -> TransactionView:
+        """Take the payment a signed link asks for: the link is used once (its nonce is recorded in
+        the same transaction as the payment; a second use raises InvalidPaymentLink("used"))."""
+        fields = verify_payment_link(url, self.settings.payment_link_secret)
+        try:
+            with session_scope(self.engine) as s:
+                if s.get(PaymentLinkUse, str(fields["n"])[:40]) is not None:
+                    raise InvalidPaymentLink("used")
+                card = s.execute(select(Card).where(Card.id == int(fields["c"])).with_for_update()).scalar_one_or_none()
+                if card is None or card.status == "closed":
+                    raise NotFound("unknown_card", "This card can no longer be paid through this link.")
+                amount = int(fields["a"])
+                if card.outstanding_paise <= 0:
+                    raise NotAllowed("nothing_due", "There is nothing to pay on this card now.")
+                if amount > card.outstanding_paise:
+                    raise NotAllowed("amount_changed", f"This link is for {format_inr(amount)} but "
+                                     f"{format_inr(card.outstanding_paise)} is due now. Ask for a new link on WhatsApp.")
+                s.add(PaymentLinkUse(nonce=str(fields["n"])[:40], card_id=card.id, amount_paise=amount, used_at=utcnow()))
+                s.flush()  # the nonce is the primary key: a second use stops here
+                return self._post_payment(s, card, amount, via)
+        except IntegrityError:
+            raise InvalidPaymentLink("used") from None
+
+    def record_payment(self, card_id: int, amount_paise: int, via: str = "core banking") -> TransactionView:
+        """A payment the bank received for a card (NEFT, UPI, a branch): posted, dues lowered, told."""
+        if int(amount_paise) <= 0:
+            raise NotAllowed("bad_amount", "A payment is a positive amount.")
+        with session_scope(self.engine) as s:
+            card = s.execute(select(Card).where(Card.id == int(card_id)).with_for_update()).scalar_one_or_none()
+            if card is None:
+                raise NotFound("unknown_card", "No such card.")
+            return self._post_payment(s, card, int(amount_paise), via)
+
+    def _post_payment(self, s: Any, card: Card, amount: int, via: str) -> TransactionView:
+        txn = Transaction(reference=f"P{self.today():%y%m}{secrets.randbelow(10 ** 7):07d}", card_id=card.id,
+                          posted_on=self.today(), posted_at=utcnow(), merchant="Payment received - thank you",
+                          amount_paise=-amount, category="payment", status="posted")
+        s.add(txn)
+        card.outstanding_paise -= amount
+        card.minimum_due_paise = max(0, card.minimum_due_paise - amount)
+        card.available_limit_paise = min(card.credit_limit_paise, card.available_limit_paise + amount)
+        s.flush()
+        facts = {"amount": format_inr(amount), "card_last4": card.last4, "paid_on": format_date(self.today()),
+                 "total_due": format_inr(max(0, card.outstanding_paise))}
+        notices.queue(s, s.get(Customer, card.customer_id), f"payment:{txn.reference}",
+                      wording.PAYMENT_RECEIVED.format(**facts), kind="payment_received", card_id=card.id, facts=facts)
+        audit.record(s, "payment_received", card.customer_id, "transaction", txn.reference,
+                     {"card": f"**{card.last4}", "amount_paise": amount, "via": via[:40]})
+        return _txn_view(txn)
+
+    def payments_since(self, card_id: int, since: dt.date) -> List[TransactionView]:
+        """Payments posted on a card since `since` (inclusive), newest first."""
+        with session_scope(self.engine) as s:
+            rows = s.execute(select(Transaction).where(
+                Transaction.card_id == card_id, Transaction.category == "payment", Transaction.amount_paise < 0,
+                Transaction.status != "reversed", Transaction.posted_on >= since)
+                .order_by(Transaction.posted_on.desc(), Transaction.id.desc())).scalars()
+            return [_txn_view(t) for t in rows]
+
     # -- consent to messages the bank sends first ---------------------------------------------
     def set_consent(self, phone: str, opted_in: bool, source: str) -> None:
         """Record a number's opt-in or opt-out (STOP / START), with when and how."""
@@ -538,6 +618,8 @@ class CardSystem:
             else:
                 row.opted_in, row.source, row.changed_at = opted_in, source[:40], utcnow()
             customer = s.execute(select(Customer).where(Customer.phone == phone)).scalar_one_or_none()
+            if customer is not None:
+                customer.whatsapp_opt_in = opted_in
             audit.record(s, "opt_in" if opted_in else "opt_out", customer.id if customer else None, "consent",
                         phone[-4:], {"source": source[:40]})
 

@@ -9,12 +9,13 @@ sends a notice's key once, so that repeat costs nothing.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.engine import Engine
@@ -45,9 +46,11 @@ class Notice:
 
 def queue(s: Any, customer: Customer, key: str, text: str, reference: Optional[str] = None,
           subject: Optional[str] = None, document: Optional[Dict[str, Any]] = None, email: bool = False,
-          whatsapp: bool = True) -> None:
+          whatsapp: bool = True, kind: Optional[str] = None, card_id: Optional[int] = None,
+          facts: Optional[Dict[str, Any]] = None) -> None:
     """Add the notice (WhatsApp, and e-mail when asked and the customer has an address) in session
-    `s`; a key already queued adds nothing."""
+    `s`; a key already queued adds nothing. `kind` and `facts` let a template carry it outside the
+    customer's 24-hour window (cardsystem.reminders)."""
     now = utcnow()
     if reference and whatsapp:
         # a customer silent for days gets the request's latest news once, not every step they missed
@@ -63,7 +66,8 @@ def queue(s: Any, customer: Customer, key: str, text: str, reference: Optional[s
         s.add(CustomerNotice(key=full_key, medium=medium, customer_id=customer.id, address=address,
                              reference=reference, subject=(subject or "")[:200] or None, text=text,
                              document=json.dumps(document) if document else None, state="pending",
-                             attempts=0, created_at=now))
+                             attempts=0, created_at=now, kind=kind, card_id=card_id,
+                             facts=json.dumps(facts) if facts else None))
 
 
 class NoticeBox:
@@ -71,7 +75,8 @@ class NoticeBox:
 
     def __init__(self, db_url: Optional[str] = None, engine: Optional[Engine] = None,
                  held_recheck_seconds: float = HELD_RECHECK_SECONDS, proof_dir: Optional[Path] = None,
-                 files_dir: Optional[Path] = None) -> None:
+                 files_dir: Optional[Path] = None, outreach: Any = None,
+                 clock: Optional[Callable[[], dt.datetime]] = None) -> None:
         from cardsystem.config import Settings
 
         settings = Settings.from_env()
@@ -79,10 +84,12 @@ class NoticeBox:
         self.held_recheck = dt.timedelta(seconds=held_recheck_seconds)
         self.proof_dir = Path(proof_dir or settings.proof_dir)
         self.files_dir = Path(files_dir or settings.statement_dir)
+        self._outreach: Any = outreach  # cardsystem.reminders.outreach.Outreach (made on first use)
+        self.clock = clock or utcnow     # UTC (tests and replays give their own)
 
     def take(self, medium: str, limit: int = 50, now: Optional[dt.datetime] = None) -> List[Notice]:
         """Due notices of `medium`, each taken by this caller alone (a conditional update)."""
-        now = now or utcnow()
+        now = now or self.clock()
         stale = now - dt.timedelta(seconds=CLAIM_SECONDS)
         recheck = now - self.held_recheck
         taken: List[Notice] = []
@@ -90,6 +97,7 @@ class NoticeBox:
             rows = s.execute(
                 select(CustomerNotice).where(
                     CustomerNotice.medium == medium,
+                    or_(CustomerNotice.not_before.is_(None), CustomerNotice.not_before <= now),
                     or_(CustomerNotice.state == "pending",
                         (CustomerNotice.state == "sending") & (CustomerNotice.claimed_at < stale),
                         (CustomerNotice.state == "held") & (CustomerNotice.claimed_at < recheck)))
@@ -121,9 +129,50 @@ class NoticeBox:
     def sent(self, notice_id: int) -> None:
         self._settle(notice_id, state="sent", sent_at=utcnow(), error=None)
 
-    def held(self, notice_id: int, why: str) -> None:
-        """Not deliverable now (e.g. the 24-hour window is closed): looked at again later."""
-        self._settle(notice_id, state="held", claimed_at=utcnow(), error=why[:200])
+    def held(self, notice_id: int, why: str, until: Optional[dt.datetime] = None) -> None:
+        """Not deliverable now (e.g. the 24-hour window is closed): looked at again later, or not
+        before `until` (UTC; quiet hours, a paused number)."""
+        self._settle(notice_id, state="held", claimed_at=utcnow(), error=why[:200], not_before=until)
+
+    def skipped(self, notice_id: int, why: str) -> None:
+        """Not to be sent at all (the customer said STOP, the bill is paid, the weekly cap): kept with why."""
+        logger.info("notice %s not sent: %s", notice_id, why)
+        self._settle(notice_id, state="skipped", error=why[:200])
+
+    # -- the bank writing first (cardsystem.reminders) ----------------------------------------------
+    @property
+    def outreach(self) -> Any:
+        if self._outreach is None:
+            from cardsystem.config import Settings
+            from cardsystem.reminders.outreach import Outreach
+
+            self._outreach = Outreach(self.engine, Settings.from_env())
+        return self._outreach
+
+    def plan(self, notice_id: int, window_open: bool, now: Optional[dt.datetime] = None) -> Any:
+        """What to do with a taken notice now (cardsystem.reminders.outreach.Delivery): a plain message
+        inside the window, an approved template outside it, or hold / skip, and why."""
+        now = now or self.clock()
+        with session_scope(self.engine) as s:
+            row = s.get(CustomerNotice, notice_id)
+            delivery = self.outreach.plan(s, row, window_open, now)
+            if delivery.action == "text" and row.document:
+                delivery = dataclasses.replace(delivery, document=self._document(row.document))
+            return delivery
+
+    def template_status(self, value: Dict[str, Any]) -> bool:
+        """Meta's verdict on a template (the webhook field message_template_status_update)."""
+        from cardsystem.reminders.book import TemplateBook
+
+        return TemplateBook(self.engine).from_webhook(value)
+
+    def outcome(self, key: str, state: str, wamid: Optional[str] = None, code: Optional[int] = None,
+                error: Optional[str] = None, at: Optional[dt.datetime] = None) -> bool:
+        """What WhatsApp said of a message the bank sent first (its outbox key): for the ledger."""
+        if not key.startswith("notice."):
+            return False
+        with session_scope(self.engine) as s:
+            return self.outreach.outcome(s, key, state, wamid, code, error, at or self.clock())
 
     def failed(self, notice_id: int, error: str, attempts: int) -> None:
         """A try failed: taken again after CLAIM_SECONDS, until MAX_ATTEMPTS, then left failed."""

@@ -32,3 +32,10 @@ UPDATE_SUBJECT = "Update on your request {reference}"
 ALERT_LATE = "{reference} ({label}) is past its promised time {promised}. The customer is being told the new date {new}."
 ALERT_ESCALATED = "{reference} ({label}) escalated to level {level} ({name}) after a second missed date."
 ALERT_REOPENED = "{reference} ({label}) re-opened by the customer from the feedback page: {comment}"
+
+# the bank's news that is not about a request (cardsystem.service): a plain message inside the
+# 24-hour window; outside it, its template in templates.yml says the same
+PAYMENT_RECEIVED = ("We have received your payment of {amount} on your card ending {card_last4} on {paid_on}. "
+                    "Total due now {total_due}. Thank you.")
+CARD_BLOCKED = ("Your card ending {card_last4} was blocked on {blocked_at} ({block_reason}). If you did not ask "
+                "for this, call us on {support_phone} or type \"agent\" here.")

@@ -247,6 +247,9 @@ class WhatsAppInput(InputChannel):
         self.sweep_seconds = sweep_seconds
         self.desk = desk  # live agents (None: the bot answers everything)
         self.notices = notices  # what the bank tells customers first (None: nothing)
+        if notices is not None:  # delivery statuses of the bank's own messages, for their ledger
+            self.receiver.notice_status = self._notice_outcome
+            self.receiver.template_status = notices.template_status
         self.service_desk = service_desk  # the console's Requests view works it (None: made on first use)
         self._notifier: Optional[asyncio.Task] = None
         self.instance_id = uuid.uuid4().hex  # lease owner: one instance at a time answers a customer
@@ -389,12 +392,19 @@ class WhatsAppInput(InputChannel):
         self._spawn(self.drain(sender, on_new_message))
 
     async def tell(self, sender: Text, text: Text, on_new_message: Callable[[UserMessage], Awaitable[Any]],
-                   key: Optional[Text] = None, document: Optional[Dict[Text, Any]] = None) -> bool:
+                   key: Optional[Text] = None, document: Optional[Dict[Text, Any]] = None,
+                   buttons: Optional[List[Dict[Text, Any]]] = None) -> bool:
         """A person's (or the bank's) message to a customer, through the outbox like the bot's
         replies: in order, retried durably, never twice (`key`: sent once whoever calls twice).
         How to address the customer is this channel's business (its store). False when the
         customer's 24-hour window is closed."""
-        bodies = [outbound.text_message(part) for part in outbound.split_text(text)]
+        if buttons:
+            bodies, menu = outbound.buttons_message(text, buttons)
+            await asyncio.to_thread(self.store.save_offered, sender, [str(b.get("payload") or "") for b in buttons])
+            if menu:
+                await asyncio.to_thread(self.store.save_menu, sender, menu)
+        else:
+            bodies = [outbound.text_message(part) for part in outbound.split_text(text)]
         if document and document.get("link"):
             filename = str(document.get("filename") or "document.pdf")
             bodies.append({**outbound.document_message(filename, link=document["link"], caption=document.get("caption")),
@@ -511,6 +521,7 @@ class WhatsAppInput(InputChannel):
             await self.client.check_window(reply.recipient, body)
         except OutsideServiceWindow:
             await asyncio.to_thread(self.store.reply_done, reply.id, "expired", None, "outside the 24-hour window")
+            await asyncio.to_thread(self._notice_outcome, reply.key, "failed", None, 131047, "outside the 24-hour window")
             return True
         if body.pop("_upload", False):  # by media id when the upload works, else by link
             document = dict(body["document"])
@@ -524,6 +535,7 @@ class WhatsAppInput(InputChannel):
                                             callback_data=reply.key, max_attempts=None)
         if outcome.wamid:
             await asyncio.to_thread(self.store.reply_done, reply.id, "sent", outcome.wamid)
+            await asyncio.to_thread(self._notice_outcome, reply.key, "sent", outcome.wamid)
             return True
         if outcome.verdict.retry:
             await asyncio.to_thread(self.store.reply_later, reply.id,
@@ -531,6 +543,7 @@ class WhatsAppInput(InputChannel):
             return False
         await asyncio.to_thread(self.store.reply_done, reply.id, "failed", None,
                                 f"{outcome.code}: {outcome.verdict.meaning}")
+        await asyncio.to_thread(self._notice_outcome, reply.key, "failed", None, outcome.code, outcome.verdict.meaning)
         return True
 
     async def sweep(self, on_new_message: Callable[[UserMessage], Awaitable[Any]]) -> None:
@@ -592,16 +605,52 @@ class WhatsAppInput(InputChannel):
         return queued
 
     async def _deliver_notice(self, notice: Notice, on_new_message: Callable[[UserMessage], Awaitable[Any]]) -> int:
-        # held quietly outside the window (looked at again each minute, it is no refused send);
-        # a template will carry these once the bank has approved ones (issue 11)
+        """The bank's side decides (notices.plan): inside the customer's 24-hour window a plain
+        message (with buttons), outside it an approved template, or held (quiet hours, no consent
+        to write first: it goes when they next write) or skipped (STOP, paid, the weekly cap)."""
         open_window = await asyncio.to_thread(self.store.window_open, notice.address)
-        if not open_window or not await self.tell(notice.address, notice.text, on_new_message,
-                                                  key=f"notice.{notice.id}", document=notice.document):
+        delivery = await asyncio.to_thread(self.notices.plan, notice.id, open_window)
+        if delivery.action == "skip":
+            await asyncio.to_thread(self.notices.skipped, notice.id, delivery.why)
+            return 0
+        if delivery.action == "hold":
+            await asyncio.to_thread(self.notices.held, notice.id, delivery.why, delivery.until)
+            return 0
+        if delivery.action == "template":
+            await self.send_template(notice.address, delivery.message, delivery.key, on_new_message)
+            if delivery.then_hold:  # the details go as a plain message once the customer writes
+                await asyncio.to_thread(self.notices.held, notice.id, "template sent; the details wait for a reply")
+            else:
+                await asyncio.to_thread(self.notices.sent, notice.id)
+            logger.info("notice %s sent as a template to %s", notice.id, mask_phone(notice.address))
+            return 1
+        buttons = [{"title": title, "payload": payload} for title, payload in delivery.buttons]
+        if not await self.tell(notice.address, delivery.text, on_new_message, key=delivery.key,
+                               document=delivery.document, buttons=buttons):
             await asyncio.to_thread(self.notices.held, notice.id, "outside the 24-hour window")
             return 0
         await asyncio.to_thread(self.notices.sent, notice.id)
         logger.info("notice %s queued for %s", notice.id, mask_phone(notice.address))
         return 1
+
+    async def send_template(self, sender: Text, message: Dict[Text, Any], key: Text,
+                            on_new_message: Callable[[UserMessage], Awaitable[Any]]) -> None:
+        """An approved template through the outbox (once per `key`); its quick replies come back
+        as the intents they carry, without NLU."""
+        await asyncio.to_thread(self.store.save_offered, sender, outbound.template_payloads(message))
+        reply_by = await asyncio.to_thread(self.store.reply_by_of, sender)
+        await asyncio.to_thread(self.store.commit_turn, key, sender, reply_by, [message])
+        self._spawn(self.drain(sender, on_new_message))
+
+    def _notice_outcome(self, key: Text, state: Text, wamid: Optional[Text] = None, code: Optional[int] = None,
+                        error: Optional[Text] = None) -> None:
+        """What WhatsApp said of a message the bank sent first, for its ledger (never fails a send)."""
+        if self.notices is None or not key.startswith("notice."):
+            return
+        try:
+            self.notices.outcome(key, state, wamid, code, error)
+        except Exception:
+            logger.exception("outcome of %s not recorded", key)
 
     def _spawn(self, coroutine: Awaitable[Any]) -> asyncio.Task:
         task = asyncio.ensure_future(coroutine)

@@ -58,8 +58,15 @@ def receiver_from_env() -> WebhookReceiver:
     values = channel_settings()
     if not values["app_secret"] or not values["phone_number_id"]:
         raise SystemExit("WHATSAPP_APP_SECRET and WHATSAPP_PHONE_NUMBER_ID must be set")
-    return WebhookReceiver(ChannelStore(), [s.strip() for s in values["app_secret"].split(",")],
-                           str(values["phone_number_id"]), values["verify_token"])
+    receiver = WebhookReceiver(ChannelStore(), [s.strip() for s in values["app_secret"].split(",")],
+                               str(values["phone_number_id"]), values["verify_token"])
+    if os.environ.get("WHATSAPP_NOTICES", "1").lower() not in ("0", "false", "no"):
+        from cardsystem.requests.notices import NoticeBox
+
+        box = NoticeBox()  # the statuses of the bank's own messages and its templates' approvals
+        receiver.notice_status = box.outcome
+        receiver.template_status = box.template_status
+    return receiver
 
 
 def main(argv: Optional[List[str]] = None) -> int:

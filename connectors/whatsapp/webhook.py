@@ -57,6 +57,10 @@ class WebhookReceiver:
         self.app_secrets = [s for s in app_secrets if s]
         self.phone_number_id = phone_number_id
         self.verify_token = verify_token
+        # told the statuses of the bank's own messages (outbox keys "notice.*"): (key, status, wamid, code, error)
+        self.notice_status: Optional[Callable[..., None]] = None
+        # told Meta's verdicts on the bank's templates (field message_template_status_update)
+        self.template_status: Optional[Callable[[Dict[str, Any]], Any]] = None
 
     def verify(self, args: Mapping[str, str]) -> "tuple[int, str]":
         """Meta's subscription handshake: echo the challenge when the token is ours."""
@@ -76,6 +80,7 @@ class WebhookReceiver:
         if not isinstance(payload, dict):
             logger.warning("webhook ignored: signed body is not a JSON object (%d bytes)", len(body))
             return Receipt(200, {"status": "ignored"})
+        self._template_updates(payload)
         parsed = parse_webhook(payload, self.phone_number_id)
         for problem in parsed.problems:
             logger.info("webhook: %s", problem)
@@ -93,10 +98,27 @@ class WebhookReceiver:
             receipt.status, receipt.answer = 503, {"error": "channel database unavailable"}
         return receipt
 
+    def _template_updates(self, payload: Dict[str, Any]) -> None:
+        """Approved, rejected, paused: Meta's word on a template, kept by the bank's side."""
+        if self.template_status is None:
+            return
+        for entry in payload.get("entry") or []:
+            for change in (entry.get("changes") or []) if isinstance(entry, dict) else []:
+                if isinstance(change, dict) and change.get("field") == "message_template_status_update" \
+                        and isinstance(change.get("value"), dict):
+                    try:
+                        self.template_status(change["value"])
+                    except Exception as exc:
+                        logger.error("webhook: template status update not recorded (%s)", type(exc).__name__)
+
     def _record_status(self, status: Status) -> bool:
         known = self.store.record_status(status)
         if status.callback_data:  # a reply of ours: settles one left "sending" by a crash
             known = self.store.reply_accepted(status.callback_data, status.message_id) or known
+            if self.notice_status is not None and status.callback_data.startswith("notice."):
+                error = status.errors[0] if status.errors else {}
+                self.notice_status(status.callback_data, status.status, status.message_id, error.get("code"),
+                                   str(error.get("title") or error.get("message") or "")[:120] or None)
         return known
 
     @staticmethod

@@ -1,0 +1,371 @@
+"""The bank writes first: which messages are due (the scheduler), how each goes out (the plan the
+WhatsApp channel follows for a notice), and what became of it (outcomes, for the cost report).
+
+Every message the bank sends first is a customer notice (cardsystem.requests.notices), keyed by
+its event, so it is queued once however often and on however many instances the scheduler runs:
+
+  payment_due        reminder:<card>:<due date>:<days before>   (the scheduler, each offset once)
+  statement_ready    statement:<statement id>                    (the scheduler)
+  payment_received   payment:<transaction reference>             (recorded with the payment)
+  card_blocked       blocked:<card>:<time>                       (recorded with the block, by the bank)
+  request_update     <reference>:<event>                         (the service desk, issue 10)
+
+The channel takes a notice and asks `plan` what to do with it now. Inside the customer's 24-hour
+window it is a plain message (with the template's quick replies as buttons); outside it, only an
+approved template, only to a customer who opted in, never to a number WhatsApp refused lately
+(131026, 131049: paused), never a reminder in quiet hours (it waits for the morning) or past the
+weekly cap, never a reminder whose minimum due is paid by now. The plan writes the send's ledger
+row (`MessageSend`, one per notice) in the same transaction as those checks, so two instances
+cannot both pass the cap. The channel reports what WhatsApp said (`outcome`), by the outbox key
+that travels as biz_opaque_callback_data: sent, delivered, read, failed with its code.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import secrets
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+from sqlalchemy import func, or_, select, update
+from sqlalchemy.engine import Engine
+
+from cardsystem import audit
+from cardsystem.formatting import format_date, format_datetime, format_inr, format_month, mask_phone
+from cardsystem.models import (Card, Customer, CustomerNotice, MessageSend, MessageTemplate, MessagingConsent,
+                               ServiceRequest, Statement, utcnow)
+from cardsystem.paylinks import make_payment_link
+from cardsystem.reminders.policy import Policy
+from cardsystem.reminders.templates import Registry, Template, TemplateError
+
+logger = logging.getLogger(__name__)
+WEEK = dt.timedelta(days=7)
+STATE_ORDER = {"queued": 0, "sent": 1, "delivered": 2, "read": 3, "failed": 4}
+BLOCK_WORDS = {"lost": "reported lost", "stolen": "reported stolen", "damaged": "reported damaged",
+               "suspicious": "suspicious activity", "bank": "blocked by the bank"}
+NEWS = {  # a request's status, as the template's {{3}} says it
+    "open": "we have it and are working on it", "in_progress": "we are working on it",
+    "needs_documents": "we need a document from you", "resolved": "it is resolved",
+    "rejected": "we could not do it this time",
+}
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What the channel does with a notice now."""
+
+    action: str                                   # text | template | hold | skip
+    text: str = ""
+    buttons: Tuple[Tuple[str, str], ...] = ()     # (title, payload) under the text
+    document: Optional[Dict[str, Any]] = None
+    message: Optional[Dict[str, Any]] = None      # the template message (action template)
+    key: str = ""                                 # the outbox key: the ledger's and the status webhooks'
+    why: str = ""
+    until: Optional[dt.datetime] = None           # hold: not before (UTC)
+    then_hold: bool = False                       # after a template: keep the details for the customer's next message
+
+
+def _facts(row: CustomerNotice) -> Dict[str, Any]:
+    return json.loads(row.facts) if row.facts else {}
+
+
+class Outreach:
+    def __init__(self, engine: Engine, settings: Any, policy: Optional[Policy] = None,
+                 registry: Optional[Registry] = None, desk_rules: Any = None) -> None:
+        from cardsystem.requests.rules import DeskRules
+
+        self.engine = engine
+        self.settings = settings
+        self.desk_rules = desk_rules or DeskRules.load()
+        self.policy = policy or Policy.load(timezone=self.desk_rules.calendar.timezone)
+        self.registry = registry or Registry.load(payment_base_url=settings.payment_base_url)
+
+    # -- the scheduler ------------------------------------------------------------------------
+    def schedule(self, s: Any, now: dt.datetime) -> Dict[str, int]:
+        """Queue the reminders and statement news due at `now` (UTC) in session `s`; returns counts."""
+        counts = {"reminders": self._queue_reminders(s, now), "statements": self._queue_statements(s, now)}
+        return counts
+
+    def _queue_reminders(self, s: Any, now: dt.datetime) -> int:
+        policy = self.policy
+        today = policy.local(now).date()
+        horizon = today + dt.timedelta(days=max(policy.offsets_days))
+        rows = s.execute(
+            select(Card.id, Card.customer_id, Card.due_date, Card.last4, Card.outstanding_paise, Card.minimum_due_paise,
+                   Customer.phone)
+            .join(Customer, Customer.id == Card.customer_id)
+            .join(MessagingConsent, MessagingConsent.phone == Customer.phone)
+            .where(MessagingConsent.opted_in.is_(True), Card.status != "closed", Card.due_date.is_not(None),
+                   Card.due_date >= today, Card.due_date <= horizon, Card.minimum_due_paise > 0,
+                   Card.outstanding_paise > 0)
+            .order_by(Card.id)).all()
+        quiet_until = policy.quiet_ends(now) if policy.quiet(now) else None
+        notices = []
+        for card_id, customer_id, due, last4, outstanding, minimum, phone in rows:
+            days_left = (due - today).days
+            offset = min(o for o in policy.offsets_days if o >= days_left)  # the latest one due, not a burst
+            facts = {"card_last4": last4, "due_date": due.isoformat(), "offset": offset,
+                     "total_due": outstanding, "minimum_due": minimum}
+            notices.append(dict(
+                key=f"reminder:{card_id}:{due.isoformat()}:{offset}:whatsapp", medium="whatsapp",
+                customer_id=customer_id, address=phone, reference=None, subject=None,
+                text=(f"Payment reminder: card ending {last4}, total due {format_inr(outstanding)}, "
+                      f"minimum due {format_inr(minimum)}, due on {format_date(due)}."),
+                document=None, state="pending", attempts=0, created_at=now, kind="payment_due", card_id=card_id,
+                facts=json.dumps(facts), not_before=quiet_until,
+                expires_at=policy.utc(dt.datetime.combine(due + dt.timedelta(days=1), dt.time(0, 0)))))
+        added = _insert_new(s, notices)
+        if added:  # an older reminder of the same card still waiting is replaced by the newer one
+            newest = {n["card_id"]: n["key"] for n in notices if n["key"] in added}
+            for card_id, key in newest.items():
+                s.execute(update(CustomerNotice).where(
+                    CustomerNotice.kind == "payment_due", CustomerNotice.card_id == card_id,
+                    CustomerNotice.key != key, CustomerNotice.state.in_(("pending", "held")))
+                    .values(state="superseded", error="a newer reminder replaced it")
+                    .execution_options(synchronize_session=False))
+        return len(added)
+
+    def _queue_statements(self, s: Any, now: dt.datetime) -> int:
+        today = self.policy.local(now).date()
+        since = today - dt.timedelta(days=self.policy.statement_within_days + 1)
+        rows = s.execute(
+            select(Statement, Card.last4, Card.customer_id, Customer.phone)
+            .join(Card, Card.id == Statement.card_id).join(Customer, Customer.id == Card.customer_id)
+            .where(Statement.period_end >= since, Statement.period_end < today, Card.status != "closed")
+            .order_by(Statement.id)).all()
+        notices = []
+        for statement, last4, customer_id, phone in rows:
+            if statement.period_end + dt.timedelta(days=1) > today:
+                continue
+            facts = {"card_last4": last4, "month": format_month(statement.period), "period": statement.period,
+                     "total_due": format_inr(statement.closing_balance_paise),
+                     "minimum_due": format_inr(statement.minimum_due_paise), "due_date": format_date(statement.due_date)}
+            notices.append(dict(
+                key=f"statement:{statement.id}:whatsapp", medium="whatsapp", customer_id=customer_id, address=phone,
+                reference=None, subject=None,
+                text=(f"Your statement for {facts['month']} (card ending {last4}) is ready: total due "
+                      f"{facts['total_due']}, minimum due {facts['minimum_due']}, due on {facts['due_date']}. "
+                      "Ask me for it here and I'll send it as a password-protected PDF."),
+                document=None, state="pending", attempts=0, created_at=now, kind="statement_ready", card_id=statement.card_id,
+                facts=json.dumps(facts), not_before=None,
+                expires_at=self.policy.utc(dt.datetime.combine(statement.due_date + dt.timedelta(days=1), dt.time(0, 0)))))
+        return len(_insert_new(s, notices))
+
+    # -- one notice, now -----------------------------------------------------------------------
+    def plan(self, s: Any, row: CustomerNotice, window_open: bool, now: dt.datetime) -> Delivery:
+        kind = row.kind or ("request_update" if row.reference else "notice")
+        key = f"notice.{row.id}"
+        if row.expires_at is not None and now >= row.expires_at:
+            return Delivery("skip", why="stale: the news is out of date")
+        consent = s.get(MessagingConsent, row.address)
+        opted_in = bool(consent and consent.opted_in)
+        paused = consent is not None and consent.paused_until is not None and consent.paused_until > now
+        if kind == "payment_due":
+            return self._plan_reminder(s, row, window_open, now, key, opted_in, paused, consent)
+        if window_open:
+            if send_of(s, key) is None:
+                self._ledger(s, row, key, kind, "text", None, "service", now)
+            return Delivery("text", text=row.text, document=self._document(row), key=key,
+                            buttons=self._buttons(kind, row))
+        template_key = f"{key}.t"
+        if _sent(s, template_key):  # the template went; the details wait for the customer's next message
+            return Delivery("hold", why="template sent; the details go when the customer writes")
+        name = self.policy.update_templates.get(kind)
+        if not name:
+            return Delivery("hold", why="outside the 24-hour window")
+        if not opted_in:
+            return Delivery("hold", why="outside the 24-hour window; no consent to write first")
+        if paused:
+            return Delivery("hold", why=f"number paused after {consent.pause_error}", until=consent.paused_until)
+        template, why = self._approved(s, name)
+        if template is None:
+            return Delivery("hold", why=why)
+        try:
+            values = self._values(s, kind, row)
+            message = template.message(values)
+        except (TemplateError, LookupError) as exc:
+            return Delivery("hold", why=f"cannot fill {name}: {exc}"[:200])
+        self._ledger(s, row, template_key, kind, "template", template, template.category, now)
+        return Delivery("template", message=message, key=template_key, then_hold=kind == "request_update",
+                        text=template.render(values))
+
+    def _plan_reminder(self, s: Any, row: CustomerNotice, window_open: bool, now: dt.datetime, key: str,
+                       opted_in: bool, paused: bool, consent: Optional[MessagingConsent]) -> Delivery:
+        facts = _facts(row)
+        card = s.get(Card, row.card_id)
+        if card is None or card.status == "closed" or card.due_date is None or \
+                card.due_date.isoformat() != facts.get("due_date"):
+            return Delivery("skip", why="stale: the bill changed")
+        if card.minimum_due_paise <= 0 or card.outstanding_paise <= 0:
+            return Delivery("skip", why="paid: the minimum due is paid")
+        if not opted_in:
+            return Delivery("skip", why="no consent: the customer has not opted in (or said STOP)")
+        if paused:
+            return Delivery("skip", why=f"paused: WhatsApp refused the number ({consent.pause_error})")
+        if self.policy.quiet(now):
+            return Delivery("hold", why="quiet hours", until=self.policy.quiet_ends(now))
+        if send_of(s, key) is None and send_of(s, f"{key}.t") is None:
+            # the customer's row is locked while counting (PostgreSQL): two instances cannot both pass the cap
+            s.execute(select(MessagingConsent.phone).where(MessagingConsent.phone == row.address).with_for_update())
+            recent = s.execute(select(func.count()).select_from(MessageSend).where(
+                MessageSend.customer_id == row.customer_id, MessageSend.kind == "payment_due",
+                MessageSend.queued_at > now - WEEK)).scalar_one()
+            if recent >= self.policy.weekly_cap:
+                return Delivery("skip", why=f"weekly cap: {recent} reminders in 7 days")
+        template, why = self._approved(s, self.policy.reminder_template)
+        values = self._reminder_values(card, now)
+        buttons = tuple((b.text, template.payload(b, values)) for b in template.buttons if b.type == "quick_reply") \
+            if template else ()
+        if window_open and template is not None:
+            self._ledger(s, row, key, "payment_due", "text", template, "service", now)
+            text = f"{template.render(values)}\n\nPay securely: {values['payment_link']}\n(The link works once and expires at {values['link_expires']}.)"
+            return Delivery("text", text=text, buttons=buttons, key=key)
+        if template is None:
+            return Delivery("hold", why=why)
+        try:
+            message = template.message(values)
+        except TemplateError as exc:
+            return Delivery("hold", why=str(exc)[:200])
+        self._ledger(s, row, f"{key}.t", "payment_due", "template", template, template.category, now)
+        return Delivery("template", message=message, key=f"{key}.t", text=template.render(values))
+
+    def _reminder_values(self, card: Card, now: dt.datetime) -> Dict[str, Any]:
+        settings = self.settings
+        link = make_payment_link(settings.payment_base_url, settings.payment_link_secret, card.id,
+                                 card.outstanding_paise, "total", now, self.policy.link_ttl_hours * 60,
+                                 secrets.token_urlsafe(8))
+        return {"card_last4": card.last4, "total_due": format_inr(card.outstanding_paise),
+                "minimum_due": format_inr(card.minimum_due_paise), "due_date": format_date(card.due_date),
+                "payment_link": link.url, "payment_link_query": link.url.split("?", 1)[1],
+                "link_expires": format_datetime(self.policy.local(link.expires_at))}
+
+    def _values(self, s: Any, kind: str, row: CustomerNotice) -> Dict[str, Any]:
+        values = dict(_facts(row))
+        values.setdefault("support_phone", self.settings.support_phone)
+        if kind == "request_update":
+            request = s.execute(select(ServiceRequest).where(ServiceRequest.reference == row.reference)).scalar_one()
+            news = NEWS.get(request.status, "there is news")
+            if request.status in ("open", "in_progress") and (request.breaches or 0) > 0:
+                news = f"it is taking longer; new date {format_date(request.promised_by.date())}"
+            values.update(reference=request.reference, request_label=self.desk_rules.kind(request.kind).label,
+                          request_news=news)
+        return values
+
+    def _buttons(self, kind: str, row: CustomerNotice) -> Tuple[Tuple[str, str], ...]:
+        """Inside the window the news carries its template's quick replies as reply buttons."""
+        name = self.policy.update_templates.get(kind)
+        if not name or kind == "request_update":
+            return ()
+        try:
+            template = self.registry.get(name)
+            values = {**_facts(row), "reference": row.reference or ""}
+            return tuple((b.text, template.payload(b, values)) for b in template.buttons if b.type == "quick_reply")
+        except TemplateError:
+            return ()
+
+    def _document(self, row: CustomerNotice) -> Optional[Dict[str, Any]]:
+        return None  # the notice box fills documents in (fresh signed links); see NoticeBox.plan
+
+    def _approved(self, s: Any, name: str) -> Tuple[Optional[Template], str]:
+        try:
+            template = self.registry.get(name)
+        except TemplateError as exc:
+            return None, str(exc)
+        state = s.get(MessageTemplate, (template.name, template.language))
+        if state is None or state.status != "APPROVED":
+            return None, f"template {name} is not approved ({state.status if state else 'never submitted'})"
+        if state.content_hash != template.content_hash:
+            return None, f"template {name} changed since it was approved: give it a new name and submit it"
+        return template, ""
+
+    def _ledger(self, s: Any, row: CustomerNotice, key: str, kind: str, via: str, template: Optional[Template],
+                category: str, now: dt.datetime) -> None:
+        if send_of(s, key) is not None:
+            return
+        country, rate, sms = self.policy.rate(category, row.address)
+        s.add(MessageSend(notice_key=key, customer_id=row.customer_id, card_id=row.card_id, kind=kind, via=via,
+                          template=template.name if template and via == "template" else None, category=category,
+                          country=country, rate_e4=rate, sms_rate_e4=sms, state="queued", queued_at=now))
+        s.flush()
+        audit.record(s, "message_sent_first", row.customer_id, "message", key,
+                     {"kind": kind, "via": via, "template": template.name if template else None,
+                      "to": mask_phone(row.address)})
+
+    # -- what WhatsApp said ----------------------------------------------------------------------
+    def outcome(self, s: Any, key: str, state: str, wamid: Optional[str], code: Optional[int],
+                error: Optional[str], at: dt.datetime) -> bool:
+        """A send's news (sent, delivered, read, failed) by its outbox key; statuses only move forward,
+        and a number WhatsApp refuses is paused. False for a key that is not the bank's."""
+        base = key.rsplit(":", 1)[0] if ":" in key else key
+        if key != base and not key.endswith(":0"):
+            return False  # only the first message of a notice counts (a long text is split)
+        send = send_of(s, base)
+        if send is None:
+            return False
+        if state == "failed" and send.state in ("delivered", "read"):
+            return True
+        if STATE_ORDER.get(state, -1) <= STATE_ORDER.get(send.state, 0) and not (state == "failed" and send.state != "failed"):
+            if state in ("delivered", "read") and send.delivered_at is None:
+                send.delivered_at = at  # read implies delivered (Meta may skip "delivered")
+            return True
+        send.state = state
+        send.wamid = wamid or send.wamid
+        if state == "sent":
+            send.sent_at = send.sent_at or at
+        elif state in ("delivered", "read"):
+            send.sent_at = send.sent_at or at
+            send.delivered_at = send.delivered_at or at
+            if state == "read":
+                send.read_at = at
+        elif state == "failed":
+            send.failed_at, send.error_code, send.error = at, code, (error or "")[:200] or None
+            self._pause(s, send, code, error, at)
+        return True
+
+    def _pause(self, s: Any, send: MessageSend, code: Optional[int], error: Optional[str], at: dt.datetime) -> None:
+        pause = self.policy.pause_for(code)
+        if pause is None:
+            return
+        customer = s.get(Customer, send.customer_id)
+        if customer is None:
+            return
+        consent = s.get(MessagingConsent, customer.phone)
+        if consent is None:
+            consent = MessagingConsent(phone=customer.phone, opted_in=False, source="never asked", changed_at=at)
+            s.add(consent)
+        consent.paused_until = max(consent.paused_until or at, at + pause)
+        consent.pause_error = f"{code}: {error or ''}"[:120]
+        audit.record(s, "number_paused", customer.id, "consent", customer.phone[-4:],
+                     {"code": code, "until": consent.paused_until.isoformat(timespec="minutes")})
+
+
+def send_of(s: Any, key: str) -> Optional[MessageSend]:
+    return s.execute(select(MessageSend).where(MessageSend.notice_key == key)).scalar_one_or_none()
+
+
+def _sent(s: Any, key: str) -> bool:
+    send = send_of(s, key)
+    return send is not None and send.state != "queued" and send.state != "failed"
+
+
+def _insert_new(s: Any, rows: List[Dict[str, Any]]) -> set:
+    """Insert the notices whose keys are new (several instances may run this at once: the key is
+    unique and a row another one added first is skipped, not an error). Returns the keys added."""
+    if not rows:
+        return set()
+    keys = [r["key"] for r in rows]
+    known = set()
+    for start in range(0, len(keys), 500):
+        known |= set(s.execute(select(CustomerNotice.key).where(CustomerNotice.key.in_(keys[start:start + 500]))).scalars())
+    fresh = [r for r in rows if r["key"] not in known]
+    if not fresh:
+        return set()
+    dialect = s.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    for start in range(0, len(fresh), 500):
+        s.execute(insert(CustomerNotice).values(fresh[start:start + 500]).on_conflict_do_nothing(index_elements=["key"]))
+    return {r["key"] for r in fresh}

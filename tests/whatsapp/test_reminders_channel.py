@@ -1,0 +1,130 @@
+"""The bank writes first, through the real channel and the sandbox as WhatsApp: templates submitted
+and approved (the approval arrives as a webhook), a reminder sent as a template outside the window,
+its quick replies coming back as intents without NLU, delivery statuses in the ledger, a number
+WhatsApp refuses paused, and a customer who said STOP left alone."""
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+
+import aiohttp
+import pytest
+from sqlalchemy import select
+
+from cardsystem.db import session_scope
+from cardsystem.models import MessageSend, MessagingConsent, MessageTemplate
+from cardsystem.reminders import run_once
+from cardsystem.reminders.book import GraphAccount, TemplateBook
+from cardsystem.reminders.outreach import Outreach
+from cardsystem.reminders.templates import Registry
+from cardsystem.requests.notices import NoticeBox
+from tests.conftest import ONE_CARD, TWO_CARDS
+from tests.test_reminders import bill, quiet_everyone_else
+from tests.whatsapp.test_channel import settle
+from tests.whatsapp.test_channel_sandbox import world  # noqa: F401  (fixture)
+
+pytestmark = pytest.mark.asyncio
+NOW = dt.datetime(2026, 12, 5, 4, 30)  # 10:00 in India: the reminders' clock in these tests
+
+
+async def until(check, seconds=5.0):
+    for _ in range(int(seconds / 0.05)):
+        if await asyncio.to_thread(check):
+            return True
+        await asyncio.sleep(0.05)
+    return False
+
+
+@pytest.fixture
+def outreach(system):
+    registry = Registry.load(payment_base_url=system.settings.payment_base_url)
+    return Outreach(system.engine, system.settings, registry=registry, desk_rules=system.desk_rules)
+
+
+async def approved_channel(world, system, outreach, bot):
+    """A bot instance with the notices of `system`, its templates submitted to the sandbox and approved."""
+    outbox, start_bot, bot_port, _ = world
+    box = NoticeBox(engine=system.engine, outreach=outreach, clock=lambda: NOW)
+    channel, url = await start_bot(bot, port=bot_port, notices=box)
+    account = GraphAccount(channel.client.base.rsplit("/v21.0", 1)[0], "v21.0", "200000000000001", "token")
+    book = TemplateBook(system.engine)
+    results = await asyncio.to_thread(book.submit, outreach.registry, account)
+    assert {r["status"] for r in results} == {"PENDING"}
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{account.api_base}/_sandbox/templates") as answer:
+            listed = await answer.json()
+        templates = listed["data"] if isinstance(listed, dict) else listed
+        for template in templates:
+            async with http.post(f"{account.api_base}/_sandbox/templates/{template['id']}/approve") as answer:
+                assert answer.status == 200
+    assert await until(lambda: {r["status"] for r in book.states().values()} == {"APPROVED"})  # by webhook
+    return channel, url, box, account
+
+
+async def test_a_reminder_reaches_the_customer_as_a_template_and_its_buttons_need_no_nlu(world, system, outreach):
+    outbox = world[0]
+    turns = []
+
+    async def bot(user_message):
+        turns.append((user_message.sender_id, user_message.text))
+        await user_message.output_channel.send_text_message(user_message.sender_id, "Here is your link.")
+
+    channel, url, box, account = await approved_channel(world, system, outreach, bot)
+    customer, card = bill(system, ONE_CARD, dt.date(2026, 12, 10))
+    bill(system, TWO_CARDS, dt.date(2026, 12, 10))
+    quiet_everyone_else(system, ONE_CARD, TWO_CARDS)
+    await asyncio.to_thread(system.set_consent, TWO_CARDS, False, "whatsapp:STOP")
+    now = NOW
+    assert (await asyncio.to_thread(run_once, system, now, outreach))["reminders"] == 1   # STOP: not even queued
+    assert await channel.deliver_notices_once(bot) == 1
+    await settle(channel)
+    [sent] = [m for m in outbox.messages if m["message"].get("type") == "template"]
+    assert sent["message"]["to"] == ONE_CARD
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{account.api_base}/_sandbox/messages", params={"to": ONE_CARD}) as answer:
+            seen = [m for m in await answer.json() if m.get("template")]
+    shown = seen[-1]["template"]
+    assert f"ending {card.last4}" in shown["body"] and "₹2,000.00" in shown["body"] and "10 Dec 2026" in shown["body"]
+    assert [b["text"] for b in shown["buttons"]] == ["Pay bill", "Pay now", "Already paid", "Talk to us"]
+    assert shown["buttons"][0]["url"].startswith("https://pay.example.test/pay?t=")
+    assert not [m for m in outbox.messages if m["message"].get("to") == TWO_CARDS]
+    # the sandbox reports sent and delivered: the ledger hears it through the status webhooks
+    assert await until(lambda: _send_state(system) in ("delivered", "read"))
+
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{account.api_base}/_sandbox/send", json={
+                "from": ONE_CARD, "name": "Ananya", "reply": {"kind": "button", "index": 1},
+                "context": seen[-1]["id"]}) as answer:
+            assert answer.status == 200, await answer.text()
+    assert await until(lambda: bool(turns))
+    await settle(channel)
+    assert turns == [(ONE_CARD, f'/pay_bill{{"card_last4":"{card.last4}"}}')]   # the payload itself: no NLU
+
+
+async def test_a_number_whatsapp_cannot_reach_is_paused(world, system, outreach):
+    outbox = world[0]
+
+    async def bot(user_message):
+        pass
+
+    channel, url, box, account = await approved_channel(world, system, outreach, bot)
+    bill(system, ONE_CARD, dt.date(2026, 12, 10))
+    quiet_everyone_else(system, ONE_CARD)
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{account.api_base}/_sandbox/fail", json={"recipients": {ONE_CARD: 131026}}) as answer:
+            assert answer.status == 200
+    await asyncio.to_thread(run_once, system, NOW, outreach)
+    assert await channel.deliver_notices_once(bot) == 1
+    await settle(channel)
+    assert await until(lambda: _send_state(system) == "failed")
+    with session_scope(system.engine) as s:
+        send = s.execute(select(MessageSend)).scalar_one()
+        assert send.error_code == 131026
+        consent = s.get(MessagingConsent, ONE_CARD)
+        assert consent.paused_until is not None and consent.pause_error.startswith("131026")
+
+
+def _send_state(system):
+    with session_scope(system.engine) as s:
+        send = s.execute(select(MessageSend)).scalars().first()
+        return send.state if send else None
