@@ -1,6 +1,8 @@
 """Balance, dues, credit limit and paying the bill."""
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import re
 import secrets
 from abc import abstractmethod
@@ -11,7 +13,8 @@ from rasa_sdk.events import EventType
 from rasa_sdk.executor import CollectingDispatcher
 
 from actions.common import CustomerAction, card_label, card_system, date_or_dash, in_thread, money, pick_card
-from cardsystem.formatting import format_datetime, parse_amount_paise
+from cardsystem.formatting import format_date, format_datetime, parse_amount_paise
+from cardsystem.models import utcnow
 from cardsystem.paylinks import make_payment_link
 from cardsystem.views import CardView, CustomerView
 
@@ -132,11 +135,12 @@ class ActionPayBill(CardLookup):
         if card.outstanding_paise <= 0:
             dispatcher.utter_message(response="utter_nothing_to_pay", **card_figures(card))
             return
-        now = system.now()
+        now, local_now = utcnow(), system.now()
 
-        def link(amount: int, kind: str):
-            return make_payment_link(settings.payment_base_url, settings.payment_link_secret, card.id, amount,
-                                     kind, now, settings.payment_link_ttl_minutes, secrets.token_urlsafe(6))
+        def link(amount: int, kind: str):  # signed in UTC, its expiry told on the bank's clock
+            made = make_payment_link(settings.payment_base_url, settings.payment_link_secret, card.id, amount,
+                                     kind, now, settings.payment_link_ttl_minutes, secrets.token_urlsafe(8))
+            return dataclasses.replace(made, expires_at=local_now + (made.expires_at - now))
 
         text = tracker.latest_message.get("text") or ""
         wanted = next((e.get("value") for e in tracker.latest_message.get("entities") or [] if e.get("entity") == "pay"),
@@ -168,3 +172,30 @@ class ActionPayBill(CardLookup):
             dispatcher.utter_message(response="utter_pay_bill", **figures)
         else:
             dispatcher.utter_message(response="utter_pay_bill_total_only", **figures)
+
+
+class ActionAlreadyPaid(CardLookup):
+    """"I already paid" (or a reminder's "Already paid"): what the records show since the last
+    statement, said plainly; nothing seen yet gives how long payments take and the ways on."""
+
+    intent = "already_paid"
+
+    def name(self) -> Text:
+        return "action_already_paid"
+
+    async def answer_about(self, dispatcher: CollectingDispatcher, tracker: Tracker, card: CardView) -> None:
+        system = card_system()
+        statements = await in_thread(system.statements_of, card.id)
+        since = statements[0].period_end + dt.timedelta(days=1) if statements else system.today() - dt.timedelta(days=30)
+        payments = await in_thread(system.payments_since, card.id, since)
+        figures = card_figures(card)
+        if payments:
+            seen = ", ".join(f"{money(-p.amount_paise)} on {format_date(p.posted_on)}" for p in payments[:3])
+            dispatcher.utter_message(response="utter_payment_seen", payments=f"your payment of {seen}"
+                                     if len(payments) == 1 else f"your payments of {seen}", **figures)
+            if card.minimum_due_paise > 0 and card.outstanding_paise > 0:
+                dispatcher.utter_message(response="utter_payment_seen_min_left", **figures)
+            return
+        dispatcher.utter_message(response="utter_payment_not_seen", since=format_date(since), **figures, buttons=[
+            {"title": "Pay now", "payload": f'/pay_bill{{"card_last4":"{card.last4}"}}'},
+            {"title": "Talk to us", "payload": "/talk_to_human"}])

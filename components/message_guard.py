@@ -28,6 +28,15 @@ CAPTION_REQUESTS = {"report_dispute"}
 ANSWER_ENTITIES = {"card_last4", "month", "amount", "reference_id", "date", "merchant", "transaction_id"}
 STRONG_ANSWERS = {"card_last4", "month", "reference_id", "transaction_id"}  # "6392 wala", "agust", a reference
 ANSWER_WORDS = 5
+# WhatsApp's consent keywords work whatever a classifier thinks: the whole message is the word.
+# STOP (and its Hindi / Hinglish forms) opts out of everything the bank sends first; START opts in.
+CONSENT_WORDS = {
+    "opt_out": {"stop", "stop all", "stopall", "unsubscribe", "unsubscribe me", "opt out", "optout", "opt-out",
+                "stop messages", "stop reminders", "band", "band karo", "band kar do", "bandh karo", "mat bhejo",
+                "message mat bhejo", "messages mat bhejo", "बंद", "बंद करो", "बंद कर दो", "मत भेजो", "रोको"},
+    "opt_in": {"start", "subscribe", "opt in", "optin", "opt-in", "start messages", "start reminders",
+               "shuru karo", "chalu karo", "chaalu karo", "शुरू", "शुरू करो", "चालू करो"},
+}
 UNSURE = 0.6  # only a classifier that was unsure is overruled; a confident "out of scope" stands
 LATEST = re.compile(r"^\W*(?:(?:just|only|show|give|send|tell)\s+(?:me\s+)?)?(?:the\s+)?"
                     r"(?:latest|newest|most recent|last)(?:\s+one)?(?:\s+(?:please|pls))?\W*$", re.I)
@@ -78,6 +87,14 @@ class MessageGuard(GraphComponent):
                 media = {"name": MEDIA_INTENT, "confidence": 1.0}
                 message.set(INTENT, media, add_to_output=True)
                 message.set(INTENT_RANKING_KEY, [media], add_to_output=True)
+                message.set(ENTITIES, [], add_to_output=True)
+                continue
+            keyword = re.sub(r"[\s.!]+", " ", text.lower()).strip()
+            consent = next((name for name, words in CONSENT_WORDS.items() if keyword in words), None)
+            if consent:
+                chosen = {"name": consent, "confidence": 1.0}
+                message.set(INTENT, chosen, add_to_output=True)
+                message.set(INTENT_RANKING_KEY, [chosen], add_to_output=True)
                 message.set(ENTITIES, [], add_to_output=True)
                 continue
             if text and len(text) <= self.max_chars and self._is_bare_answer(message, text):

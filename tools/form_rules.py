@@ -46,6 +46,7 @@ ANSWER_AND_RESUME: Dict[str, str] = {
     "list_transactions": "action_list_transactions",
     "dispute_status": "action_dispute_status",
     "pay_bill": "action_pay_bill",
+    "already_paid": "action_already_paid",
     "unblock_card": "utter_unblock_not_possible",
     "out_of_scope": "utter_out_of_scope",
     "opt_in": "action_opt_in",
