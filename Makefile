@@ -52,16 +52,18 @@ seed: $(DB) ## create and fill the embedded card system (once)
 reseed: $(STAMP) ## recreate the card system's demo data from scratch
 	$(PY) -m cardsystem.seed
 
-run: $(STAMP) $(MODEL) $(DB) ## the developers' demo on 127.0.0.1: action server, Rasa with REST and API (:5005), WhatsApp sandbox (:5006)
+run: $(STAMP) $(MODEL) $(DB) ## the developers' demo on 127.0.0.1: action server, Rasa with REST and API (:5005), WhatsApp sandbox (:5006), templates approved there
 	@echo "Starting the action server (:$(ACTION_PORT)), Rasa (:$(RASA_PORT)) and the WhatsApp sandbox (:$(SANDBOX_PORT))."
 	@$(PY) -m cardsystem.agents demo
 	@$(PY) -m cardsystem.requests.proof dev-pair
 	@echo ">>> Chat page: http://localhost:$(SANDBOX_PORT)/   Agent console: http://localhost:$(RASA_PORT)/webhooks/whatsapp/agents   (Ctrl-C stops everything)"
 	@umask 077; sed 's|localhost:5055|127.0.0.1:$(ACTION_PORT)|' endpoints.yml > var/endpoints.run.yml; \
 	export WHATSAPP_API_BASE=$${WHATSAPP_API_BASE:-http://127.0.0.1:$(SANDBOX_PORT)} \
-		CARDCARE_FILES_BASE_URL=$${CARDCARE_FILES_BASE_URL:-http://127.0.0.1:$(RASA_PORT)/webhooks/files/statements}; \
+		CARDCARE_FILES_BASE_URL=$${CARDCARE_FILES_BASE_URL:-http://127.0.0.1:$(RASA_PORT)/webhooks/files/statements} \
+		CARDCARE_PAYMENT_BASE_URL=$${CARDCARE_PAYMENT_BASE_URL:-http://127.0.0.1:$(RASA_PORT)/webhooks/pay/card}; \
 	$(PY) -m deploy.action_server --host 127.0.0.1 --port $(ACTION_PORT) & actions=$$!; \
-	$(PY) -m connectors.sandbox --host 127.0.0.1 --port $(SANDBOX_PORT) --bot-url http://127.0.0.1:$(RASA_PORT)/webhooks/whatsapp/webhook & sandbox=$$!; \
+	$(PY) -m connectors.sandbox --host 127.0.0.1 --port $(SANDBOX_PORT) --bot-url http://127.0.0.1:$(RASA_PORT)/webhooks/whatsapp/webhook --approve-templates & sandbox=$$!; \
+	( for i in $$(seq 30); do sleep 1; $(PY) -m cardsystem.reminders templates submit >var/templates.log 2>&1 && break; done ) & \
 	trap 'kill $$actions $$sandbox 2>/dev/null' EXIT INT TERM; \
 	$(RASA) run --enable-api -i 127.0.0.1 --port $(RASA_PORT) -m $(MODEL) --credentials credentials.yml --endpoints var/endpoints.run.yml
 

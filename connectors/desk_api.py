@@ -1,6 +1,8 @@
 """The service desk's REST API for the bank's core systems: list requests, read one, set its status
 (the same rules, audit and customer notices as the console and `python -m cardsystem.requests`),
-and the figures per kind. Its OpenAPI document is served with it.
+and the figures per kind; and for the payment gateway and core banking: use a payment link (once),
+record a payment, block a card (the customer is told), and the report of the messages the bank
+sent first. Its OpenAPI document is served with it.
 
 Configured in credentials.yml as `connectors.desk_api.ServiceDeskAPI`; served under
 /webhooks/desk/v1/. Each client has its own bearer token, from the environment:
@@ -90,6 +92,35 @@ def openapi(base: str = "/webhooks/desk/v1") -> Dict[str, Any]:
                     "$ref": "#/components/schemas/StatusChange"}}}},
                 "responses": {"200": {"description": "the request after the change"}, **{
                     c: errors[c] for c in ("401", "404", "409", "415")}}}},
+            "/payment-links/use": {"post": {
+                "summary": "The payment gateway takes the payment a signed link asks for: once (a second use is 409)",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["link"], "properties": {"link": {"type": "string"}}}}}},
+                "responses": {"200": {"description": "the payment posted: transaction, amount_paise, card_last4"},
+                              "400": {"description": "not a link of ours (altered or unreadable)"},
+                              "409": {"description": "used already (code used), or the amount no longer due"},
+                              "410": {"description": "expired"}, "401": errors["401"]}}},
+            "/payments": {"post": {
+                "summary": "A payment core banking received (NEFT, UPI, a branch): posted, dues lowered, customer told",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["phone", "card_last4", "amount_paise"], "properties": {
+                        "phone": {"type": "string"}, "card_last4": {"type": "string"},
+                        "amount_paise": {"type": "integer", "minimum": 1}, "via": {"type": "string"}}}}}},
+                "responses": {"200": {"description": "the transaction"}, **{c: errors[c] for c in ("401", "404", "415")}}}},
+            "/cards/block": {"post": {
+                "summary": "The bank blocks a card (e.g. its fraud checks): a replacement is opened, the customer told",
+                "requestBody": {"required": True, "content": {"application/json": {"schema": {
+                    "type": "object", "required": ["phone", "card_last4"], "properties": {
+                        "phone": {"type": "string"}, "card_last4": {"type": "string"},
+                        "reason": {"type": "string", "enum": ["bank", "suspicious", "lost", "stolen", "damaged"]}}}}}},
+                "responses": {"200": {"description": "the replacement request"},
+                              **{c: errors[c] for c in ("401", "404", "409", "415")}}}},
+            "/messages/report": {"get": {
+                "summary": "Messages the bank sent first, per day and category: sent, delivered, read, paid within "
+                           "48 h of a reminder, cost on WhatsApp against SMS",
+                "parameters": [{"name": "days", "in": "query", "required": False,
+                                "schema": {"type": "integer", "minimum": 1, "maximum": 366, "default": 7}}],
+                "responses": {"200": {"description": "the report"}, "401": errors["401"]}}},
             "/figures": {"get": {
                 "summary": "Per kind: opened, active, resolved in time and late, rejected, overdue, escalated, "
                            "median hours to resolve",
@@ -109,11 +140,19 @@ class ServiceDeskAPI(InputChannel):
     def from_credentials(cls, credentials: Optional[Dict[Text, Any]]) -> "ServiceDeskAPI":
         return cls(parse_tokens(os.environ.get("CARDCARE_DESK_API_TOKENS")))
 
-    def __init__(self, clients: List[Tuple[str, str]], desk: Any = None) -> None:
+    def __init__(self, clients: List[Tuple[str, str]], desk: Any = None, system: Any = None) -> None:
         self.clients = clients
         self.desk = desk
+        self.system = system
         if not clients:
             logger.info("service desk API off (CARDCARE_DESK_API_TOKENS is not set)")
+
+    def _system(self) -> Any:
+        if self.system is None:
+            from cardsystem.service import CardSystem
+
+            self.system = CardSystem()
+        return self.system
 
     def _desk(self) -> Any:
         if self.desk is None:
@@ -191,6 +230,80 @@ class ServiceDeskAPI(InputChannel):
                                            str(body.get("note") or ""), f"api:{client}")
             logger.info("desk API: %s set %s to %s", client, done["reference"], done["status"])
             return answer(done)
+
+        def body_of(request: Request) -> Optional[Dict[str, Any]]:
+            try:
+                body = request.json
+            except Exception:  # malformed JSON
+                return None
+            return body if isinstance(body, dict) else None
+
+        def customer_card(body: Dict[str, Any]) -> Tuple[Any, Any]:
+            system = self._system()
+            customer = system.find_customer(str(body.get("phone") or ""))
+            card = system.card_of(customer.id, str(body.get("card_last4") or "")) if customer else None
+            if card is None:
+                raise NotFound("unknown_card", "No card with those last 4 digits for that number.")
+            return customer, card
+
+        @bp.route("/v1/payment-links/use", methods=["POST"])
+        @guarded
+        async def use_link(request: Request, client: str) -> HTTPResponse:
+            from cardsystem.paylinks import InvalidPaymentLink
+
+            body = body_of(request)
+            if body is None or not isinstance(body.get("link"), str):
+                return answer({"error": "The body must be a JSON object with the link."}, 400)
+            try:
+                txn = await asyncio.to_thread(self._system().pay_with_link, body["link"][:4000], f"api:{client}")
+            except InvalidPaymentLink as exc:
+                status = {"used": 409, "expired": 410}.get(exc.reason, 400)
+                return answer({"error": {"used": "This link was used already.", "expired": "This link has expired."}
+                               .get(exc.reason, "Not a payment link of ours."), "code": exc.reason}, status)
+            card = await asyncio.to_thread(self._system().card_by_id, txn.card_id)
+            logger.info("desk API: %s took a payment by link (%s)", client, txn.reference)
+            return answer({"transaction": txn.reference, "amount_paise": -txn.amount_paise,
+                           "card_last4": card.last4 if card else None})
+
+        @bp.route("/v1/payments", methods=["POST"])
+        @guarded
+        async def payment(request: Request, client: str) -> HTTPResponse:
+            body = body_of(request)
+            amount = body.get("amount_paise") if body else None
+            if body is None or not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
+                return answer({"error": "The body must be a JSON object with phone, card_last4 and amount_paise "
+                                        "(a positive whole number of paise)."}, 400)
+            _, card = await asyncio.to_thread(customer_card, body)
+            txn = await asyncio.to_thread(self._system().record_payment, card.id, amount,
+                                          f"api:{client}:{str(body.get('via') or '')[:20]}")
+            return answer({"transaction": txn.reference, "amount_paise": amount, "card_last4": card.last4})
+
+        @bp.route("/v1/cards/block", methods=["POST"])
+        @guarded
+        async def block(request: Request, client: str) -> HTTPResponse:
+            body = body_of(request)
+            if body is None:
+                return answer({"error": "The body must be a JSON object with phone and card_last4."}, 400)
+            customer, card = await asyncio.to_thread(customer_card, body)
+            reason = str(body.get("reason") or "bank")
+            done = await asyncio.to_thread(self._system().block_card, customer.id, card.last4,
+                                           reason if reason in ("bank", "suspicious", "lost", "stolen", "damaged")
+                                           else "bank", f"api:{client}")
+            return answer({"reference": done.reference, "card_last4": card.last4, "status": "blocked"})
+
+        @bp.route("/v1/messages/report", methods=["GET"])
+        @guarded
+        async def messages_report(request: Request, client: str) -> HTTPResponse:
+            from cardsystem.reminders.policy import Policy
+            from cardsystem.reminders.report import report
+
+            try:
+                days = min(366, max(1, int(request.args.get("days") or 7)))
+            except ValueError:
+                return answer({"error": "days must be a number"}, 400)
+            system = self._system()
+            return answer(await asyncio.to_thread(report, system.engine,
+                                                  Policy.load(timezone=system.desk_rules.calendar.timezone), days))
 
         @bp.route("/v1/figures", methods=["GET"])
         @guarded
