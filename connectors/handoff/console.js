@@ -4,6 +4,7 @@
 const api = "/webhooks/whatsapp/agents/api";
 let csrf = null, current = null, lastId = 0, firstName = "";
 const $ = id => document.getElementById(id);
+const REPORT_ROLES = ["supervisor", "grievance_officer"];  // see the Messages tab (its API refuses anyone else)
 
 async function call(path, method = "GET", body) {
   const headers = {"Content-Type": "application/json"};
@@ -17,11 +18,13 @@ async function call(path, method = "GET", body) {
 }
 
 function showSignIn() { csrf = null; $("signin").hidden = false; $("desk").hidden = true; $("logout").hidden = true;
-  ["tabs", "requests-view", "figures-view", "alerts"].forEach(id => { const e = $(id); if (e) e.hidden = true; }); }
+  ["tabs", "requests-view", "figures-view", "messages-view", "alerts"].forEach(id => { const e = $(id); if (e) e.hidden = true; }); }
 function showDesk(data) {
   csrf = data.csrf;
   $("who").textContent = data.agent.first_name + " (" + data.agent.username + (data.agent.role === "supervisor" ? ", supervisor" : "") + ")";
   document.body.dataset.username = data.agent.username;
+  document.body.dataset.role = data.agent.role;
+  $("tab-messages").hidden = !REPORT_ROLES.includes(data.agent.role);
   $("signin").hidden = true; $("desk").hidden = false; $("logout").hidden = false; $("tabs").hidden = false;
 }
 

@@ -284,6 +284,10 @@ def add_console_routes(bp: Blueprint, channel: "WhatsAppInput", on_new_message: 
     add_request_routes(bp, channel, on_new_message, signed_in, ok, error, body_of, MEDIA_HEADERS, served_type,
                        download_name)
 
+    from connectors.handoff.messages_view import add_messages_routes
+
+    add_messages_routes(bp, channel, signed_in, ok, error)
+
     @bp.route("/agents/api/media/<key>", methods=["GET"])
     @signed_in
     async def media(request: Request, agent, key: str) -> HTTPResponse:

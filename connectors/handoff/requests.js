@@ -1,4 +1,5 @@
-// cardcare agent console: the service desk's Requests view, alerts and figures. Uses console.js's
+// cardcare agent console: the service desk's Requests view, alerts and figures, and (supervisors and
+// grievance officers) the Messages view: what the bank's own messages did and cost. Uses console.js's
 // call() (session cookie and CSRF token). Everything shown is set as text, never as HTML.
 let currentRequest = null;
 const STATUS_WORDS = {open: "open", in_progress: "in progress", needs_documents: "waiting for the customer",
@@ -12,9 +13,11 @@ function showTab(name) {
   $("desk").hidden = name !== "chats";
   $("requests-view").hidden = name !== "requests";
   $("figures-view").hidden = name !== "figures";
-  ["chats", "requests", "figures"].forEach(t => $("tab-" + t).className = t === name ? "on" : "");
+  $("messages-view").hidden = name !== "messages";
+  ["chats", "requests", "figures", "messages"].forEach(t => $("tab-" + t).className = t === name ? "on" : "");
   if (name === "requests") refreshRequests();
   if (name === "figures") refreshFigures();
+  if (name === "messages") refreshMessages();
 }
 
 async function refreshRequests() {
@@ -102,6 +105,49 @@ async function refreshFigures() {
   });
 }
 
+function money(text) { return Number(text || 0).toFixed(2); }
+function tenThousandths(text) { return Math.round(Number(text || 0) * 10000); }  // exact sums of the report's decimals
+function counts(list, figures) {
+  list.innerHTML = "";
+  const names = Object.keys(figures || {});
+  names.forEach(name => item(list, name.replaceAll("_", " ") + ": " + figures[name]));
+  if (!names.length) item(list, "None");
+}
+function reportRow(r) {
+  const row = document.createElement("tr");
+  [r.day, r.category, r.sent, r.delivered, r.read, r.failed, r.reminders, r.paid_48h, money(r.whatsapp_cost),
+   money(r.sms_cost)].forEach(v => cell(row, String(v)));
+  return row;
+}
+
+async function refreshMessages() {
+  $("m-error").textContent = "";
+  const days = $("m-days").value || "7";
+  let data;
+  try { data = await call("/messages/report?days=" + encodeURIComponent(days)); }
+  catch (e) { $("m-error").textContent = e.message; return; }
+  $("messages-json").href = api + "/messages/report?days=" + encodeURIComponent(days);
+  $("m-period").textContent = data.from + " to " + data.to + " (" + data.timezone + "), costs in " + data.currency;
+  const body = $("messages-report").tBodies[0], foot = $("messages-report").tFoot;
+  body.innerHTML = ""; foot.innerHTML = "";
+  data.rows.forEach(r => body.appendChild(reportRow(r)));
+  if (!data.rows.length) { const row = document.createElement("tr"); cell(row, "No messages in this period"); body.appendChild(row); }
+  foot.appendChild(reportRow(Object.assign({}, data.total, {day: "Total", category: ""})));
+  const t = data.total;
+  $("m-paid").textContent = t.reminders
+    ? "Paid within 48 h of a reminder: " + t.paid_48h + " of " + t.reminders + " (" + (100 * t.paid_48h / t.reminders).toFixed(1) + " %)"
+    : "Paid within 48 h of a reminder: no reminders sent in this period";
+  const whatsapp = tenThousandths(t.whatsapp_cost), sms = tenThousandths(t.sms_cost);
+  $("m-cost").textContent = sms
+    ? "WhatsApp cost " + data.currency + " " + money(t.whatsapp_cost) + " against SMS " + data.currency + " " + money(t.sms_cost) +
+      ": " + (whatsapp <= sms ? "saved " : "extra ") + data.currency + " " + (Math.abs(sms - whatsapp) / 10000).toFixed(2) +
+      " (WhatsApp is " + (100 * whatsapp / sms).toFixed(0) + " % of SMS)"
+    : "WhatsApp cost " + data.currency + " " + money(t.whatsapp_cost) + "; nothing sent to compare with SMS";
+  $("m-rates").textContent = "Rates: " + (data.rates || "reminders.yml (no source given)");
+  counts($("m-not-sent"), data.not_sent);
+  counts($("m-waiting"), data.waiting);
+}
+
 async function refreshAlerts() {
   if (!csrf) return;
   try {
@@ -118,6 +164,8 @@ async function refreshAlerts() {
 $("tab-chats").onclick = () => showTab("chats");
 $("tab-requests").onclick = () => showTab("requests");
 $("tab-figures").onclick = () => showTab("figures");
+$("tab-messages").onclick = () => showTab("messages");
+$("m-days").onchange = refreshMessages;
 $("alerts-toggle").onclick = () => { $("alerts").hidden = !$("alerts").hidden; };
 ["f-kind", "f-status", "f-overdue", "f-mine", "f-closed"].forEach(id => $(id).onchange = refreshRequests);
 $("r-update").onclick = async () => { if (await requestAct("/status", {status: $("r-status").value, note: $("r-note").value})) $("r-note").value = ""; };
