@@ -70,6 +70,27 @@ def _signing_problems(env: Mapping[str, str]) -> List[str]:
     return []
 
 
+def _outbound_problems(env: Mapping[str, str]) -> List[str]:
+    """What the bank sends first: its templates keep WhatsApp's rules, and their payment button
+    opens the bank's own https page (the demo page is never a production payment page)."""
+    from cardsystem.reminders.policy import Policy
+    from cardsystem.reminders.templates import Registry, TemplateError
+
+    found: List[str] = []
+    pay = env.get("CARDCARE_PAYMENT_BASE_URL", "").strip()
+    if not pay or urlparse(pay).scheme != "https" or "/webhooks/pay/" in pay:
+        found.append("CARDCARE_PAYMENT_BASE_URL must be the bank's own https:// payment page (not the demo page)")
+    try:
+        Registry.load(env.get("CARDCARE_TEMPLATES") or None, payment_base_url=pay)
+    except (TemplateError, OSError, ValueError) as exc:
+        found.append(f"templates: {exc}"[:300])
+    try:
+        Policy.load(env.get("CARDCARE_REMINDERS_CONFIG") or None, timezone="Asia/Kolkata")
+    except (OSError, ValueError, TypeError) as exc:
+        found.append(f"reminders.yml: {exc}"[:300])
+    return found
+
+
 def problems(env: Optional[Mapping[str, str]] = None) -> List[str]:
     """Everything that keeps this environment from serving customers, one line per variable."""
     env = os.environ if env is None else env
@@ -113,6 +134,7 @@ def problems(env: Optional[Mapping[str, str]] = None) -> List[str]:
                     or set(tokens) & set(values):
                 found.append("CARDCARE_DESK_API_TOKENS: each client's token must be random, its own and unlike the "
                              "other secrets (e.g. openssl rand -hex 32)")
+    found += _outbound_problems(env)
     base = env.get("WHATSAPP_API_BASE", "")
     if base:
         parsed = urlparse(base)

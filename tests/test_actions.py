@@ -1,6 +1,7 @@
 """Every custom action against a seeded temporary card system, as the action server runs them."""
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 
@@ -394,3 +395,26 @@ def test_the_action_server_registers_every_action_of_the_domain(domain):
     executor.register_package("actions")  # fails like `rasa run actions` would on a nameless action
     custom = {a for a in domain["actions"] if not a.startswith("utter_")}
     assert custom <= set(executor.actions), custom - set(executor.actions)
+
+
+# -- "I already paid" -------------------------------------------------------------------------
+async def test_already_paid_says_what_the_records_show(system, domain):
+    from actions.balance import ActionAlreadyPaid
+
+    customer = system.find_customer(TWO_CARDS)
+    card = system.card_of(customer.id, "6392")
+    tracker = make_tracker(TWO_CARDS, "already_paid", entities=[("card_last4", "6392")])
+    since = system.statements_of(card.id)[0].period_end + dt.timedelta(days=1)
+    seen_before = system.payments_since(card.id, since)
+    _, messages = await run_action(ActionAlreadyPaid(), tracker, domain)
+    texts = rendered(messages, domain)
+    _no_placeholders(texts)
+    if not seen_before:
+        assert "can't see a payment" in texts[0] and "2 working days" in texts[0]
+        assert [b["title"] for b in buttons_of(messages, domain)] == ["Pay now", "Talk to us"]
+        assert buttons_of(messages, domain)[0]["payload"] == '/pay_bill{"card_last4":"6392"}'
+    system.record_payment(card.id, 10_000, via="upi")
+    _, messages = await run_action(ActionAlreadyPaid(), tracker, domain)
+    texts = rendered(messages, domain)
+    _no_placeholders(texts)
+    assert texts[0].startswith("Thank you: I can see your payment") and "₹100.00" in texts[0]

@@ -88,7 +88,8 @@ async def test_openapi_document_and_off_without_tokens(api):
     base = await api([("core-banking", CORE)])
     status, document, _ = await call("GET", f"{base}/openapi.json")
     assert status == 200 and document["openapi"].startswith("3.") and document == openapi()
-    assert set(document["paths"]) == {"/requests", "/requests/{reference}", "/requests/{reference}/status", "/figures"}
+    assert set(document["paths"]) == {"/requests", "/requests/{reference}", "/requests/{reference}/status", "/figures",
+                                      "/payment-links/use", "/payments", "/cards/block", "/messages/report"}
     off = await api([])
     assert (await call("GET", f"{off}/requests", CORE))[0] == 404
     assert (await call("GET", f"{off}/openapi.json"))[0] == 404

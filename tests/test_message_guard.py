@@ -48,3 +48,14 @@ def test_a_short_answer_the_classifier_declined_is_an_answer():
     long_question = "what is the interest rate on a gold loan of 50000 for my daughter"
     assert classify(long_question, intent="out_of_scope", entities=[{"entity": "amount", "value": "50000"}]
                     )["intent"]["name"] == "out_of_scope"
+
+
+def test_stop_and_start_are_taken_whole_whatever_the_classifier_says():
+    for text in ("STOP", "Stop.", "stop!", "UNSUBSCRIBE", "band karo", "मत भेजो", "बंद करो"):
+        data = classify(text, intent="cancel", entities=[])
+        assert data["intent"] == {"name": "opt_out", "confidence": 1.0}, text
+    for text in ("START", "start", "chalu karo", "शुरू करो"):
+        assert classify(text, intent="greet", entities=[])["intent"]["name"] == "opt_in", text
+    # a sentence with the word in it is the classifier's to read
+    assert classify("stop my card it was stolen", intent="block_card", entities=[])["intent"]["name"] == "block_card"
+    assert classify("when does the offer start", intent="faq", entities=[])["intent"]["name"] == "faq"

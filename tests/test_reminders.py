@@ -488,3 +488,14 @@ def test_the_report_counts_per_day_and_category_and_compares_with_sms(system, ou
     assert (row["sent"], row["delivered"], row["read"], row["reminders"], row["paid_48h"]) == (2, 2, 1, 2, 1)
     assert row["whatsapp_cost"] == "0.23" and row["sms_cost"] == "0.7"
     assert "effective 2026-01-01" in figures["rates"]
+
+
+def test_statement_news_needs_consent_even_inside_the_window(system, outreach):
+    customer = system.find_customer(ONE_CARD)
+    [statement] = system.statements_of(system.cards_of(customer.id)[0].id)[:1]
+    day_after = outreach.policy.utc(dt.datetime.combine(statement.period_end + dt.timedelta(days=1), dt.time(10)))
+    system.set_consent(ONE_CARD, False, "whatsapp:STOP")
+    run_once(system, day_after, outreach)
+    plans = [(n, p) for n, p in deliver(system, NoticeBox(engine=system.engine, outreach=outreach), day_after,
+                                        window_open=True) if n.address == ONE_CARD]
+    assert [p.action for _, p in plans] == ["skip"] and plans[0][1].why.startswith("no consent")

@@ -49,6 +49,7 @@ def production_secrets() -> dict:
     return {
         "CARDCARE_SIGNING_KEY": str(key), "CARDCARE_SIGNING_CERT": str(cert),
         "CARDCARE_FEEDBACK_BASE_URL": "https://bot.example.bank/webhooks/feedback",
+        "CARDCARE_PAYMENT_BASE_URL": "https://pay.example.bank/card",
         "WHATSAPP_APP_SECRET": secrets.token_hex(16), "WHATSAPP_ACCESS_TOKEN": "EAA" + secrets.token_hex(24),
         "WHATSAPP_VERIFY_TOKEN": secrets.token_hex(12), "WHATSAPP_PHONE_NUMBER_ID": "109876543210987",
         "CARDCARE_PAYMENT_LINK_SECRET": secrets.token_hex(16), "CARDCARE_FILES_SECRET": secrets.token_hex(16),

@@ -9,8 +9,9 @@ import time
 
 import pytest
 import requests
+import yaml
 
-from tests.servers import MODEL, running_whatsapp_bot
+from tests.servers import MODEL, ROOT, Phone, running_whatsapp_bot
 
 pytestmark = pytest.mark.model
 ONE_CARD, TWO_CARDS, EXPIRING = "919800000001", "919800000002", "919800000004"
@@ -20,8 +21,14 @@ ONE_CARD, TWO_CARDS, EXPIRING = "919800000001", "919800000002", "919800000004"
 def sandbox_and_bot(tmp_path_factory):
     if not MODEL.exists():
         pytest.fail("models/cardcare.tar.gz is missing: run `make train` (make test does it for you)")
-    hours = {"CARDCARE_AGENT_HOURS": "00:00-00:00", "CARDCARE_AGENT_DAYS": "Mon-Sun"}  # agents always on duty
-    with running_whatsapp_bot(tmp_path_factory.mktemp("wa"), extra_env=hours) as running:
+    workdir = tmp_path_factory.mktemp("wa")
+    # the bank's reminders at any hour in these tests (no quiet hours), the rest as shipped
+    config = yaml.safe_load((ROOT / "reminders.yml").read_text())
+    config["consent"]["quiet_hours"] = {"start": "00:00", "end": "00:00"}
+    (workdir / "reminders.yml").write_text(yaml.safe_dump(config))
+    hours = {"CARDCARE_AGENT_HOURS": "00:00-00:00", "CARDCARE_AGENT_DAYS": "Mon-Sun",  # agents always on duty
+             "CARDCARE_REMINDERS_CONFIG": str(workdir / "reminders.yml")}
+    with running_whatsapp_bot(workdir, extra_env=hours) as running:
         yield running
 
 
@@ -278,3 +285,59 @@ def test_address_change_worked_by_the_desk_in_headless_chromium(sandbox_and_bot,
     kept = ServiceDesk(db_url=bot.env["CARDCARE_DB_URL"], email=False).request(reference)
     assert kept["status"] == "resolved" and len(kept["documents"]) == 2
     assert [h["event"] for h in kept["history"]][-1] == "feedback" and "rated 5/5" in kept["history"][-1]["note"]
+
+
+def test_the_bank_writes_first_a_reminder_tapped_on_the_chat_page_and_stop_honoured(sandbox_and_bot, browser_page):
+    """The templates are submitted to the sandbox and approved there (the approval reaches the bot as
+    a webhook); the scheduler runs as cron would; Priya, silent for a day, sees the reminder as a
+    template on the chat page, taps "Pay now" and gets her payment links; Ananya typed STOP first
+    and gets nothing more."""
+    import datetime as dt
+    import subprocess
+    import sys
+    from zoneinfo import ZoneInfo
+
+    from sqlalchemy import create_engine, text
+
+    sandbox_url, bot = sandbox_and_bot
+    priya, ananya = "919800000003", ONE_CARD
+    run = lambda *args: subprocess.run([sys.executable, "-m", "cardsystem.reminders", *args], cwd=ROOT,  # noqa: E731
+                                       env=bot.env, capture_output=True, text=True, timeout=120)
+    submitted = run("templates", "submit")
+    assert submitted.returncode == 0 and "PENDING" in submitted.stdout, submitted.stderr
+    for template in requests.get(f"{sandbox_url}/_sandbox/templates", timeout=5).json():
+        assert requests.post(f"{sandbox_url}/_sandbox/templates/{template['id']}/approve", timeout=5).status_code == 200
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and "PENDING" in run("templates", "list").stdout:
+        time.sleep(0.5)
+    listed = run("templates", "list").stdout
+    assert "payment_due_reminder" in listed and "PENDING" not in listed and "APPROVED" in listed
+
+    Phone(sandbox_url, ananya).send("STOP")
+    due = dt.datetime.now(ZoneInfo("Asia/Kolkata")).date() + dt.timedelta(days=5)
+    engine = create_engine(bot.env["CARDCARE_DB_URL"])
+    with engine.begin() as db:
+        for phone in (priya, ananya):
+            db.execute(text("UPDATE cards SET due_date = :due, minimum_due_paise = 150000, outstanding_paise = 900000 "
+                            "WHERE customer_id = (SELECT id FROM customers WHERE phone = :phone)"), {"due": due, "phone": phone})
+    engine.dispose()
+    before = len(requests.get(f"{sandbox_url}/_sandbox/messages", params={"to": ananya}, timeout=5).json())
+    queued = run("run")
+    assert queued.returncode == 0 and "queued" in queued.stdout, queued.stderr
+
+    customer = browser_page
+    customer.goto(sandbox_url)
+    customer.wait_for_selector(f'#persona option[value="{priya}"]', state="attached")
+    customer.select_option("#persona", priya)
+    reminder = customer.locator(".msg.bot", has_text="Payment reminder for your CardCare credit card ending 7305")
+    reminder.last.wait_for(timeout=30_000)
+    shown = reminder.last.text_content()
+    assert "₹9,000.00" in shown and "₹1,500.00" in shown and "Reply STOP to stop reminders" in shown
+    assert reminder.last.locator("a", has_text="Pay bill").get_attribute("href").startswith("http")
+    reminder.last.locator("button", has_text="Pay now").click()
+    customer.locator(".msg.bot", has_text="Pay the total due").last.wait_for(timeout=30_000)
+    paying = customer.locator(".msg.bot", has_text="Pay the total due").last.text_content()
+    assert "card ending 7305" in paying.lower() or "7305" in paying
+    time.sleep(6)  # three rounds of the channel's notice loop
+    after = requests.get(f"{sandbox_url}/_sandbox/messages", params={"to": ananya}, timeout=5).json()
+    assert len(after) == before                                             # STOP: nothing more

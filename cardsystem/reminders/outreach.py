@@ -41,6 +41,10 @@ from cardsystem.reminders.templates import Registry, Template, TemplateError
 
 logger = logging.getLogger(__name__)
 WEEK = dt.timedelta(days=7)
+# news the bank offers unasked: only with consent, even inside the window. The rest is about what the
+# customer did or asked (a payment, a request) or their safety (a block): inside the window it is a
+# plain message whatever their consent; outside it a template still needs consent.
+PROACTIVE = {"payment_due", "statement_ready"}
 STATE_ORDER = {"queued": 0, "sent": 1, "delivered": 2, "read": 3, "failed": 4}
 BLOCK_WORDS = {"lost": "reported lost", "stolen": "reported stolen", "damaged": "reported damaged",
                "suspicious": "suspicious activity", "bank": "blocked by the bank"}
@@ -163,6 +167,8 @@ class Outreach:
         paused = consent is not None and consent.paused_until is not None and consent.paused_until > now
         if kind == "payment_due":
             return self._plan_reminder(s, row, window_open, now, key, opted_in, paused, consent)
+        if kind in PROACTIVE and not opted_in:
+            return Delivery("skip", why="no consent: the customer has not opted in (or said STOP)")
         if window_open:
             if send_of(s, key) is None:
                 self._ledger(s, row, key, kind, "text", None, "service", now)
