@@ -499,3 +499,14 @@ def test_statement_news_needs_consent_even_inside_the_window(system, outreach):
     plans = [(n, p) for n, p in deliver(system, NoticeBox(engine=system.engine, outreach=outreach), day_after,
                                         window_open=True) if n.address == ONE_CARD]
     assert [p.action for _, p in plans] == ["skip"] and plans[0][1].why.startswith("no consent")
+
+
+def test_inside_the_window_a_reminder_needs_no_approved_template(system):
+    outreach = Outreach(system.engine, system.settings, desk_rules=system.desk_rules)   # nothing approved
+    policy = outreach.policy
+    bill(system, ONE_CARD, dt.date(2026, 12, 10))
+    quiet_everyone_else(system, ONE_CARD)
+    now = local(policy, "2026-12-09T11:00")
+    run_once(system, now, outreach)
+    [(_, plan)] = deliver(system, NoticeBox(engine=system.engine, outreach=outreach), now, window_open=True)
+    assert plan.action == "text" and "Payment reminder" in plan.text

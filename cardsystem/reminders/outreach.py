@@ -219,14 +219,18 @@ class Outreach:
                 MessageSend.queued_at > now - WEEK)).scalar_one()
             if recent >= self.policy.weekly_cap:
                 return Delivery("skip", why=f"weekly cap: {recent} reminders in 7 days")
-        template, why = self._approved(s, self.policy.reminder_template)
         values = self._reminder_values(card, now)
-        buttons = tuple((b.text, template.payload(b, values)) for b in template.buttons if b.type == "quick_reply") \
-            if template else ()
-        if window_open and template is not None:
-            self._ledger(s, row, key, "payment_due", "text", template, "service", now)
-            text = f"{template.render(values)}\n\nPay securely: {values['payment_link']}\n(The link works once and expires at {values['link_expires']}.)"
+        if window_open:  # a plain message: no approval needed, the template's words and quick replies
+            try:
+                shape = self.registry.get(self.policy.reminder_template)
+            except TemplateError as exc:
+                return Delivery("hold", why=str(exc)[:200])
+            self._ledger(s, row, key, "payment_due", "text", None, "service", now)
+            text = (f"{shape.render(values)}\n\nPay securely: {values['payment_link']}\n"
+                    f"(The link works once and expires at {values['link_expires']}.)")
+            buttons = tuple((b.text, shape.payload(b, values)) for b in shape.buttons if b.type == "quick_reply")
             return Delivery("text", text=text, buttons=buttons, key=key)
+        template, why = self._approved(s, self.policy.reminder_template)
         if template is None:
             return Delivery("hold", why=why)
         try:
