@@ -36,7 +36,8 @@ from connectors.whatsapp.graph import GraphClient, MediaError, OutsideServiceWin
 from connectors.handoff import wording
 from connectors.whatsapp.inbound import EVENT_KIND, Inbound
 from connectors.whatsapp.media import MediaStore
-from connectors.whatsapp.store import LEASE_TTL, ChannelStore, PendingMessage, QueuedReply, utcnow
+from connectors.whatsapp.store import (LEASE_TTL, OFFER_VALID, TEMPLATE_OFFER_VALID, ChannelStore, PendingMessage,
+                                       QueuedReply, utcnow)
 from connectors.whatsapp.webhook import WebhookReceiver, channel_settings
 
 logger = logging.getLogger(__name__)
@@ -310,8 +311,9 @@ class WhatsAppInput(InputChannel):
         if choice:
             metadata["whatsapp"]["menu_choice"], text = text.strip(), choice
         elif kind.get("type") in ("interactive", "button") and \
-                await asyncio.to_thread(self.store.was_offered, pending.sender, text):
-            pass  # a button the bot sent: its payload is the intent
+                await asyncio.to_thread(self.store.was_offered, pending.sender, text, None,
+                                        TEMPLATE_OFFER_VALID if kind.get("type") == "button" else OFFER_VALID):
+            pass  # a button the bot sent (a template's quick reply: for a month): its payload is the intent
         else:
             text = typed_text(text)
         await self._keep_media(metadata.get("attachment"))

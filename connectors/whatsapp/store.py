@@ -27,6 +27,7 @@ SERVICE_WINDOW = dt.timedelta(hours=24)
 STATUS_ORDER = {"refused": 0, "sent": 1, "delivered": 2, "read": 3, "failed": 4}  # statuses only move forward
 LEASE_TTL = dt.timedelta(seconds=60)
 OFFER_VALID = dt.timedelta(days=7)  # an old button tapped within a week still works
+TEMPLATE_OFFER_VALID = dt.timedelta(days=35)  # a template's quick reply (a reminder read late) for a month
 
 
 def utcnow() -> dt.datetime:
@@ -362,10 +363,11 @@ class ChannelStore:
                 else:
                     row.offered_at = now
 
-    def was_offered(self, sender: str, payload: str, now: Optional[dt.datetime] = None) -> bool:
+    def was_offered(self, sender: str, payload: str, now: Optional[dt.datetime] = None,
+                    valid: dt.timedelta = OFFER_VALID) -> bool:
         with session_scope(self.engine) as s:
             row = s.get(OfferedPayload, (sender, payload[:256]))
-            return row is not None and (now or utcnow()) - row.offered_at < OFFER_VALID
+            return row is not None and (now or utcnow()) - row.offered_at < valid
 
     # -- dead letters ---------------------------------------------------------------------------
 
