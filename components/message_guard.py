@@ -8,7 +8,8 @@ confidence, so the dialogue answers with a clear request to rephrase or shorten.
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, List, Text
+import unicodedata
+from typing import Any, Dict, List, Optional, Text
 
 from rasa.engine.graph import ExecutionContext, GraphComponent
 from rasa.engine.recipes.default_recipe import DefaultV1Recipe
@@ -43,6 +44,38 @@ LATEST = re.compile(r"^\W*(?:(?:just|only|show|give|send|tell)\s+(?:me\s+)?)?(?:
 CHOOSING = re.compile(r"^\W*(?:(?:and|aur|n|what about|how about|same for|ok|okay)\s+)?(?:for\s+)?(?:the\s+)?"
                       r"(?:other|another|dusr[aei]|doosr[aei]|second|2nd|first|1st|pehl[aei])"
                       r"(?:\s+(?:one|card|wala|wali|vala|vali))?(?:\s+(?:too|also|bhi|please|pls))?\W*$", re.I)
+
+
+# "reminders mat bhejo", "मुझे updates मत भेजो", "stop sending me messages", "रोक दो": a request to stop,
+# however it is put; a classifier that read one of these as START (it has happened) is overruled
+STOP_PHRASE = re.compile(
+    r"(?:\b(?:mat|mt|na|nahi|nahin)\s+(?:bhej|bhejo|bhejna|bhejiye|bhejen|karo|kro)\b|मत\s*(?:भेज|करो)|नहीं\s*(?:भेज|चाहिए)"
+    r"|\b(?:band|bandh|bnd)\s*(?:karo|kro|kar\s*do|kardo|kijiye|ho)\b|बंद\s*(?:करो|कर\s*दो|कीजिए|करें)|रोक\s*(?:दो|दें|दीजिए)|रोको"
+    r"|^\W*(?:please\s+|pls\s+|plz\s+)?(?:stop|unsubscribe|opt\s*-?\s*out)\b(?!.*\b(?:card|payment|transaction|charge|debit)\b)"
+    r"|\b(?:stop|quit|cease)\s+(?:sending|messaging|texting|spamming|the\s+(?:messages|reminders|updates))\b"
+    r"|\b(?:don'?t|do\s+not|dont|never|no\s+more)\s+(?:send|message|text|remind|whatsapp)\w*\b"
+    r"|\bno\s+more\s+(?:messages|reminders|updates|whatsapps?)\b)",
+    re.I)
+ABOUT_MONEY = re.compile(r"\b(?:card|cards|transaction|txn|payment|pay|charge|debit|account|upi|emi|loan|limit|autopay|"
+                         r"mandate|standing)\b|कार्ड|भुगतान|खाता", re.I)
+NEGATION = re.compile(r"\b(?:mat|band|bandh|stop|don'?t|dont|do\s+not|no\s+more|never|nahi|nahin)\b|मत|बंद|रोक|नहीं",
+                      re.I)
+
+
+def consent_intent(text: Text, classified: Optional[Text]) -> Optional[Text]:
+    """opt_out / opt_in when the message is a consent keyword or a plain request to stop, else None.
+    Full-width and other look-alike letters count as the letters they look like (NFKC)."""
+    plain = unicodedata.normalize("NFKC", text or "").lower()
+    keyword = re.sub(r"[\s.!]+", " ", plain).strip()
+    for name, words in CONSENT_WORDS.items():
+        if keyword in words:
+            return name
+    about = re.sub(r"\b(?:payment|bill|due|card)\s+(?:reminders?|updates?|alerts?|messages?)\b", "reminders", keyword)
+    if len(keyword) <= 80 and STOP_PHRASE.search(keyword) and not ABOUT_MONEY.search(about):
+        return "opt_out"  # ("card band karo" blocks a card: not a STOP)
+    if classified == "opt_in" and NEGATION.search(keyword):
+        return "opt_out"  # "reminders मत भेजो" is never a START
+    return None
 
 
 @DefaultV1Recipe.register(DefaultV1Recipe.ComponentType.INTENT_CLASSIFIER, is_trainable=False)
@@ -89,8 +122,7 @@ class MessageGuard(GraphComponent):
                 message.set(INTENT_RANKING_KEY, [media], add_to_output=True)
                 message.set(ENTITIES, [], add_to_output=True)
                 continue
-            keyword = re.sub(r"[\s.!]+", " ", text.lower()).strip()
-            consent = next((name for name, words in CONSENT_WORDS.items() if keyword in words), None)
+            consent = consent_intent(text, (message.get(INTENT) or {}).get("name"))
             if consent:
                 chosen = {"name": consent, "confidence": 1.0}
                 message.set(INTENT, chosen, add_to_output=True)

@@ -150,8 +150,9 @@ def reminders_of(system, card_id):
             .order_by(CustomerNotice.id)).scalars()]
 
 
-def deliver(system, box, now, window_open=False):
-    """What a channel would do: take due WhatsApp notices and follow each plan; the plans."""
+def deliver(system, box, now, window_open=False, sent=True):
+    """What a channel would do: take due WhatsApp notices and follow each plan (and, with `sent`,
+    WhatsApp accepting each at once); the plans."""
     plans = []
     for notice in box.take("whatsapp", 500, now=now):
         plan = box.plan(notice.id, window_open, now=now)
@@ -162,7 +163,8 @@ def deliver(system, box, now, window_open=False):
             box.held(notice.id, plan.why, plan.until)
         else:
             box.sent(notice.id)
-            box.outcome(plan.key + ":0", "sent", f"wamid.{notice.id}", at=now)
+            if sent:
+                box.outcome(plan.key + ":0", "sent", f"wamid.{notice.id}", at=now)
     return plans
 
 
@@ -263,7 +265,7 @@ def test_stop_stops_everything_and_start_brings_reminders_back(system, outreach)
     run_once(system, now, outreach)
     system.set_consent(ONE_CARD, False, "whatsapp:STOP")                # after queueing, before sending
     [(_, plan)] = deliver(system, NoticeBox(engine=system.engine, outreach=outreach), now)
-    assert plan.action == "skip" and plan.why.startswith("no consent")
+    assert plan.action == "skip" and plan.why.startswith("opted out")
     assert run_once(system, local(policy, "2026-12-09T10:00"), outreach)["reminders"] == 0
     system.set_consent(ONE_CARD, True, "whatsapp:START")
     assert run_once(system, local(policy, "2026-12-10T10:00"), outreach)["reminders"] == 1
@@ -498,7 +500,7 @@ def test_statement_news_needs_consent_even_inside_the_window(system, outreach):
     run_once(system, day_after, outreach)
     plans = [(n, p) for n, p in deliver(system, NoticeBox(engine=system.engine, outreach=outreach), day_after,
                                         window_open=True) if n.address == ONE_CARD]
-    assert [p.action for _, p in plans] == ["skip"] and plans[0][1].why.startswith("no consent")
+    assert [p.action for _, p in plans] == ["skip"] and plans[0][1].why.startswith("opted out")
 
 
 def test_inside_the_window_a_reminder_needs_no_approved_template(system):
@@ -510,3 +512,27 @@ def test_inside_the_window_a_reminder_needs_no_approved_template(system):
     run_once(system, now, outreach)
     [(_, plan)] = deliver(system, NoticeBox(engine=system.engine, outreach=outreach), now, window_open=True)
     assert plan.action == "text" and "Payment reminder" in plan.text
+
+
+def test_stop_also_stops_the_banks_news_inside_the_window_and_what_already_waits(system, outreach):
+    """STOP: not even a payment's confirmation while they chat; and a reminder queued before the STOP
+    (say, waiting out an outage) is withdrawn before it goes, as is one whose minimum was paid."""
+    policy = outreach.policy
+    customer, card = bill(system, ONE_CARD, dt.date(2026, 12, 10))
+    other, other_card = bill(system, TWO_CARDS, dt.date(2026, 12, 10))
+    quiet_everyone_else(system, ONE_CARD, TWO_CARDS)
+    now = local(policy, "2026-12-05T10:00")
+    run_once(system, now, outreach)
+    box = NoticeBox(engine=system.engine, outreach=outreach)
+    plans = {n.address: p for n, p in deliver(system, box, now, sent=False)}   # both in the outbox, not yet sent
+    system.set_consent(ONE_CARD, False, "whatsapp:STOP")
+    system.record_payment(other_card.id, 50_000, via="upi")
+    assert not box.still_wanted(plans[ONE_CARD].key + ":0")
+    assert not box.still_wanted(plans[TWO_CARDS].key + ":0")
+    assert box.still_wanted("agent.123:0")
+    with session_scope(system.engine) as s:
+        assert sorted(m.error for m in s.execute(select(MessageSend)).scalars()) == [
+            "withdrawn: paid before it went", "withdrawn: the customer said STOP before it went"]
+    system.record_payment(card.id, 10_000, via="upi")
+    news = [(n, p) for n, p in deliver(system, box, now, window_open=True) if n.address == ONE_CARD]
+    assert [p.action for _, p in news] == ["skip"] and news[0][1].why.startswith("opted out")

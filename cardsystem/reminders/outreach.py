@@ -45,7 +45,8 @@ WEEK = dt.timedelta(days=7)
 # customer did or asked (a payment, a request) or their safety (a block): inside the window it is a
 # plain message whatever their consent; outside it a template still needs consent.
 PROACTIVE = {"payment_due", "statement_ready"}
-STATE_ORDER = {"queued": 0, "sent": 1, "delivered": 2, "read": 3, "failed": 4}
+NEVER_ASKED = "never asked"  # a consent row made only to pause a number WhatsApp refused
+STATE_ORDER = {"queued": 0, "sent": 1, "delivered": 2, "read": 3, "failed": 4, "withdrawn": 4}
 BLOCK_WORDS = {"lost": "reported lost", "stolen": "reported stolen", "damaged": "reported damaged",
                "suspicious": "suspicious activity", "bank": "blocked by the bank"}
 NEWS = {  # a request's status, as the template's {{3}} says it
@@ -164,6 +165,8 @@ class Outreach:
             return Delivery("skip", why="stale: the news is out of date")
         consent = s.get(MessagingConsent, row.address)
         opted_in = bool(consent and consent.opted_in)
+        if said_stop(consent):  # STOP means nothing the bank sends first, inside the window or out of it
+            return Delivery("skip", why="opted out: the customer said STOP")
         paused = consent is not None and consent.paused_until is not None and consent.paused_until > now
         if kind == "payment_due":
             return self._plan_reminder(s, row, window_open, now, key, opted_in, paused, consent)
@@ -302,6 +305,24 @@ class Outreach:
                      {"kind": kind, "via": via, "template": template.name if template else None,
                       "to": mask_phone(row.address)})
 
+    def still_wanted(self, s: Any, key: str) -> bool:
+        """Just before a queued message goes (it may have waited out an outage): not to a customer who
+        said STOP since, and no reminder whose minimum due has been paid since."""
+        send = send_of(s, key.rsplit(":", 1)[0] if ":" in key else key)
+        if send is None:
+            return True
+        customer = s.get(Customer, send.customer_id)
+        if customer is not None and said_stop(s.get(MessagingConsent, customer.phone)):
+            why = "withdrawn: the customer said STOP before it went"
+        elif send.kind == "payment_due" and send.card_id and (s.get(Card, send.card_id) is None or
+                                                              s.get(Card, send.card_id).minimum_due_paise <= 0):
+            why = "withdrawn: paid before it went"
+        else:
+            return True
+        if send.state == "queued":
+            send.state, send.error = "withdrawn", why
+        return False
+
     # -- what WhatsApp said ----------------------------------------------------------------------
     def outcome(self, s: Any, key: str, state: str, wamid: Optional[str], code: Optional[int],
                 error: Optional[str], at: dt.datetime) -> bool:
@@ -342,12 +363,16 @@ class Outreach:
             return
         consent = s.get(MessagingConsent, customer.phone)
         if consent is None:
-            consent = MessagingConsent(phone=customer.phone, opted_in=False, source="never asked", changed_at=at)
+            consent = MessagingConsent(phone=customer.phone, opted_in=False, source=NEVER_ASKED, changed_at=at)
             s.add(consent)
         consent.paused_until = max(consent.paused_until or at, at + pause)
         consent.pause_error = f"{code}: {error or ''}"[:120]
         audit.record(s, "number_paused", customer.id, "consent", customer.phone[-4:],
                      {"code": code, "until": consent.paused_until.isoformat(timespec="minutes")})
+
+
+def said_stop(consent: Optional[MessagingConsent]) -> bool:
+    return consent is not None and not consent.opted_in and consent.source != NEVER_ASKED
 
 
 def send_of(s: Any, key: str) -> Optional[MessageSend]:

@@ -166,6 +166,13 @@ class NoticeBox:
 
         return TemplateBook(self.engine).from_webhook(value)
 
+    def still_wanted(self, key: str) -> bool:
+        """Whether a queued message of the bank's may still go now (STOP and payments since count)."""
+        if not key.startswith("notice."):
+            return True
+        with session_scope(self.engine) as s:
+            return self.outreach.still_wanted(s, key)
+
     def outcome(self, key: str, state: str, wamid: Optional[str] = None, code: Optional[int] = None,
                 error: Optional[str] = None, at: Optional[dt.datetime] = None) -> bool:
         """What WhatsApp said of a message the bank sent first (its outbox key): for the ledger."""

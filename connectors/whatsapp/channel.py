@@ -519,6 +519,10 @@ class WhatsAppInput(InputChannel):
     async def _send_reply(self, reply: QueuedReply) -> bool:
         """One attempt at one queued reply; False when it must be tried again later."""
         body = dict(reply.body)
+        if self.notices is not None and reply.key.startswith("notice.") and \
+                not await asyncio.to_thread(self._notice_still_wanted, reply.key):
+            await asyncio.to_thread(self.store.reply_done, reply.id, "expired", None, "withdrawn by the bank's side")
+            return True
         try:
             await self.client.check_window(reply.recipient, body)
         except OutsideServiceWindow:
@@ -643,6 +647,13 @@ class WhatsAppInput(InputChannel):
         reply_by = await asyncio.to_thread(self.store.reply_by_of, sender)
         await asyncio.to_thread(self.store.commit_turn, key, sender, reply_by, [message])
         self._spawn(self.drain(sender, on_new_message))
+
+    def _notice_still_wanted(self, key: Text) -> bool:
+        try:
+            return self.notices.still_wanted(key)
+        except Exception:  # the card database away: send as decided (the decision was right when made)
+            logger.exception("could not recheck %s before sending", key)
+            return True
 
     def _notice_outcome(self, key: Text, state: Text, wamid: Optional[Text] = None, code: Optional[int] = None,
                         error: Optional[Text] = None) -> None:

@@ -128,3 +128,27 @@ def _send_state(system):
     with session_scope(system.engine) as s:
         send = s.execute(select(MessageSend)).scalars().first()
         return send.state if send else None
+
+
+async def test_a_reminder_held_up_by_an_outage_is_not_sent_after_stop(world, system, outreach):
+    outbox = world[0]
+
+    async def bot(user_message):
+        pass
+
+    channel, url, box, account = await approved_channel(world, system, outreach, bot)
+    bill(system, ONE_CARD, dt.date(2026, 12, 10))
+    quiet_everyone_else(system, ONE_CARD)
+    async with aiohttp.ClientSession() as http:   # WhatsApp answers 131000 (try again later) to the next sends
+        async with http.post(f"{account.api_base}/_sandbox/fail", json={"codes": [131000, 131000]}) as answer:
+            assert answer.status == 200
+    await asyncio.to_thread(run_once, system, NOW, outreach)
+    assert await channel.deliver_notices_once(bot) == 1
+    await settle(channel)
+    assert not [m for m in outbox.messages if m["message"].get("type") == "template"]
+    await asyncio.to_thread(system.set_consent, ONE_CARD, False, "whatsapp:STOP")
+    await asyncio.sleep(2.5)                        # the outbox's retry comes round
+    await channel.drain(ONE_CARD, bot)
+    await settle(channel)
+    assert not [m for m in outbox.messages if m["message"].get("type") == "template"]
+    assert await until(lambda: _send_state(system) == "withdrawn")
