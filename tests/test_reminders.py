@@ -189,7 +189,7 @@ def test_a_reminder_goes_as_an_approved_template_with_a_single_use_link(system, 
     run_once(system, now, outreach)
     box = NoticeBox(engine=system.engine, outreach=outreach)
     [(notice, plan)] = deliver(system, box, now)
-    assert plan.action == "template" and plan.key == f"notice.{notice.id}.t"
+    assert plan.action == "template" and plan.key.startswith(f"notice.{notice.id}-") and plan.key.endswith(".t")
     template = plan.message["template"]
     assert template["name"] == "payment_due_reminder"
     body = [p["text"] for p in template["components"][0]["parameters"]]
@@ -333,6 +333,8 @@ def test_a_number_whatsapp_refuses_is_paused_not_retried_blindly(system, outreac
         send = s.execute(select(MessageSend)).scalar_one()
         assert (send.state, send.error_code) == ("failed", 131026)
         assert s.get(MessagingConsent, ONE_CARD).paused_until == now + dt.timedelta(hours=720)
+        notice = s.execute(select(CustomerNotice).where(CustomerNotice.kind == "payment_due")).scalar_one()
+        assert (notice.state, notice.error) == ("failed", "131026: Message undeliverable")
     later = local(policy, "2026-12-09T10:00")
     run_once(system, later, outreach)
     [(_, plan)] = deliver(system, box, later)
@@ -536,3 +538,20 @@ def test_stop_also_stops_the_banks_news_inside_the_window_and_what_already_waits
     system.record_payment(card.id, 10_000, via="upi")
     news = [(n, p) for n, p in deliver(system, box, now, window_open=True) if n.address == ONE_CARD]
     assert [p.action for _, p in news] == ["skip"] and news[0][1].why.startswith("opted out")
+
+
+def test_a_template_the_account_no_longer_has_holds_the_rest(system, outreach):
+    policy = outreach.policy
+    for phone in (ONE_CARD, TWO_CARDS):
+        bill(system, phone, dt.date(2026, 12, 10))
+    quiet_everyone_else(system, ONE_CARD, TWO_CARDS)
+    now = local(policy, "2026-12-05T10:00")
+    run_once(system, now, outreach)
+    box = NoticeBox(engine=system.engine, outreach=outreach)
+    [notice] = box.take("whatsapp", 1, now=now)
+    plan = box.plan(notice.id, False, now=now)
+    box.sent(notice.id)
+    box.outcome(plan.key + ":0", "failed", None, 132001, "Template name does not exist in the translation", at=now)
+    [(_, after)] = deliver(system, box, now)
+    assert after.action == "hold" and "not approved (UNAVAILABLE)" in after.why
+    assert TemplateBook(system.engine).states()[("payment_due_reminder", "en")]["reason"].startswith("132001")

@@ -98,13 +98,17 @@ def main(argv: Optional[List[str]] = None) -> int:
                   f"{(state.get('status') or 'NOT SUBMITTED'):<14} {'CHANGED since submitted' if changed else ''}"
                   f"{state.get('reason') or ''}")
         return 0
+    unknown = sorted(set(args.names) - {t.name for t in registry})
+    if unknown:
+        print(f"no template named {', '.join(unknown)} in templates.yml", file=sys.stderr)
+        return 1
     account = GraphAccount.from_env()
     results = book.submit(registry, account, args.names or None) if args.action == "submit" \
         else book.sync(registry, account)
     failed = False
     for result in results:
         print(f"{result['template']:<24} {result.get('status', ''):<10} {result.get('note', '')}")
-        failed |= result.get("status") in ("ERROR", "MISSING")
+        failed |= result.get("status") in ("ERROR", "MISSING", "CHANGED")
     return 1 if failed else 0
 
 

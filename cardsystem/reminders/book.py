@@ -110,24 +110,53 @@ class TemplateBook:
     # -- the Business Management API --------------------------------------------------------------
     def submit(self, registry: Registry, account: GraphAccount, only: Optional[List[str]] = None,
                session: Optional[requests.Session] = None) -> List[Dict[str, Any]]:
-        """Submit every template not yet submitted with its current text (or `only` these names)."""
+        """Submit every template the account does not have yet (or `only` these names). What the account
+        has already is recorded as it stands there (an account can forget a template: a sandbox that
+        restarted, a template deleted in the WhatsApp Manager)."""
         http = session or requests.Session()
+        try:
+            existing = self._listing(account, http)
+        except (requests.RequestException, ValueError) as exc:
+            return [{"template": "*", "language": "", "status": "ERROR",
+                     "note": f"could not list the account's templates: {type(exc).__name__}: {exc}"[:200]}]
         states = self.states()
         results = []
         for template in registry:
             if only and template.name not in only:
                 continue
+            found = existing.get(template.key)
+            if found is None:
+                results.append(self._submit_one(template, account, http))
+                continue
             state = states.get(template.key)
-            if state and state["content_hash"] == template.content_hash and state["status"] not in ("REJECTED",):
-                results.append({"template": template.name, "language": template.language, "status": state["status"],
-                                "note": "already submitted"})
-                continue
-            if state and state["status"] == "REJECTED" and state["content_hash"] == template.content_hash:
-                results.append({"template": template.name, "language": template.language, "status": "REJECTED",
-                                "note": f"rejected ({state['reason'] or 'no reason given'}): change its text, and its name"})
-                continue
-            results.append(self._submit_one(template, account, http))
+            changed = state is not None and state["content_hash"] not in ("", template.content_hash)
+            self.record(template.name, template.language, str(found.get("status") or "PENDING"),
+                        str(found.get("category") or template.category), found.get("id"), found.get("rejected_reason"),
+                        None if changed else template.content_hash)
+            note = ("its text changed since it was submitted: give it a new name (e.g. "
+                    f"{template.name}_v2) and submit that" if changed else "already at the account")
+            results.append({"template": template.name, "language": template.language,
+                            "status": "CHANGED" if changed else str(found.get("status") or "").upper(), "note": note})
         return results
+
+    def _listing(self, account: GraphAccount, http: requests.Session) -> Dict[tuple, Dict[str, Any]]:
+        """Every template of the account, by (name, language), following the pages."""
+        found: Dict[tuple, Dict[str, Any]] = {}
+        url: Optional[str] = account.templates_url
+        params: Optional[Dict[str, Any]] = {"limit": 200, "fields": "id,name,language,status,category,rejected_reason"}
+        for _ in range(50):
+            answer = http.get(url, params=params, headers={"Authorization": f"Bearer {account.access_token}"},
+                              timeout=TIMEOUT)
+            if answer.status_code >= 400:
+                raise ValueError(f"HTTP {answer.status_code}: {answer.text[:120]}")
+            body = answer.json() or {}
+            for item in body.get("data") or []:
+                found[(str(item.get("name")), str(item.get("language")))] = item
+            url = ((body.get("paging") or {}).get("next")) or None
+            params = None
+            if not url:
+                break
+        return found
 
     def _submit_one(self, template: Template, account: GraphAccount, http: requests.Session) -> Dict[str, Any]:
         try:

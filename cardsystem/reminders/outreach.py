@@ -45,7 +45,8 @@ WEEK = dt.timedelta(days=7)
 # customer did or asked (a payment, a request) or their safety (a block): inside the window it is a
 # plain message whatever their consent; outside it a template still needs consent.
 PROACTIVE = {"payment_due", "statement_ready"}
-NEVER_ASKED = "never asked"  # a consent row made only to pause a number WhatsApp refused
+NEVER_ASKED = "never asked"
+TEMPLATE_GONE = {132001, 132015, 132016}  # template missing, paused, disabled at the account  # a consent row made only to pause a number WhatsApp refused
 STATE_ORDER = {"queued": 0, "sent": 1, "delivered": 2, "read": 3, "failed": 4, "withdrawn": 4}
 BLOCK_WORDS = {"lost": "reported lost", "stolen": "reported stolen", "damaged": "reported damaged",
                "suspicious": "suspicious activity", "bank": "blocked by the bank"}
@@ -160,7 +161,7 @@ class Outreach:
     # -- one notice, now -----------------------------------------------------------------------
     def plan(self, s: Any, row: CustomerNotice, window_open: bool, now: dt.datetime) -> Delivery:
         kind = row.kind or ("request_update" if row.reference else "notice")
-        key = f"notice.{row.id}"
+        key = outbox_key(row)
         if row.expires_at is not None and now >= row.expires_at:
             return Delivery("skip", why="stale: the news is out of date")
         consent = s.get(MessagingConsent, row.address)
@@ -352,6 +353,12 @@ class Outreach:
         elif state == "failed":
             send.failed_at, send.error_code, send.error = at, code, (error or "")[:200] or None
             self._pause(s, send, code, error, at)
+            notice = s.get(CustomerNotice, notice_id_of(base)) if notice_id_of(base) else None
+            if notice is not None:  # the notice says what became of it
+                notice.state, notice.error = "failed", f"{code}: {error or ''}"[:200]
+            if code in TEMPLATE_GONE and send.template:  # not approved (any more) at the account: hold the rest
+                for row in s.execute(select(MessageTemplate).where(MessageTemplate.name == send.template)).scalars():
+                    row.status, row.reason, row.updated_at = "UNAVAILABLE", f"{code}: {error or ''}"[:200], at
         return True
 
     def _pause(self, s: Any, send: MessageSend, code: Optional[int], error: Optional[str], at: dt.datetime) -> None:
@@ -369,6 +376,18 @@ class Outreach:
         consent.pause_error = f"{code}: {error or ''}"[:120]
         audit.record(s, "number_paused", customer.id, "consent", customer.phone[-4:],
                      {"code": code, "until": consent.paused_until.isoformat(timespec="minutes")})
+
+
+def outbox_key(row: CustomerNotice) -> str:
+    """The key a notice travels under in the channel's outbox (and back in its status webhooks): its id
+    and when it was made, so a card database made again (make reseed) never meets an old outbox's keys."""
+    return f"notice.{row.id}-{int(row.created_at.replace(tzinfo=dt.timezone.utc).timestamp())}"
+
+
+def notice_id_of(key: str) -> Optional[int]:
+    head = key.split(".", 2)[1] if key.count(".") >= 1 else ""
+    number = head.split("-", 1)[0].split(":", 1)[0]
+    return int(number) if number.isdigit() else None
 
 
 def said_stop(consent: Optional[MessagingConsent]) -> bool:

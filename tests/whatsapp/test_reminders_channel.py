@@ -152,3 +152,22 @@ async def test_a_reminder_held_up_by_an_outage_is_not_sent_after_stop(world, sys
     await settle(channel)
     assert not [m for m in outbox.messages if m["message"].get("type") == "template"]
     assert await until(lambda: _send_state(system) == "withdrawn")
+
+
+async def test_submit_sends_again_what_the_account_forgot_and_refuses_a_changed_text(world, system, outreach):
+    async def bot(user_message):
+        pass
+
+    channel, url, box, account = await approved_channel(world, system, outreach, bot)
+    book = TemplateBook(system.engine)
+    async with aiohttp.ClientSession() as http:     # deleted in the WhatsApp Manager (or a sandbox restarted)
+        async with http.delete(f"{account.api_base}/v21.0/{account.waba_id}/message_templates",
+                               params={"name": "card_blocked"}, headers={"Authorization": "Bearer token"}) as answer:
+            assert answer.status == 200
+    results = {r["template"]: r for r in await asyncio.to_thread(book.submit, outreach.registry, account)}
+    assert results["card_blocked"]["status"] == "PENDING" and results["payment_received"]["status"] == "APPROVED"
+    assert book.states()[("card_blocked", "en")]["status"] == "PENDING"
+    changed = Registry.from_entries([{**{"name": "payment_received", "language": "en", "category": "utility",
+                                         "body": "We got {{1}}, thanks.", "parameters": [{"field": "amount", "example": "₹1"}]}}])
+    [result] = await asyncio.to_thread(book.submit, changed, account)
+    assert result["status"] == "CHANGED" and "new name" in result["note"]
