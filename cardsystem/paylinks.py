@@ -66,7 +66,8 @@ def verify_payment_link(url: str, secret: bytes, now: Optional[dt.datetime] = No
     query = parse_qs(urlparse(url).query)
     token = (query.get("t") or [""])[0]
     signature = (query.get("s") or [""])[0]
-    if not token or not signature or not hmac.compare_digest(_sign(secret, token), signature):
+    if not token or not signature or not token.isascii() or not signature.isascii() or len(token) > 2000 \
+            or not hmac.compare_digest(_sign(secret, token), signature):
         raise InvalidPaymentLink("signature")
     try:
         payload = json.loads(_unb64(token))

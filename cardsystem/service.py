@@ -554,22 +554,36 @@ class CardSystem:
         fields = verify_payment_link(url, self.settings.payment_link_secret)
         try:
             with session_scope(self.engine) as s:
-                if s.get(PaymentLinkUse, str(fields["n"])[:40]) is not None:
-                    raise InvalidPaymentLink("used")
-                card = s.execute(select(Card).where(Card.id == int(fields["c"])).with_for_update()).scalar_one_or_none()
-                if card is None or card.status == "closed":
-                    raise NotFound("unknown_card", "This card can no longer be paid through this link.")
+                card = self._payable(s, fields, lock=True)
                 amount = int(fields["a"])
-                if card.outstanding_paise <= 0:
-                    raise NotAllowed("nothing_due", "There is nothing to pay on this card now.")
-                if amount > card.outstanding_paise:
-                    raise NotAllowed("amount_changed", f"This link is for {format_inr(amount)} but "
-                                     f"{format_inr(card.outstanding_paise)} is due now. Ask for a new link on WhatsApp.")
                 s.add(PaymentLinkUse(nonce=str(fields["n"])[:40], card_id=card.id, amount_paise=amount, used_at=utcnow()))
                 s.flush()  # the nonce is the primary key: a second use stops here
                 return self._post_payment(s, card, amount, via)
         except IntegrityError:
             raise InvalidPaymentLink("used") from None
+
+    def check_payment_link(self, url: str) -> dict:
+        """What a link would pay, or why it cannot be used now (the same refusals as pay_with_link)."""
+        fields = verify_payment_link(url, self.settings.payment_link_secret)
+        with session_scope(self.engine) as s:
+            card = self._payable(s, fields)
+            return {"amount_paise": int(fields["a"]), "kind": fields.get("k"), "card_last4": card.last4,
+                    "outstanding_paise": card.outstanding_paise}
+
+    def _payable(self, s: Any, fields: dict, lock: bool = False) -> Card:
+        if s.get(PaymentLinkUse, str(fields["n"])[:40]) is not None:
+            raise InvalidPaymentLink("used")
+        query = select(Card).where(Card.id == int(fields["c"]))
+        card = s.execute(query.with_for_update() if lock else query).scalar_one_or_none()
+        if card is None or card.status == "closed":
+            raise NotFound("unknown_card", "This card can no longer be paid through this link.")
+        amount = int(fields["a"])
+        if card.outstanding_paise <= 0:
+            raise NotAllowed("nothing_due", "There is nothing to pay on this card now.")
+        if amount > card.outstanding_paise:
+            raise NotAllowed("amount_changed", f"This link is for {format_inr(amount)} but "
+                             f"{format_inr(card.outstanding_paise)} is due now. Ask for a new link on WhatsApp.")
+        return card
 
     def record_payment(self, card_id: int, amount_paise: int, via: str = "core banking") -> TransactionView:
         """A payment the bank received for a card (NEFT, UPI, a branch): posted, dues lowered, told."""
@@ -579,6 +593,10 @@ class CardSystem:
             card = s.execute(select(Card).where(Card.id == int(card_id)).with_for_update()).scalar_one_or_none()
             if card is None:
                 raise NotFound("unknown_card", "No such card.")
+            most = max(card.outstanding_paise, 0) + card.credit_limit_paise  # beyond this it is a mistake, not a payment
+            if int(amount_paise) > most:
+                raise NotAllowed("amount_too_large", f"A payment of more than {format_inr(most)} on this card is refused: "
+                                 "check the amount.")
             return self._post_payment(s, card, int(amount_paise), via)
 
     def _post_payment(self, s: Any, card: Card, amount: int, via: str) -> TransactionView:

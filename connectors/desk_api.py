@@ -270,7 +270,8 @@ class ServiceDeskAPI(InputChannel):
         async def payment(request: Request, client: str) -> HTTPResponse:
             body = body_of(request)
             amount = body.get("amount_paise") if body else None
-            if body is None or not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
+            if body is None or not isinstance(amount, int) or isinstance(amount, bool) or not 0 < amount < 10 ** 13 \
+                    or not isinstance(body.get("phone"), str) or not isinstance(body.get("card_last4"), str):
                 return answer({"error": "The body must be a JSON object with phone, card_last4 and amount_paise "
                                         "(a positive whole number of paise)."}, 400)
             _, card = await asyncio.to_thread(customer_card, body)
@@ -282,13 +283,14 @@ class ServiceDeskAPI(InputChannel):
         @guarded
         async def block(request: Request, client: str) -> HTTPResponse:
             body = body_of(request)
-            if body is None:
-                return answer({"error": "The body must be a JSON object with phone and card_last4."}, 400)
+            reasons = ("bank", "suspicious", "lost", "stolen", "damaged")
+            if body is None or not isinstance(body.get("phone"), str) or not isinstance(body.get("card_last4"), str) \
+                    or body.get("reason", "bank") not in reasons:
+                return answer({"error": "The body must be a JSON object with phone, card_last4 and, optionally, "
+                                        f"reason (one of {', '.join(reasons)})."}, 400)
             customer, card = await asyncio.to_thread(customer_card, body)
-            reason = str(body.get("reason") or "bank")
             done = await asyncio.to_thread(self._system().block_card, customer.id, card.last4,
-                                           reason if reason in ("bank", "suspicious", "lost", "stolen", "damaged")
-                                           else "bank", f"api:{client}")
+                                           body.get("reason", "bank"), f"api:{client}")
             return answer({"reference": done.reference, "card_last4": card.last4, "status": "blocked"})
 
         @bp.route("/v1/messages/report", methods=["GET"])
@@ -297,10 +299,10 @@ class ServiceDeskAPI(InputChannel):
             from cardsystem.reminders.policy import Policy
             from cardsystem.reminders.report import report
 
-            try:
-                days = min(366, max(1, int(request.args.get("days") or 7)))
-            except ValueError:
-                return answer({"error": "days must be a number"}, 400)
+            text = str(request.args.get("days") or "7")
+            if not (text.isascii() and text.isdigit() and 1 <= int(text) <= 366):
+                return answer({"error": "days must be a whole number from 1 to 366"}, 400)
+            days = int(text)
             system = self._system()
             return answer(await asyncio.to_thread(report, system.engine,
                                                   Policy.load(timezone=system.desk_rules.calendar.timezone), days))

@@ -22,7 +22,7 @@ from sanic.response import HTTPResponse
 from rasa.core.channels.channel import InputChannel, UserMessage
 from cardsystem.errors import CardSystemError
 from cardsystem.formatting import format_inr
-from cardsystem.paylinks import InvalidPaymentLink, verify_payment_link
+from cardsystem.paylinks import InvalidPaymentLink
 from connectors.feedback import HEADERS, STYLE
 
 logger = logging.getLogger(__name__)
@@ -83,16 +83,18 @@ class DemoPaymentPage(InputChannel):
         async def show(request: Request) -> HTTPResponse:
             args = {k: request.args.get(k) for k in ("t", "s")}
             system = self._system()
-            try:
-                fields = verify_payment_link(link_of(args), system.settings.payment_link_secret)
+            try:  # a used, stale or paid link is refused now, not after the customer presses Pay
+                link = await asyncio.to_thread(system.check_payment_link, link_of(args))
             except InvalidPaymentLink as exc:
                 return refused(exc)
-            card = await asyncio.to_thread(system.card_by_id, int(fields["c"]))
+            except CardSystemError as exc:
+                return page("Payment", f"<p>{html.escape(str(exc))}</p>", 409)
+            fields = {"a": link["amount_paise"], "k": link["kind"]}
             what = {"total": "the total due", "minimum": "the minimum due"}.get(fields.get("k"), "a part payment")
             hidden = "".join(f'<input type="hidden" name="{k}" value="{html.escape(v or "")}">' for k, v in args.items())
             return page(f"Pay {format_inr(int(fields['a']))}",
                         f"<p>{html.escape(what.capitalize())} on your CardCare credit card ending "
-                        f"<b>{html.escape(card.last4 if card else '????')}</b>.</p>"
+                        f"<b>{html.escape(link['card_last4'])}</b>.</p>"
                         f'<form method="post" action="/webhooks/pay/card">{hidden}'
                         f'<button type="submit">Pay {format_inr(int(fields["a"]))}</button></form>')
 

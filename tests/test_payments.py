@@ -78,6 +78,14 @@ async def test_the_gateway_uses_a_link_once_and_core_banking_posts_payments(serv
         "phone": ONE_CARD, "card_last4": card.last4, "amount_paise": 25_000, "via": "neft"})
     assert status == 200 and body["amount_paise"] == 25_000
     assert system.card_by_id(card.id).outstanding_paise == before.outstanding_paise - 25_000
+    status, body, _ = await call("POST", f"{base}/payments", CORE, json={
+        "phone": ONE_CARD, "card_last4": card.last4, "amount_paise": 2 ** 62})
+    assert status == 400
+    status, body, _ = await call("POST", f"{base}/payments", CORE, json={
+        "phone": ONE_CARD, "card_last4": card.last4, "amount_paise": 10 ** 12})
+    assert (status, body["code"]) == (409, "amount_too_large")
+    status, body, _ = await call("POST", f"{base}/payment-links/use", CORE, json={"link": "https://x/pay?t=ü😀&s=ß"})
+    assert (status, body["code"]) == (400, "signature")
     for bad in ({"phone": ONE_CARD, "card_last4": card.last4, "amount_paise": -5},
                 {"phone": ONE_CARD, "card_last4": card.last4, "amount_paise": "100"},
                 {"phone": ONE_CARD, "card_last4": card.last4, "amount_paise": True}):
@@ -91,6 +99,10 @@ async def test_the_gateway_uses_a_link_once_and_core_banking_posts_payments(serv
     assert told == ["payment_received", "payment_received"]                 # each payment told once
 
     other = system.cards_of(system.find_customer(TWO_CARDS).id)[0]
+    for bad in ({}, {"phone": TWO_CARDS, "card_last4": other.last4, "reason": "because"},
+                {"phone": 919800000002, "card_last4": other.last4}):
+        status, _, _ = await call("POST", f"{base}/cards/block", CORE, json=bad)
+        assert status == 400
     status, body, _ = await call("POST", f"{base}/cards/block", CORE, json={"phone": TWO_CARDS, "card_last4": other.last4})
     assert status == 200 and body["status"] == "blocked" and body["reference"].startswith("BLK")
     status, body, _ = await call("POST", f"{base}/cards/block", CORE, json={"phone": TWO_CARDS, "card_last4": other.last4})
@@ -100,8 +112,9 @@ async def test_the_gateway_uses_a_link_once_and_core_banking_posts_payments(serv
             "card_blocked"]
     status, body, _ = await call("GET", f"{base}/messages/report?days=3", CORE)
     assert status == 200 and {"rows", "total", "rates", "not_sent"} <= set(body)
-    status, _, _ = await call("GET", f"{base}/messages/report?days=x", CORE)
-    assert status == 400
+    for days in ("x", "0", "-1", "367", "３"):
+        status, _, _ = await call("GET", f"{base}/messages/report?days={days}", CORE)
+        assert status == 400, days
     assert {"/payment-links/use", "/payments", "/cards/block", "/messages/report"} <= set(openapi()["paths"])
 
 
@@ -119,6 +132,10 @@ async def test_the_demo_payment_page_pays_a_link_once(serve, system):
             assert paid.status == 200 and "We have received ₹1,234.56" in await paid.text()
         async with http.post(f"{base}/card", data=fields) as again:
             assert again.status == 409 and "used already" in await again.text()
+        async with http.get(f"{base}/card?{query}") as shown_again:          # refused at once, not after "Pay"
+            assert shown_again.status == 409 and "used already" in await shown_again.text()
+        async with http.get(f"{base}/card", params={"t": "ü😀", "s": "ß"}) as odd:
+            assert odd.status == 404
         async with http.get(f"{base}/card?{query.replace('s=', 's=B')}") as forged:
             assert forged.status == 404
         old, _ = link(system, nonce="old", start=utcnow() - dt.timedelta(hours=1))
