@@ -10,6 +10,7 @@ import hashlib
 import itertools
 import re
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
@@ -18,6 +19,7 @@ from connectors.whatsapp.outbound import (
 )
 
 _ids = itertools.count(1)
+RUN = uuid.uuid4().hex[:8]  # this sandbox run: its message ids never repeat an earlier run's
 _media_ids = itertools.count(1)
 MEDIA_LIMITS = {  # mime type -> largest accepted size in bytes, as the Cloud API documents them
     "image/jpeg": 5 << 20, "image/png": 5 << 20, "image/webp": 500 << 10,
@@ -516,7 +518,7 @@ class Outbox:
         if self.failures:
             code = self.failures.pop(0)
             raise GraphError(code, f"sandbox failure {code} as requested", 400 if code != 190 else 401)
-        wamid = f"wamid.sandbox{next(_ids)}"
+        wamid = f"wamid.sandbox{RUN}.{next(_ids)}"  # unique across restarts, as WhatsApp's are
         entry = {"id": wamid, "to": recipient, "at": time.time(), "message": body}
         if rendered is not None:
             entry["template"] = rendered  # what the phone shows: body with its parameters, buttons with payloads/URLs

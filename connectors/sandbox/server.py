@@ -76,6 +76,7 @@ STATUS_ERROR_TITLES = {  # titles WhatsApp gives the errors of a "failed" status
     131000: "Something went wrong",
 }
 MAX_UPLOAD = 101 * 1024 * 1024
+MAX_TEXT = 65536  # what a customer's WhatsApp lets them type in one message
 REDELIVERY_SECONDS = 900.0  # a customer's message: redelivered for 15 minutes (Meta: up to 7 days)
 STATUS_PATIENCE = 300.0     # a status webhook
 
@@ -321,7 +322,9 @@ def make_app(bot_url: str, app_secret: str, phone_number_id: str, statuses: bool
             return web.json_response({"error": "after must be a number"}, status=400)
         found = outbox.for_recipient(request.query.get("to"), after)
         if statuses and request.query.get("read") == "1":
-            later(report([status_value(m["id"], m["to"], "read") for m in found]))
+            later(report([status_value(m["id"], m["to"], "read", None,
+                                       (m.get("message") or {}).get("biz_opaque_callback_data"),
+                                       (m.get("template") or {}).get("category")) for m in found]))
         return web.json_response(found)
 
     async def fail(request: web.Request) -> web.Response:
@@ -402,9 +405,15 @@ def make_app(bot_url: str, app_secret: str, phone_number_id: str, statuses: bool
         """The chat page (or a test) writes as a customer: a signed webhook goes to the bot."""
         try:
             data = await request.json()
-            wa_id, name = str(data.get("from") or ""), str(data.get("name") or "Sandbox user")
-            if not wa_id.isdigit():
-                raise ValueError("from must be a phone number in digits")
+            if not isinstance(data, dict):
+                raise ValueError("the body must be a JSON object")
+            wa_id, name = str(data.get("from") or ""), str(data.get("name") or "Sandbox user")[:100]
+            if not (wa_id.isascii() and wa_id.isdigit() and 8 <= len(wa_id) <= 15):
+                raise ValueError("from must be a phone number of 8 to 15 digits (country code first)")
+            if len(str(data.get("text") or "")) > MAX_TEXT:
+                raise ValueError(f"a WhatsApp text has at most {MAX_TEXT} characters")
+            if data.get("reply") is not None and not isinstance(data["reply"], dict):
+                raise ValueError("reply must be an object")
             message = customer_message(data, wa_id)
         except (ValueError, TypeError, KeyError, AttributeError, binascii.Error) as exc:
             return web.json_response({"error": f"bad request: {exc}"}, status=400)

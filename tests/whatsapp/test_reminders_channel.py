@@ -88,8 +88,12 @@ async def test_a_reminder_reaches_the_customer_as_a_template_and_its_buttons_nee
     assert [b["text"] for b in shown["buttons"]] == ["Pay bill", "Pay now", "Already paid", "Talk to us"]
     assert shown["buttons"][0]["url"].startswith("https://pay.example.test/pay?t=")
     assert not [m for m in outbox.messages if m["message"].get("to") == TWO_CARDS]
-    # the sandbox reports sent and delivered: the ledger hears it through the status webhooks
+    # the sandbox reports sent and delivered, and read once the phone shows it: the ledger hears each
     assert await until(lambda: _send_state(system) in ("delivered", "read"))
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{account.api_base}/_sandbox/messages", params={"to": ONE_CARD, "read": "1"}) as answer:
+            assert answer.status == 200
+    assert await until(lambda: _send_state(system) == "read")
 
     async with aiohttp.ClientSession() as http:
         async with http.post(f"{account.api_base}/_sandbox/send", json={
