@@ -73,21 +73,24 @@ def _signing_problems(env: Mapping[str, str]) -> List[str]:
 def _outbound_problems(env: Mapping[str, str]) -> List[str]:
     """What the bank sends first: its templates keep WhatsApp's rules, and their payment button
     opens the bank's own https page (the demo page is never a production payment page)."""
-    from cardsystem.reminders.policy import Policy
+    from cardsystem.reminders.policy import Policy, template_problems
     from cardsystem.reminders.templates import Registry, TemplateError
 
     found: List[str] = []
     pay = env.get("CARDCARE_PAYMENT_BASE_URL", "").strip()
     if not pay or urlparse(pay).scheme != "https" or "/webhooks/pay/" in pay:
         found.append("CARDCARE_PAYMENT_BASE_URL must be the bank's own https:// payment page (not the demo page)")
+    registry = policy = None
     try:
-        Registry.load(env.get("CARDCARE_TEMPLATES") or None, payment_base_url=pay)
+        registry = Registry.load(env.get("CARDCARE_TEMPLATES") or None, payment_base_url=pay)
     except (TemplateError, OSError, ValueError) as exc:
         found.append(f"templates: {exc}"[:300])
     try:
-        Policy.load(env.get("CARDCARE_REMINDERS_CONFIG") or None, timezone="Asia/Kolkata")
+        policy = Policy.load(env.get("CARDCARE_REMINDERS_CONFIG") or None, timezone="Asia/Kolkata")
     except (OSError, ValueError, TypeError) as exc:
         found.append(f"reminders.yml: {exc}"[:300])
+    if registry is not None and policy is not None:
+        found += [f"reminders.yml: {problem}" for problem in template_problems(policy, registry)]
     return found
 
 

@@ -76,3 +76,30 @@ def test_two_schedulers_at_once_on_postgresql_queue_each_reminder_once(tmp_path)
                 "ON m.phone = u.phone WHERE m.opted_in AND c.status <> 'closed'")).scalar_one()
         engine.dispose()
         assert len(keys) == len(set(keys)) == consenting > 0       # every card of a consenting customer, once
+
+
+def test_the_command_refuses_bad_input_plainly(tmp_path, seeded_template):
+    (tmp_path / "cards.db").write_bytes(seeded_template.read_bytes())
+    env = {**os.environ, "CARDCARE_DB_URL": f"sqlite:///{tmp_path / 'cards.db'}", "PYTHONPATH": str(ROOT)}
+    for args, code, words in ((("report", "--days", "0"), 2, "1 to 366"), (("report", "--days", "800000"), 2, "1 to 366"),
+                              (("run", "--now", "0001-01-01T00:00"), 2, "2000-2100"),
+                              (("templates", "submit", "nosuch"), 1, "no template named nosuch"),
+                              (("templates", "sync", "x"), 2, "takes no names")):
+        done = run(env, *args, check=False)
+        assert done.returncode == code and words in done.stderr and "Traceback" not in done.stderr, (args, done.stderr)
+    files = {"empty.yml": "", "five.yml": "templates: 5\n", "yaml.yml": "templates: [\n",
+             "field.yml": "templates:\n  - {name: x, language: en, category: utility, body: 'Hi {{1}} ok',"
+                          " parameters: [{field: nonsense, example: a}]}\n"}
+    for name, content in files.items():
+        (tmp_path / name).write_text(content)
+        done = run({**env, "CARDCARE_TEMPLATES": str(tmp_path / name)}, "templates", "check", check=False)
+        assert done.returncode == 1 and "Traceback" not in done.stderr and done.stderr.strip(), (name, done.stderr)
+    marketing = (ROOT / "templates.yml").read_text().replace("category: utility", "category: marketing", 1)
+    (tmp_path / "marketing.yml").write_text(marketing)
+    done = run({**env, "CARDCARE_TEMPLATES": str(tmp_path / "marketing.yml")}, "templates", "check", check=False)
+    assert done.returncode == 1 and "must be a utility template" in done.stderr
+    for bad in ('consent: {quiet_hours: {start: "25:99", end: "09:00"}}', "payment_due: {offsets_days: [x]}",
+                "consent: {weekly_cap: -1}", "rates: {whatsapp: {IN: {utility: -0.1}}}", "[1, 2]"):
+        (tmp_path / "reminders.yml").write_text(bad + "\n")
+        done = run({**env, "CARDCARE_REMINDERS_CONFIG": str(tmp_path / "reminders.yml")}, "run", check=False)
+        assert done.returncode == 1 and "Traceback" not in done.stderr and "reminders.yml" in done.stderr, (bad, done.stderr)

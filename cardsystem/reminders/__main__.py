@@ -26,9 +26,18 @@ from typing import List, Optional
 
 def _moment(text: str) -> dt.datetime:
     try:
-        return dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+        moment = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an ISO time: {text!r} (e.g. 2026-12-01T10:00 or 2026-12-01T04:30Z)")
+    if not 2000 <= moment.year <= 2100:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a time the bank could be working in (2000-2100)")
+    return moment
+
+
+def _days(text: str) -> int:
+    if not (text.isascii() and text.isdigit() and 1 <= int(text) <= 366):
+        raise argparse.ArgumentTypeError(f"days is a whole number from 1 to 366, not {text!r}")
+    return int(text)
 
 
 def _utc(policy, moment: Optional[dt.datetime]) -> Optional[dt.datetime]:
@@ -46,7 +55,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     run = commands.add_parser("run", help="one pass of the scheduler")
     run.add_argument("--now", type=_moment)
     report = commands.add_parser("report", help="sent, delivered, read, paid, cost")
-    report.add_argument("--days", type=int, default=7)
+    report.add_argument("--days", type=_days, default=7)
     report.add_argument("--json", action="store_true")
     report.add_argument("--now", type=_moment)
     templates = commands.add_parser("templates", help="check, submit, sync, list")
@@ -54,14 +63,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     templates.add_argument("names", nargs="*")
     args = parser.parse_args(argv)
 
-    from cardsystem.reminders.policy import Policy
+    from cardsystem.reminders.policy import Policy, template_problems
     from cardsystem.reminders.templates import Registry, TemplateError
+    from cardsystem.requests.rules import DeskRules
     from cardsystem.service import CardSystem
 
     try:
         registry = Registry.load()
-    except (TemplateError, OSError) as exc:
-        print(f"templates.yml: {exc}", file=sys.stderr)
+        policy = Policy.load(timezone=DeskRules.load().calendar.timezone)
+    except (TemplateError, OSError, ValueError) as exc:
+        print(f"{exc}", file=sys.stderr)
+        return 1
+    problems = template_problems(policy, registry)
+    if problems:
+        print("reminders.yml and templates.yml disagree: " + "; ".join(problems), file=sys.stderr)
         return 1
     if args.command == "templates" and args.action == "check":
         for template in registry:
@@ -70,7 +85,6 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     system = CardSystem()
     system.create_schema()  # an older database gets the new tables and columns
-    policy = Policy.load(timezone=system.desk_rules.calendar.timezone)
     if args.command == "run":
         from cardsystem.reminders import run_once
         from cardsystem.reminders.outreach import Outreach
@@ -99,6 +113,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                   f"{state.get('reason') or ''}")
         return 0
     unknown = sorted(set(args.names) - {t.name for t in registry})
+    if args.names and args.action != "submit":
+        print(f"templates {args.action} takes no names (it covers every template)", file=sys.stderr)
+        return 2
     if unknown:
         print(f"no template named {', '.join(unknown)} in templates.yml", file=sys.stderr)
         return 1

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import re
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
@@ -59,8 +60,19 @@ class Policy:
 
     @classmethod
     def load(cls, path: Optional[Path] = None, timezone: Optional[str] = None) -> "Policy":
+        """reminders.yml (CARDCARE_REMINDERS_CONFIG); a wrong value stops the load with a ValueError
+        saying which."""
         path = Path(path or os.environ.get("CARDCARE_REMINDERS_CONFIG") or PROJECT_ROOT / "reminders.yml")
-        return cls.from_mapping(yaml.safe_load(path.read_text(encoding="utf-8")) or {}, timezone)
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a mapping (payment_due, updates, consent, rates)")
+        try:
+            return cls.from_mapping(data, timezone)
+        except (ValueError, TypeError, AttributeError, ArithmeticError) as exc:
+            raise ValueError(f"{path}: {exc}") from None
 
     @classmethod
     def from_mapping(cls, data: Mapping, timezone: Optional[str] = None) -> "Policy":
@@ -75,6 +87,17 @@ class Policy:
         whatsapp = {country: {category: _e4(rate) for category, rate in (row or {}).items()}
                     for country, row in (rates.get("whatsapp") or {}).items()}
         sms = {country: _e4(rate) for country, rate in (rates.get("sms") or {}).items()}
+        if any(v < 0 for row in whatsapp.values() for v in row.values()) or any(v < 0 for v in sms.values()):
+            raise ValueError("rates: a rate cannot be negative")
+        cap = int(consent.get("weekly_cap", 3))
+        if cap < 0:
+            raise ValueError("consent.weekly_cap: 0 or more reminders in 7 days")
+        if int(due.get("link_ttl_hours", 72)) <= 0:
+            raise ValueError("payment_due.link_ttl_hours: a link must live for an hour or more")
+        for name in ("start", "end"):
+            value = quiet.get(name)
+            if value is not None and not re.fullmatch(r"(?:[01]?\d|2[0-3]):[0-5]\d", str(value)) and not isinstance(value, int):
+                raise ValueError(f"consent.quiet_hours.{name}: a time HH:MM, got {value!r}")
         if timezone is None:
             from cardsystem.requests.rules import DeskRules
 
@@ -129,3 +152,16 @@ class Policy:
     def pause_for(self, code: Optional[int]) -> Optional[dt.timedelta]:
         hours = self.pause_hours.get(int(code)) if code is not None else None
         return dt.timedelta(hours=hours) if hours else None
+
+
+def template_problems(policy: Policy, registry) -> list:
+    """The templates reminders.yml names: in the registry, and of the utility category (a reminder or an
+    account update sent as marketing would be charged as marketing and need marketing consent)."""
+    problems = []
+    for kind, name in [("payment_due", policy.reminder_template)] + sorted(policy.update_templates.items()):
+        found = [t for t in registry if t.name == name]
+        if not found:
+            problems.append(f"{kind}: template {name} is not in templates.yml")
+        elif any(t.category != "utility" for t in found):
+            problems.append(f"{kind}: template {name} must be a utility template (it is about the customer's account)")
+    return problems

@@ -33,6 +33,11 @@ MAX_BUTTONS, MAX_URL_BUTTONS = 10, 2
 BAD_PARAMETER = re.compile(r"[\n\t]| {5,}")
 
 
+# what the bank's messages can be filled with (cardsystem.reminders.outreach fills them)
+FIELDS = {"card_last4", "total_due", "minimum_due", "due_date", "payment_link_query", "amount", "paid_on", "month",
+          "period", "request_label", "reference", "request_news", "blocked_at", "block_reason", "support_phone"}
+
+
 class TemplateError(ValueError):
     """A template breaks one of WhatsApp's rules, or cannot be filled in as asked."""
 
@@ -234,14 +239,28 @@ class Registry:
 
     @classmethod
     def load(cls, path: Optional[Path] = None, payment_base_url: Optional[str] = None) -> "Registry":
-        """templates.yml (CARDCARE_TEMPLATES), every template checked: one broken template stops the load."""
+        """templates.yml (CARDCARE_TEMPLATES), every template checked: one broken template stops the load.
+        Beyond WhatsApp's rules: each parameter is filled from a field cardcare knows (FIELDS)."""
         path = Path(path or os.environ.get("CARDCARE_TEMPLATES") or PROJECT_ROOT / "templates.yml")
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise TemplateError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        entries = data.get("templates") if isinstance(data, dict) else None
+        if not isinstance(entries, list) or not entries:
+            raise TemplateError(f"{path}: no templates (a list under `templates:`)")
         if payment_base_url is None:
             from cardsystem.config import Settings
 
             payment_base_url = Settings.from_env().payment_base_url
-        return cls.from_entries(data.get("templates") or [], {"payment_base_url": payment_base_url}, str(path))
+        registry = cls.from_entries(entries, {"payment_base_url": payment_base_url}, str(path))
+        unknown = [f"{t.name}: {field}" for t in registry for field in
+                   [f for f, _ in t.parameters] + [b.parameter for b in t.buttons if b.parameter]
+                   + [m for b in t.buttons for m in re.findall(r"\{(\w+)\}", b.payload)] if field not in FIELDS]
+        if unknown:
+            raise TemplateError(f"{path}: fields cardcare does not fill: {', '.join(unknown)} "
+                                f"(known: {', '.join(sorted(FIELDS))})")
+        return registry
 
     @classmethod
     def from_entries(cls, entries: List[Mapping[str, Any]], context: Optional[Mapping[str, str]] = None,
