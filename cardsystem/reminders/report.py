@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 from collections import defaultdict
 from dataclasses import asdict, dataclass
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, Dict, List, Optional
 
 from sqlalchemy import func, or_, select
@@ -37,8 +37,10 @@ class Row:
 
     def as_dict(self) -> Dict[str, Any]:
         out = asdict(self)
-        out["whatsapp_cost"] = str(Decimal(out.pop("whatsapp_e4")) / 10000)
-        out["sms_cost"] = str(Decimal(out.pop("sms_e4")) / 10000)
+        for name in ("whatsapp", "sms"):
+            exact = Decimal(out.pop(f"{name}_e4")) / 10000
+            out[f"{name}_cost"] = str(exact)                                            # exact, for sums
+            out[f"{name}_cost_rounded"] = str(exact.quantize(Decimal("0.01"), ROUND_HALF_UP))  # as shown everywhere
         return out
 
 
@@ -65,9 +67,11 @@ def report(engine: Any, policy: Policy, days: int = 7, now: Optional[dt.datetime
         skipped = s.execute(select(CustomerNotice.error, func.count()).where(
             CustomerNotice.state == "skipped", CustomerNotice.created_at >= start)
             .group_by(CustomerNotice.error)).all()
-        waiting = s.execute(select(CustomerNotice.state, func.count()).where(
+        waiting = s.execute(select(CustomerNotice.state, CustomerNotice.error, func.count()).where(
             CustomerNotice.medium == "whatsapp", CustomerNotice.state.in_(("pending", "held", "sending")),
-            CustomerNotice.created_at >= start).group_by(CustomerNotice.state)).all()
+            CustomerNotice.created_at >= start).group_by(CustomerNotice.state, CustomerNotice.error)).all()
+        withdrawn = s.execute(select(func.count()).select_from(MessageSend).where(
+            MessageSend.state == "withdrawn", MessageSend.queued_at >= start)).scalar_one()
     for m in sends:
         day = policy.local(m.queued_at).date().isoformat()
         row = rows.setdefault((day, m.category), Row(day, m.category))
@@ -92,10 +96,18 @@ def report(engine: Any, policy: Policy, days: int = 7, now: Optional[dt.datetime
     reasons: Dict[str, int] = defaultdict(int)
     for error, count in skipped:
         reasons[(error or "other").split(":")[0]] += count
+    if withdrawn:
+        reasons["withdrawn before sending"] += withdrawn
+    waits: Dict[str, int] = defaultdict(int)
+    for state, error, count in waiting:  # why each waits: quiet hours, outside the window, not approved ...
+        why = (error or "").split(":")[0].split(";")[0].strip()
+        waits[f"{state} ({why})" if why else state] += count
     return {"from": first_day.isoformat(), "to": last_day.isoformat(), "timezone": policy.timezone,
             "currency": policy.currency, "rates": policy.rates_source, "rows": [r.as_dict() for r in ordered],
-            "total": total.as_dict(), "not_sent": dict(sorted(reasons.items())),
-            "waiting": {state: count for state, count in waiting}}
+            "total": total.as_dict(),
+            "saving_rounded": str((Decimal(total.sms_e4 - total.whatsapp_e4) / 10000).quantize(Decimal("0.01"), ROUND_HALF_UP)),
+            "not_sent": dict(sorted(reasons.items())),
+            "waiting": dict(sorted(waits.items()))}
 
 
 def as_text(figures: Dict[str, Any]) -> str:
@@ -107,13 +119,13 @@ def as_text(figures: Dict[str, Any]) -> str:
     for row in figures["rows"] + [figures["total"]]:
         lines.append(f"{row['day']:<11} {row['category']:<10} {row['sent']:>6} {row['delivered']:>6} {row['read']:>6} "
                      f"{row['failed']:>6} {row['reminders']:>7} {row['paid_48h']:>7} "
-                     f"{Decimal(row['whatsapp_cost']):>10.2f} {Decimal(row['sms_cost']):>10.2f}")
+                     f"{row['whatsapp_cost_rounded']:>10} {row['sms_cost_rounded']:>10}")
     total = figures["total"]
     if total["reminders"]:
         lines.append(f"\npaid within 48 h of a reminder: {total['paid_48h']} of {total['reminders']} "
                      f"({100 * total['paid_48h'] / total['reminders']:.1f} %)")
     if Decimal(total["sms_cost"]) > 0:
-        lines.append(f"WhatsApp cost {Decimal(total['whatsapp_cost']):.2f} against SMS {Decimal(total['sms_cost']):.2f}: "
+        lines.append(f"WhatsApp cost {total['whatsapp_cost_rounded']} against SMS {total['sms_cost_rounded']}: "
                      f"{100 * Decimal(total['whatsapp_cost']) / Decimal(total['sms_cost']):.0f} % of SMS")
     if figures["not_sent"]:
         lines.append("not sent: " + ", ".join(f"{why} {count}" for why, count in figures["not_sent"].items()))

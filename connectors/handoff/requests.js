@@ -105,7 +105,6 @@ async function refreshFigures() {
   });
 }
 
-function money(text) { return Number(text || 0).toFixed(2); }
 function tenThousandths(text) { return Math.round(Number(text || 0) * 10000); }  // exact sums of the report's decimals
 function counts(list, figures) {
   list.innerHTML = "";
@@ -115,8 +114,8 @@ function counts(list, figures) {
 }
 function reportRow(r) {
   const row = document.createElement("tr");
-  [r.day, r.category, r.sent, r.delivered, r.read, r.failed, r.reminders, r.paid_48h, money(r.whatsapp_cost),
-   money(r.sms_cost)].forEach(v => cell(row, String(v)));
+  [r.day, r.category, r.sent, r.delivered, r.read, r.failed, r.reminders, r.paid_48h, r.whatsapp_cost_rounded,
+   r.sms_cost_rounded].forEach(v => cell(row, String(v)));
   return row;
 }
 
@@ -139,10 +138,10 @@ async function refreshMessages() {
     : "Paid within 48 h of a reminder: no reminders sent in this period";
   const whatsapp = tenThousandths(t.whatsapp_cost), sms = tenThousandths(t.sms_cost);
   $("m-cost").textContent = sms
-    ? "WhatsApp cost " + data.currency + " " + money(t.whatsapp_cost) + " against SMS " + data.currency + " " + money(t.sms_cost) +
-      ": " + (whatsapp <= sms ? "saved " : "extra ") + data.currency + " " + (Math.abs(sms - whatsapp) / 10000).toFixed(2) +
+    ? "WhatsApp cost " + data.currency + " " + t.whatsapp_cost_rounded + " against SMS " + data.currency + " " + t.sms_cost_rounded +
+      ": " + (whatsapp <= sms ? "saved " : "extra ") + data.currency + " " + String(data.saving_rounded || "").replace("-", "") +
       " (WhatsApp is " + (100 * whatsapp / sms).toFixed(0) + " % of SMS)"
-    : "WhatsApp cost " + data.currency + " " + money(t.whatsapp_cost) + "; nothing sent to compare with SMS";
+    : "WhatsApp cost " + data.currency + " " + t.whatsapp_cost_rounded + "; nothing sent to compare with SMS";
   $("m-rates").textContent = "Rates: " + (data.rates || "reminders.yml (no source given)");
   counts($("m-not-sent"), data.not_sent);
   counts($("m-waiting"), data.waiting);
