@@ -21,13 +21,18 @@ from cardsystem.views import CardView, CustomerView
 
 def card_figures(card: CardView) -> Dict[Text, Text]:
     """The placeholders every balance-like response may use."""
+    due = date_or_dash(card.due_date)
+    if card.due_date is not None and card.outstanding_paise > 0 and card.due_date < card_system().today():
+        due += " (past due)"
     return {
         "card_label": card_label(card),
-        "outstanding": money(card.outstanding_paise),
+        # a card paid beyond its dues is in credit: never "-₹500"
+        "outstanding": money(card.outstanding_paise) if card.outstanding_paise >= 0
+        else f"nil ({money(-card.outstanding_paise)} in credit)",
         "minimum_due": money(card.minimum_due_paise),
         # a zero minimum beside an outstanding means payments since the statement covered it
         "minimum_note": " (already paid)" if card.minimum_due_paise <= 0 < card.outstanding_paise else "",
-        "due_date": date_or_dash(card.due_date),
+        "due_date": due,
         "credit_limit": money(card.credit_limit_paise),
         "available_limit": money(card.available_limit_paise),
         "used": money(card.credit_limit_paise - card.available_limit_paise),
@@ -191,8 +196,11 @@ class ActionAlreadyPaid(CardLookup):
         figures = card_figures(card)
         if payments:
             seen = ", ".join(f"{money(-p.amount_paise)} on {format_date(p.posted_on)}" for p in payments[:3])
-            dispatcher.utter_message(response="utter_payment_seen", payments=f"your payment of {seen}"
-                                     if len(payments) == 1 else f"your payments of {seen}", **figures)
+            said = f"your payment of {seen}" if len(payments) == 1 else f"your payments of {seen}"
+            if card.outstanding_paise <= 0:
+                dispatcher.utter_message(response="utter_payment_seen_all_paid", payments=said, **figures)
+                return
+            dispatcher.utter_message(response="utter_payment_seen", payments=said, **figures)
             if card.minimum_due_paise > 0 and card.outstanding_paise > 0:
                 dispatcher.utter_message(response="utter_payment_seen_min_left", **figures)
             return

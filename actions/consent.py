@@ -35,6 +35,10 @@ class ActionOptIn(Action):
 
     async def run(self, dispatcher, tracker, domain) -> List[EventType]:
         channel = tracker.get_latest_input_channel() or "chat"
-        await in_thread(card_system().set_consent, tracker.sender_id, True, f"{channel}:opt_in")
+        system = card_system()
+        if await in_thread(system.consent_of, tracker.sender_id) is True:
+            dispatcher.utter_message(response="utter_already_opted_in")
+            return []
+        await in_thread(system.set_consent, tracker.sender_id, True, f"{channel}:opt_in")
         dispatcher.utter_message(response="utter_opted_in")
         return []

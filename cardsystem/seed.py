@@ -263,14 +263,34 @@ def is_seeded(system: CardSystem) -> bool:
         return (s.execute(select(func.count(Customer.id))).scalar_one() or 0) > 0
 
 
+def bill_due(system: CardSystem, phone: str, days: str) -> int:
+    """Demo data only: the customer's active cards owe a bill due in `days` days (the bank's today)."""
+    customer = system.find_customer(phone)
+    if customer is None or not days.isdigit() or not 0 <= int(days) <= 60:
+        print("give a customer's number and 0 to 60 days, e.g. --bill-due 919800000003 5", file=sys.stderr)
+        return 2
+    due = system.today() + dt.timedelta(days=int(days))
+    with session_scope(system.engine) as s:
+        for card in s.execute(select(Card).where(Card.customer_id == customer.id, Card.status != "closed")).scalars():
+            card.due_date = due
+            card.outstanding_paise = max(card.outstanding_paise, 900000)
+            card.minimum_due_paise = max(card.minimum_due_paise, card.outstanding_paise * 5 // 100)
+    print(f"{customer.name}'s cards now have a bill due on {due:%d %b %Y}", file=sys.stderr)
+    return 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--if-empty", action="store_true", help="do nothing when the database has customers")
     parser.add_argument("--today", type=dt.date.fromisoformat, default=None, help="end of the history (YYYY-MM-DD)")
     parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument("--bill-due", nargs=2, metavar=("PHONE", "DAYS"),
+                        help="demo: give this customer's cards a bill due in DAYS days (to try the reminders)")
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     system = CardSystem(settings)
+    if args.bill_due:
+        return bill_due(system, *args.bill_due)
     if args.if_empty and is_seeded(system):
         print("card system already seeded; nothing to do", file=sys.stderr)
         return 0

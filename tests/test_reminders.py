@@ -219,7 +219,8 @@ def test_inside_the_window_a_reminder_is_a_plain_message_with_its_quick_replies(
     run_once(system, now, outreach)
     [(_, plan)] = deliver(system, NoticeBox(engine=system.engine, outreach=outreach), now, window_open=True)
     assert plan.action == "text", plan.why
-    assert "Pay securely: https://pay.example.test/pay?t=" in plan.text
+    assert "Pay securely with the link below." in plan.text and "\n\nhttps://pay.example.test/pay?t=" in plan.text
+    assert "button" not in plan.text
     assert [title for title, _ in plan.buttons] == ["Pay now", "Already paid", "Talk to us"]
 
 

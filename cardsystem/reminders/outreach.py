@@ -230,7 +230,8 @@ class Outreach:
             except TemplateError as exc:
                 return Delivery("hold", why=str(exc)[:200])
             self._ledger(s, row, key, "payment_due", "text", None, "service", now)
-            text = (f"{shape.render(values)}\n\nPay securely: {values['payment_link']}\n"
+            body = shape.render(values).replace("Pay securely with the button below.", "Pay securely with the link below.")
+            text = (f"{body}\n\n{values['payment_link']}\n"
                     f"(The link works once and expires at {values['link_expires']}.)")
             buttons = tuple((b.text, shape.payload(b, values)) for b in shape.buttons if b.type == "quick_reply")
             return Delivery("text", text=text, buttons=buttons, key=key)

@@ -37,5 +37,5 @@ ALERT_REOPENED = "{reference} ({label}) re-opened by the customer from the feedb
 # 24-hour window; outside it, its template in templates.yml says the same
 PAYMENT_RECEIVED = ("We have received your payment of {amount} on your card ending {card_last4} on {paid_on}. "
                     "Total due now {total_due}. Thank you.")
-CARD_BLOCKED = ("Your card ending {card_last4} was blocked on {blocked_at} ({block_reason}). If you did not ask "
-                "for this, call us on {support_phone} or type \"agent\" here.")
+CARD_BLOCKED = ("Your card ending {card_last4} was blocked on {blocked_at} ({block_reason}). A replacement card "
+                "will be sent to your registered address. Questions? Call us on {support_phone} or type \"agent\" here.")
