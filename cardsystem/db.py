@@ -75,6 +75,9 @@ def create_schema(engine: Engine, metadata: MetaData) -> None:
                 if column.name not in have and column.nullable:
                     kind = column.type.compile(dialect=engine.dialect)
                     connection.exec_driver_sql(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}')
+        for table in metadata.sorted_tables:  # and the indexes later versions added to older tables
+            for index in table.indexes:
+                index.create(connection, checkfirst=True)
 
 
 @contextmanager

@@ -224,6 +224,8 @@ class CustomerNotice(Base):
     not_before = Column(DateTime, nullable=True)    # quiet hours: not taken before this (UTC)
     expires_at = Column(DateTime, nullable=True)    # news that is stale after this (a reminder after its due date)
 
+    __table_args__ = (Index("ix_notice_card_kind", "card_id", "kind"),)
+
 
 class DeskAlert(Base):
     """A message to the service desk in the console: a request is late, or escalated to a role."""

@@ -600,7 +600,8 @@ class CardSystem:
             return self._post_payment(s, card, int(amount_paise), via)
 
     def _post_payment(self, s: Any, card: Card, amount: int, via: str) -> TransactionView:
-        txn = Transaction(reference=f"P{self.today():%y%m}{secrets.randbelow(10 ** 7):07d}", card_id=card.id,
+        tail = "".join(secrets.choice(_REFERENCE_ALPHABET) for _ in range(7))  # 32**7 a day: no collisions
+        txn = Transaction(reference=f"P{self.today():%y%m%d}{tail}", card_id=card.id,
                           posted_on=self.today(), posted_at=utcnow(), merchant="Payment received - thank you",
                           amount_paise=-amount, category="payment", status="posted")
         s.add(txn)

@@ -556,3 +556,27 @@ def test_a_template_the_account_no_longer_has_holds_the_rest(system, outreach):
     [(_, after)] = deliver(system, box, now)
     assert after.action == "hold" and "not approved (UNAVAILABLE)" in after.why
     assert TemplateBook(system.engine).states()[("payment_due_reminder", "en")]["reason"].startswith("132001")
+
+
+def test_statuses_in_any_order_count_a_failed_message_as_sent_and_never_undo_each_other(system, outreach):
+    policy = outreach.policy
+    bill(system, ONE_CARD, dt.date(2026, 12, 10))
+    quiet_everyone_else(system, ONE_CARD)
+    now = local(policy, "2026-12-05T10:00")
+    run_once(system, now, outreach)
+    box = NoticeBox(engine=system.engine, outreach=outreach)
+    [(_, plan)] = deliver(system, box, now, sent=False)
+    key = plan.key + ":0"
+    # the failed status webhook overtakes the channel's own "sent"; then several arrive at once
+    assert box.outcome(key, "failed", "wamid.f", 131049, "ecosystem", at=now + dt.timedelta(seconds=2))
+    threads = [threading.Thread(target=box.outcome, args=(key, state, "wamid.f"),
+                                kwargs={"at": now + dt.timedelta(seconds=3)}) for state in ("sent", "delivered", "sent")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    with session_scope(system.engine) as s:
+        send = s.execute(select(MessageSend)).scalar_one()
+        assert (send.state, send.error_code, send.sent_at is not None, send.delivered_at) == ("failed", 131049, True, None)
+    figures = report(system.engine, policy, days=1, now=now + dt.timedelta(minutes=1))
+    assert (figures["total"]["sent"], figures["total"]["failed"], figures["total"]["delivered"]) == (1, 1, 0)

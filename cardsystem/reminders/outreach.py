@@ -122,14 +122,14 @@ class Outreach:
                 facts=json.dumps(facts), not_before=quiet_until,
                 expires_at=policy.utc(dt.datetime.combine(due + dt.timedelta(days=1), dt.time(0, 0)))))
         added = _insert_new(s, notices)
-        if added:  # an older reminder of the same card still waiting is replaced by the newer one
-            newest = {n["card_id"]: n["key"] for n in notices if n["key"] in added}
-            for card_id, key in newest.items():
-                s.execute(update(CustomerNotice).where(
-                    CustomerNotice.kind == "payment_due", CustomerNotice.card_id == card_id,
-                    CustomerNotice.key != key, CustomerNotice.state.in_(("pending", "held")))
-                    .values(state="superseded", error="a newer reminder replaced it")
-                    .execution_options(synchronize_session=False))
+        newest = sorted({(n["card_id"], n["key"]) for n in notices if n["key"] in added})
+        for start in range(0, len(newest), 500):  # an older reminder of the same card still waiting is replaced
+            chunk = newest[start:start + 500]
+            s.execute(update(CustomerNotice).where(
+                CustomerNotice.kind == "payment_due", CustomerNotice.card_id.in_([c for c, _ in chunk]),
+                CustomerNotice.key.not_in([k for _, k in chunk]), CustomerNotice.state.in_(("pending", "held")))
+                .values(state="superseded", error="a newer reminder replaced it")
+                .execution_options(synchronize_session=False))
         return len(added)
 
     def _queue_statements(self, s: Any, now: dt.datetime) -> int:
@@ -328,39 +328,53 @@ class Outreach:
     # -- what WhatsApp said ----------------------------------------------------------------------
     def outcome(self, s: Any, key: str, state: str, wamid: Optional[str], code: Optional[int],
                 error: Optional[str], at: dt.datetime) -> bool:
-        """A send's news (sent, delivered, read, failed) by its outbox key; statuses only move forward,
-        and a number WhatsApp refuses is paused. False for a key that is not the bank's."""
+        """A send's news (sent, delivered, read, failed) by its outbox key; statuses only move forward
+        (read implies delivered, a status with a message id implies sent: they come in any order), and
+        a number WhatsApp refuses is paused. Written with a conditional update, so two webhooks at once
+        (or the channel's own word racing a webhook) never undo each other. False for a key not the bank's."""
         base = key.rsplit(":", 1)[0] if ":" in key else key
         if key != base and not key.endswith(":0"):
             return False  # only the first message of a notice counts (a long text is split)
-        send = send_of(s, base)
-        if send is None:
-            return False
-        if state == "failed" and send.state in ("delivered", "read"):
-            return True
-        if STATE_ORDER.get(state, -1) <= STATE_ORDER.get(send.state, 0) and not (state == "failed" and send.state != "failed"):
-            if state in ("delivered", "read") and send.delivered_at is None:
-                send.delivered_at = at  # read implies delivered (Meta may skip "delivered")
-            return True
-        send.state = state
-        send.wamid = wamid or send.wamid
-        if state == "sent":
-            send.sent_at = send.sent_at or at
-        elif state in ("delivered", "read"):
-            send.sent_at = send.sent_at or at
-            send.delivered_at = send.delivered_at or at
-            if state == "read":
-                send.read_at = at
-        elif state == "failed":
-            send.failed_at, send.error_code, send.error = at, code, (error or "")[:200] or None
-            self._pause(s, send, code, error, at)
-            notice = s.get(CustomerNotice, notice_id_of(base)) if notice_id_of(base) else None
-            if notice is not None:  # the notice says what became of it
-                notice.state, notice.error = "failed", f"{code}: {error or ''}"[:200]
-            if code in TEMPLATE_GONE and send.template:  # not approved (any more) at the account: hold the rest
-                for row in s.execute(select(MessageTemplate).where(MessageTemplate.name == send.template)).scalars():
-                    row.status, row.reason, row.updated_at = "UNAVAILABLE", f"{code}: {error or ''}"[:200], at
+        for _ in range(5):
+            send = send_of(s, base)
+            if send is None:
+                return False
+            values: Dict[str, Any] = {}
+            if (wamid or state in ("sent", "delivered", "read")) and send.sent_at is None:
+                values["sent_at"] = at  # WhatsApp had it: sent, whatever came after
+            if wamid and not send.wamid:
+                values["wamid"] = wamid
+            ended = send.state in ("failed", "withdrawn")  # a late "delivered" after "failed" is noise
+            if state in ("delivered", "read") and send.delivered_at is None and not ended:
+                values["delivered_at"] = at
+            if state == "read" and send.read_at is None and not ended:
+                values["read_at"] = at
+            moves = _forward(send.state, state)
+            if moves:
+                values["state"] = state
+                if state == "failed":
+                    values.update(failed_at=at, error_code=code, error=(error or "")[:200] or None)
+            if not values:
+                return True
+            done = s.execute(update(MessageSend).where(MessageSend.id == send.id, MessageSend.state == send.state)
+                             .values(**values).execution_options(synchronize_session=False)).rowcount
+            if done:
+                if moves and state == "failed":
+                    self._failed(s, send, base, code, error, at)
+                return True
+            s.expire_all()  # someone else moved it meanwhile: read it again
+        logger.warning("status %s of %s not recorded: the ledger row kept changing", state, base)
         return True
+
+    def _failed(self, s: Any, send: MessageSend, base: str, code: Optional[int], error: Optional[str],
+                at: dt.datetime) -> None:
+        self._pause(s, send, code, error, at)
+        notice = s.get(CustomerNotice, notice_id_of(base)) if notice_id_of(base) else None
+        if notice is not None:  # the notice says what became of it
+            notice.state, notice.error = "failed", f"{code}: {error or ''}"[:200]
+        if code in TEMPLATE_GONE and send.template:  # not approved (any more) at the account: hold the rest
+            for row in s.execute(select(MessageTemplate).where(MessageTemplate.name == send.template)).scalars():
+                row.status, row.reason, row.updated_at = "UNAVAILABLE", f"{code}: {error or ''}"[:200], at
 
     def _pause(self, s: Any, send: MessageSend, code: Optional[int], error: Optional[str], at: dt.datetime) -> None:
         pause = self.policy.pause_for(code)
@@ -377,6 +391,16 @@ class Outreach:
         consent.pause_error = f"{code}: {error or ''}"[:120]
         audit.record(s, "number_paused", customer.id, "consent", customer.phone[-4:],
                      {"code": code, "until": consent.paused_until.isoformat(timespec="minutes")})
+
+
+def _forward(current: str, new: str) -> bool:
+    """Whether a send's state may move from `current` to `new`: sent < delivered < read; failed only
+    before delivery; nothing after failed or withdrawn."""
+    if current in ("failed", "withdrawn") or new not in STATE_ORDER:
+        return False
+    if new == "failed":
+        return current in ("queued", "sent")
+    return STATE_ORDER[new] > STATE_ORDER[current]
 
 
 def outbox_key(row: CustomerNotice) -> str:
