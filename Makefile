@@ -20,7 +20,7 @@ export PYTHONPATH := $(CURDIR)
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export SQLALCHEMY_SILENCE_UBER_WARNING ?= 1
 
-.PHONY: help install run serve nginx shell train test test-unit test-rasa seed reseed bench nlu-report clean browser
+.PHONY: help install run serve nginx shell reminders train test test-unit test-rasa seed reseed bench nlu-report clean browser
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-11s %s\n", $$1, $$2}'
@@ -49,7 +49,8 @@ $(DB): | $(STAMP)
 
 seed: $(DB) ## create and fill the embedded card system (once)
 
-reseed: $(STAMP) ## recreate the card system's demo data from scratch
+reseed: $(STAMP) ## recreate the card system's demo data from scratch (and the channel's state that refers to it)
+	rm -f var/channel.db
 	$(PY) -m cardsystem.seed
 
 run: $(STAMP) $(MODEL) $(DB) ## the developers' demo on 127.0.0.1: action server, Rasa with REST and API (:5005), WhatsApp sandbox (:5006), templates approved there
@@ -71,6 +72,11 @@ serve: $(STAMP) ## production on one box: preflight, locked action server, Rasa 
 	@$(PY) -m deploy.serve --check
 	@$(MAKE) --no-print-directory $(MODEL)
 	@$(PY) -m deploy.serve
+
+reminders: $(STAMP) ## the reminders' command with make run's settings (same ports): make reminders ARGS="run --now 2026-12-05T10:00"
+	@export WHATSAPP_API_BASE=$${WHATSAPP_API_BASE:-http://127.0.0.1:$(SANDBOX_PORT)} \
+		CARDCARE_PAYMENT_BASE_URL=$${CARDCARE_PAYMENT_BASE_URL:-http://127.0.0.1:$(RASA_PORT)/webhooks/pay/card}; \
+	$(PY) -m cardsystem.reminders $(ARGS)
 
 shell: $(STAMP) $(MODEL) $(DB) ## talk to the bot in the terminal as a demo persona (PERSONA=<number>)
 	@umask 077; sed 's|localhost:5055|127.0.0.1:$(ACTION_PORT)|' endpoints.yml > var/endpoints.run.yml; \
@@ -104,6 +110,7 @@ bench: $(STAMP) $(MODEL) ## REST reply latency, WhatsApp webhook ack latency at 
 	$(PY) -m bench.rest_bench
 	$(PY) -m bench.webhook_bench
 	$(PY) -m bench.faults
+	$(PY) -m bench.reminders_bench
 
 nlu-report: $(STAMP) $(MODEL) ## NLU figures on our held-out split and on the CLINC150 card benchmark
 	$(PY) -m bench.nlu_report
