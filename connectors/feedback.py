@@ -36,10 +36,11 @@ STATUS_OF = {"invalid": 404, "expired": 410, "used": 409}
 RATINGS = ((5, "Excellent"), (4, "Good"), (3, "Okay"), (2, "Poor"), (1, "Very poor"))
 
 
-def page(title: str, body: str, status: int = 200) -> HTTPResponse:
+def page(title: str, body: str, status: int = 200, style: str = "/webhooks/feedback/style.css") -> HTTPResponse:
+    """A small script-free page (the customer's feedback, the demo payment page)."""
     document = (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
                 f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{html.escape(title)}</title>'
-                f'<link rel="stylesheet" href="/webhooks/feedback/style.css"></head><body>'
+                f'<link rel="stylesheet" href="{html.escape(style)}"></head><body>'
                 f'<h1>{html.escape(title)}</h1>{body}</body></html>')
     return response.html(document, status=status, headers=HEADERS)
 

@@ -24,6 +24,7 @@ from cardsystem.errors import CardSystemError
 from cardsystem.formatting import format_inr
 from cardsystem.paylinks import InvalidPaymentLink
 from connectors.feedback import HEADERS, STYLE
+from connectors.feedback import page as feedback_page
 
 logger = logging.getLogger(__name__)
 REFUSED = {"used": (409, "This payment link was used already. Ask on WhatsApp for a new one."),
@@ -32,14 +33,12 @@ REFUSED = {"used": (409, "This payment link was used already. Ask on WhatsApp fo
            "unreadable": (404, "This is not a payment link of ours.")}
 
 
+NOTE = ('<p class="muted">CardCare demo payment page: no money moves. The bank\'s own page takes '
+        'real payments.</p>')
+
+
 def page(title: str, body: str, status: int = 200) -> HTTPResponse:
-    document = (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
-                f'<meta name="viewport" content="width=device-width, initial-scale=1"><title>{html.escape(title)}</title>'
-                f'<link rel="stylesheet" href="/webhooks/pay/style.css"></head><body>'
-                f'<h1>{html.escape(title)}</h1>{body}'
-                f'<p class="muted">CardCare demo payment page: no money moves. The bank\'s own page takes '
-                f'real payments.</p></body></html>')
-    return response.html(document, status=status, headers=HEADERS)
+    return feedback_page(title, body + NOTE, status, style="/webhooks/pay/style.css")
 
 
 class DemoPaymentPage(InputChannel):

@@ -237,3 +237,13 @@ class Phone:
             time.sleep(0.15)
         self.seen += len(got)
         return [m["message"] for m in got]
+
+
+def run_module(module: str, env: Dict[str, str], *args: str, check: bool = True,
+               timeout: float = 180) -> "subprocess.CompletedProcess[str]":
+    """`python -m module args` as an operator runs it (the repository's root, this environment)."""
+    done = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    if check:
+        assert done.returncode == 0, done.stderr
+    return done

@@ -143,6 +143,16 @@ def outreach(system):
     return Outreach(system.engine, system.settings, desk_rules=system.desk_rules)
 
 
+def reminded(system, outreach, *phones, at="2026-12-05T10:00"):
+    """`phones` owe a bill due on 10 Dec 2026 (nobody else owes anything), the scheduler ran at `at`
+    (bank time): (now in UTC, a notice box, [(customer, card)] of each phone)."""
+    billed = [bill(system, phone, dt.date(2026, 12, 10)) for phone in phones]
+    quiet_everyone_else(system, *phones)
+    now = local(outreach.policy, at)
+    run_once(system, now, outreach)
+    return now, NoticeBox(engine=system.engine, outreach=outreach), billed
+
+
 def reminders_of(system, card_id):
     with session_scope(system.engine) as s:
         return [(n.key.split(":")[3], n.state, n.error) for n in s.execute(
@@ -183,11 +193,7 @@ def test_each_offset_is_sent_once_and_a_missed_day_sends_only_the_latest(system,
 
 def test_a_reminder_goes_as_an_approved_template_with_a_single_use_link(system, outreach):
     policy = outreach.policy
-    customer, card = bill(system, ONE_CARD, dt.date(2026, 12, 10))
-    quiet_everyone_else(system, ONE_CARD)
-    now = local(policy, "2026-12-05T10:00")
-    run_once(system, now, outreach)
-    box = NoticeBox(engine=system.engine, outreach=outreach)
+    now, box, [(customer, card)] = reminded(system, outreach, ONE_CARD)
     [(notice, plan)] = deliver(system, box, now)
     assert plan.action == "template" and plan.key.startswith(f"notice.{notice.id}-") and plan.key.endswith(".t")
     template = plan.message["template"]
@@ -323,11 +329,7 @@ def test_a_template_not_approved_or_changed_is_not_sent(system):
 
 def test_a_number_whatsapp_refuses_is_paused_not_retried_blindly(system, outreach):
     policy = outreach.policy
-    customer, card = bill(system, ONE_CARD, dt.date(2026, 12, 10))
-    quiet_everyone_else(system, ONE_CARD)
-    now = local(policy, "2026-12-05T10:00")
-    run_once(system, now, outreach)
-    box = NoticeBox(engine=system.engine, outreach=outreach)
+    now, box, [(customer, card)] = reminded(system, outreach, ONE_CARD)
     [(_, plan)] = deliver(system, box, now)
     box.outcome(plan.key + ":0", "failed", "wamid.x", 131026, "Message undeliverable", at=now)
     with session_scope(system.engine) as s:
@@ -344,11 +346,7 @@ def test_a_number_whatsapp_refuses_is_paused_not_retried_blindly(system, outreac
 
 def test_statuses_only_move_forward_and_read_implies_delivered(system, outreach):
     policy = outreach.policy
-    bill(system, ONE_CARD, dt.date(2026, 12, 10))
-    quiet_everyone_else(system, ONE_CARD)
-    now = local(policy, "2026-12-05T10:00")
-    run_once(system, now, outreach)
-    box = NoticeBox(engine=system.engine, outreach=outreach)
+    now, box, _ = reminded(system, outreach, ONE_CARD)
     [(_, plan)] = deliver(system, box, now)
     key = plan.key + ":0"
     assert box.outcome(key, "read", "wamid.1", at=now + dt.timedelta(minutes=2))
@@ -472,12 +470,7 @@ def test_request_news_outside_the_window_is_a_template_then_the_details_wait(sys
 # -- the report ----------------------------------------------------------------------------------
 def test_the_report_counts_per_day_and_category_and_compares_with_sms(system, outreach):
     policy = outreach.policy
-    for phone in (ONE_CARD, TWO_CARDS):
-        bill(system, phone, dt.date(2026, 12, 10))
-    quiet_everyone_else(system, ONE_CARD, TWO_CARDS)
-    now = local(policy, "2026-12-05T10:00")
-    run_once(system, now, outreach)
-    box = NoticeBox(engine=system.engine, outreach=outreach)
+    now, box, _ = reminded(system, outreach, ONE_CARD, TWO_CARDS)
     plans = deliver(system, box, now)
     keys = {n.address: p.key for n, p in plans}
     box.outcome(keys[ONE_CARD] + ":0", "read", "w1", at=now + dt.timedelta(minutes=1))
@@ -543,12 +536,7 @@ def test_stop_also_stops_the_banks_news_inside_the_window_and_what_already_waits
 
 def test_a_template_the_account_no_longer_has_holds_the_rest(system, outreach):
     policy = outreach.policy
-    for phone in (ONE_CARD, TWO_CARDS):
-        bill(system, phone, dt.date(2026, 12, 10))
-    quiet_everyone_else(system, ONE_CARD, TWO_CARDS)
-    now = local(policy, "2026-12-05T10:00")
-    run_once(system, now, outreach)
-    box = NoticeBox(engine=system.engine, outreach=outreach)
+    now, box, _ = reminded(system, outreach, ONE_CARD, TWO_CARDS)
     [notice] = box.take("whatsapp", 1, now=now)
     plan = box.plan(notice.id, False, now=now)
     box.sent(notice.id)
@@ -560,11 +548,7 @@ def test_a_template_the_account_no_longer_has_holds_the_rest(system, outreach):
 
 def test_statuses_in_any_order_count_a_failed_message_as_sent_and_never_undo_each_other(system, outreach):
     policy = outreach.policy
-    bill(system, ONE_CARD, dt.date(2026, 12, 10))
-    quiet_everyone_else(system, ONE_CARD)
-    now = local(policy, "2026-12-05T10:00")
-    run_once(system, now, outreach)
-    box = NoticeBox(engine=system.engine, outreach=outreach)
+    now, box, _ = reminded(system, outreach, ONE_CARD)
     [(_, plan)] = deliver(system, box, now, sent=False)
     key = plan.key + ":0"
     # the failed status webhook overtakes the channel's own "sent"; then several arrive at once

@@ -11,17 +11,13 @@ from pathlib import Path
 
 from sqlalchemy import create_engine, text
 
-from tests.servers import postgres_database
+from tests.servers import postgres_database, run_module
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def run(env, *args, check=True):
-    done = subprocess.run([sys.executable, "-m", "cardsystem.reminders", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=180)
-    if check:
-        assert done.returncode == 0, done.stderr
-    return done
+    return run_module("cardsystem.reminders", env, *args, check=check)
 
 
 def due_in(url, day, days=5):

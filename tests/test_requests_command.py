@@ -11,17 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import postgres_database
+from tests.servers import postgres_database, run_module
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def run(env, *args, check=True):
-    done = subprocess.run([sys.executable, "-m", "cardsystem.requests", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=120)
-    if check:
-        assert done.returncode == 0, done.stderr
-    return done
+    return run_module("cardsystem.requests", env, *args, check=check)
 
 
 @pytest.fixture

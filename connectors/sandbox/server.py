@@ -120,6 +120,14 @@ def status_value(wamid: str, recipient: str, status: str, error_code: Optional[i
     return {"statuses": [entry]}
 
 
+async def json_or_none(request: web.Request) -> Any:
+    """The request's JSON, or None when it is not JSON (the Graph API's checks then say what is wrong)."""
+    try:
+        return await request.json()
+    except ValueError:
+        return None
+
+
 def graph_error(error: GraphError) -> web.Response:
     return web.json_response(error.body(), status=error.http_status)
 
@@ -182,10 +190,7 @@ def make_app(bot_url: str, app_secret: str, phone_number_id: str, statuses: bool
         refused = refuse_post(request)
         if refused is not None:
             return refused
-        try:
-            body = await request.json()
-        except ValueError:
-            body = None
+        body = await json_or_none(request)
         try:
             answer = outbox.accept(body)
         except GraphError as error:
@@ -219,10 +224,7 @@ def make_app(bot_url: str, app_secret: str, phone_number_id: str, statuses: bool
         refused = refuse_account(request)
         if refused is not None:
             return refused
-        try:
-            body = await request.json()
-        except ValueError:
-            body = None
+        body = await json_or_none(request)
         try:
             template = templates.create(body, request.match_info["waba_id"])
         except GraphError as error:

@@ -106,19 +106,7 @@ async def test_a_reminder_reaches_the_customer_as_a_template_and_its_buttons_nee
 
 
 async def test_a_number_whatsapp_cannot_reach_is_paused(world, system, outreach):
-    outbox = world[0]
-
-    async def bot(user_message):
-        pass
-
-    channel, url, box, account = await approved_channel(world, system, outreach, bot)
-    bill(system, ONE_CARD, dt.date(2026, 12, 10))
-    quiet_everyone_else(system, ONE_CARD)
-    async with aiohttp.ClientSession() as http:
-        async with http.post(f"{account.api_base}/_sandbox/fail", json={"recipients": {ONE_CARD: 131026}}) as answer:
-            assert answer.status == 200
-    await asyncio.to_thread(run_once, system, NOW, outreach)
-    assert await channel.deliver_notices_once(bot) == 1
+    channel, bot = await reminded_while_failing(world, system, outreach, {"recipients": {ONE_CARD: 131026}})
     await settle(channel)
     assert await until(lambda: _send_state(system) == "failed")
     with session_scope(system.engine) as s:
@@ -128,6 +116,23 @@ async def test_a_number_whatsapp_cannot_reach_is_paused(world, system, outreach)
         assert consent.paused_until is not None and consent.pause_error.startswith("131026")
 
 
+async def reminded_while_failing(world, system, outreach, failures):
+    """Ananya owes a bill; the sandbox is told to fail as `failures` says; the scheduler runs and the
+    channel takes her reminder: (the channel, its bot)."""
+    async def bot(user_message):
+        pass
+
+    channel, url, box, account = await approved_channel(world, system, outreach, bot)
+    bill(system, ONE_CARD, dt.date(2026, 12, 10))
+    quiet_everyone_else(system, ONE_CARD)
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{account.api_base}/_sandbox/fail", json=failures) as answer:
+            assert answer.status == 200
+    await asyncio.to_thread(run_once, system, NOW, outreach)
+    assert await channel.deliver_notices_once(bot) == 1
+    return channel, bot
+
+
 def _send_state(system):
     with session_scope(system.engine) as s:
         send = s.execute(select(MessageSend)).scalars().first()
@@ -135,19 +140,8 @@ def _send_state(system):
 
 
 async def test_a_reminder_held_up_by_an_outage_is_not_sent_after_stop(world, system, outreach):
-    outbox = world[0]
-
-    async def bot(user_message):
-        pass
-
-    channel, url, box, account = await approved_channel(world, system, outreach, bot)
-    bill(system, ONE_CARD, dt.date(2026, 12, 10))
-    quiet_everyone_else(system, ONE_CARD)
-    async with aiohttp.ClientSession() as http:   # WhatsApp answers 131000 (try again later) to the next sends
-        async with http.post(f"{account.api_base}/_sandbox/fail", json={"codes": [131000, 131000]}) as answer:
-            assert answer.status == 200
-    await asyncio.to_thread(run_once, system, NOW, outreach)
-    assert await channel.deliver_notices_once(bot) == 1
+    outbox = world[0]  # WhatsApp answers 131000 (try again later) to the next two sends
+    channel, bot = await reminded_while_failing(world, system, outreach, {"codes": [131000, 131000]})
     await settle(channel)
     assert not [m for m in outbox.messages if m["message"].get("type") == "template"]
     await asyncio.to_thread(system.set_consent, ONE_CARD, False, "whatsapp:STOP")
