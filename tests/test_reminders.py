@@ -9,6 +9,7 @@ import json
 import threading
 
 import pytest
+import yaml
 from sqlalchemy import select, update
 
 from cardsystem.db import session_scope
@@ -22,7 +23,7 @@ from cardsystem.reminders.policy import Policy
 from cardsystem.reminders.report import report
 from cardsystem.reminders.templates import Registry, TemplateError, check
 from cardsystem.requests.notices import NoticeBox
-from tests.conftest import ONE_CARD, TWO_CARDS
+from tests.conftest import ONE_CARD, ROOT, TWO_CARDS
 
 GOOD = {"name": "due_soon", "language": "en", "category": "utility",
         "body": "Card ending {{1}}: {{2}} due on {{3}}. Thank you.",
@@ -564,3 +565,17 @@ def test_statuses_in_any_order_count_a_failed_message_as_sent_and_never_undo_eac
         assert (send.state, send.error_code, send.sent_at is not None, send.delivered_at) == ("failed", 131049, True, None)
     figures = report(system.engine, policy, days=1, now=now + dt.timedelta(minutes=1))
     assert (figures["total"]["sent"], figures["total"]["failed"], figures["total"]["delivered"]) == (1, 1, 0)
+
+
+def test_a_customer_gets_the_template_in_their_language_when_the_bank_has_it(system):
+    shipped = yaml.safe_load((ROOT / "templates.yml").read_text())["templates"]
+    hindi = dict(next(t for t in shipped if t["name"] == "payment_due_reminder"), language="hi", body=(
+        "आपके CardCare क्रेडिट कार्ड {{1}} का भुगतान: कुल बकाया {{2}}, न्यूनतम {{3}}, अंतिम तिथि {{4}}। धन्यवाद।"))
+    registry = Registry.from_entries(shipped + [hindi], {"payment_base_url": system.settings.payment_base_url})
+    outreach = Outreach(system.engine, system.settings, registry=registry, desk_rules=system.desk_rules)
+    approve_all(system, registry)
+    with session_scope(system.engine) as s:
+        s.execute(update(Customer).where(Customer.phone == ONE_CARD).values(language="hi"))
+    now, box, _ = reminded(system, outreach, ONE_CARD, TWO_CARDS)
+    languages = {n.address: p.message["template"]["language"]["code"] for n, p in deliver(system, box, now)}
+    assert languages == {ONE_CARD: "hi", TWO_CARDS: "en"}

@@ -188,7 +188,7 @@ class Outreach:
             return Delivery("hold", why="outside the 24-hour window; no consent to write first")
         if paused:
             return Delivery("hold", why=f"number paused after {consent.pause_error}", until=consent.paused_until)
-        template, why = self._approved(s, name)
+        template, why = self._approved(s, name, _language(s, row))
         if template is None:
             return Delivery("hold", why=why)
         try:
@@ -226,7 +226,7 @@ class Outreach:
         values = self._reminder_values(card, now)
         if window_open:  # a plain message: no approval needed, the template's words and quick replies
             try:
-                shape = self.registry.get(self.policy.reminder_template)
+                shape = self._shape(self.policy.reminder_template, _language(s, row))
             except TemplateError as exc:
                 return Delivery("hold", why=str(exc)[:200])
             self._ledger(s, row, key, "payment_due", "text", None, "service", now)
@@ -235,7 +235,7 @@ class Outreach:
                     f"(The link works once and expires at {values['link_expires']}.)")
             buttons = tuple((b.text, shape.payload(b, values)) for b in shape.buttons if b.type == "quick_reply")
             return Delivery("text", text=text, buttons=buttons, key=key)
-        template, why = self._approved(s, self.policy.reminder_template)
+        template, why = self._approved(s, self.policy.reminder_template, _language(s, row))
         if template is None:
             return Delivery("hold", why=why)
         try:
@@ -282,9 +282,16 @@ class Outreach:
     def _document(self, row: CustomerNotice) -> Optional[Dict[str, Any]]:
         return None  # the notice box fills documents in (fresh signed links); see NoticeBox.plan
 
-    def _approved(self, s: Any, name: str) -> Tuple[Optional[Template], str]:
+    def _shape(self, name: str, language: Optional[str]) -> Template:
+        """The template `name` in the customer's language when the registry has it, else in English."""
         try:
-            template = self.registry.get(name)
+            return self.registry.get(name, language or "en")
+        except TemplateError:
+            return self.registry.get(name, "en")
+
+    def _approved(self, s: Any, name: str, language: Optional[str] = None) -> Tuple[Optional[Template], str]:
+        try:
+            template = self._shape(name, language)
         except TemplateError as exc:
             return None, str(exc)
         state = s.get(MessageTemplate, (template.name, template.language))
@@ -413,6 +420,11 @@ def notice_id_of(key: str) -> Optional[int]:
     head = key.split(".", 2)[1] if key.count(".") >= 1 else ""
     number = head.split("-", 1)[0].split(":", 1)[0]
     return int(number) if number.isdigit() else None
+
+
+def _language(s: Any, row: CustomerNotice) -> str:
+    customer = s.get(Customer, row.customer_id)
+    return (customer.language if customer is not None else None) or "en"
 
 
 def said_stop(consent: Optional[MessagingConsent]) -> bool:
