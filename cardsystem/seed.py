@@ -264,18 +264,35 @@ def is_seeded(system: CardSystem) -> bool:
 
 
 def bill_due(system: CardSystem, phone: str, days: str) -> int:
-    """Demo data only: the customer's active cards owe a bill due in `days` days (the bank's today)."""
+    """Demo data only: the customer's active cards get a new bill due in `days` days, with the statement
+    behind it (made yesterday), so "already paid" and the statement agree with the reminder."""
     customer = system.find_customer(phone)
-    if customer is None or not days.isdigit() or not 0 <= int(days) <= 60:
+    if customer is None or not days.isascii() or not days.isdigit() or not 0 <= int(days) <= 60:
         print("give a customer's number and 0 to 60 days, e.g. --bill-due 919800000003 5", file=sys.stderr)
         return 2
-    due = system.today() + dt.timedelta(days=int(days))
+    today = system.today()
+    due, made = today + dt.timedelta(days=int(days)), today - dt.timedelta(days=1)
     with session_scope(system.engine) as s:
         for card in s.execute(select(Card).where(Card.customer_id == customer.id, Card.status != "closed")).scalars():
             card.due_date = due
             card.outstanding_paise = max(card.outstanding_paise, 900000)
-            card.minimum_due_paise = max(card.minimum_due_paise, card.outstanding_paise * 5 // 100)
-    print(f"{customer.name}'s cards now have a bill due on {due:%d %b %Y}", file=sys.stderr)
+            card.minimum_due_paise = max(20000, card.outstanding_paise * 5 // 100)
+            latest = s.execute(select(Statement).where(Statement.card_id == card.id)
+                               .order_by(Statement.period_end.desc())).scalars().first()
+            statement = s.execute(select(Statement).where(Statement.card_id == card.id,
+                                                          Statement.period == f"{made:%Y-%m}")).scalar_one_or_none()
+            if statement is None:
+                start = latest.period_end + dt.timedelta(days=1) if latest and latest.period_end < made else made
+                statement = Statement(card_id=card.id, period=f"{made:%Y-%m}", period_start=start, period_end=made,
+                                      opening_balance_paise=latest.closing_balance_paise if latest else 0,
+                                      closing_balance_paise=0, minimum_due_paise=0, due_date=due)
+                s.add(statement)
+            statement.period_end = max(statement.period_end, min(made, today))
+            statement.closing_balance_paise = card.outstanding_paise
+            statement.minimum_due_paise = card.minimum_due_paise
+            statement.due_date = due
+    print(f"{customer.name}'s cards now have a bill due on {due:%d %b %Y} (statement made "
+          f"{made:%d %b %Y}); this replaces what they owed before", file=sys.stderr)
     return 0
 
 

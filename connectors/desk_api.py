@@ -106,7 +106,10 @@ def openapi(base: str = "/webhooks/desk/v1") -> Dict[str, Any]:
                     "type": "object", "required": ["phone", "card_last4", "amount_paise"], "properties": {
                         "phone": {"type": "string"}, "card_last4": {"type": "string"},
                         "amount_paise": {"type": "integer", "minimum": 1}, "via": {"type": "string"}}}}}},
-                "responses": {"200": {"description": "the transaction"}, **{c: errors[c] for c in ("401", "404", "415")}}}},
+                "responses": {"200": {"description": "the transaction"}, "400": {"description": "a malformed body"},
+                              "404": {"description": "no card with those digits for that number"},
+                              "409": {"description": "an amount larger than the card could owe"},
+                              **{c: errors[c] for c in ("401", "415")}}}},
             "/cards/block": {"post": {
                 "summary": "The bank blocks a card (e.g. its fraud checks): a replacement is opened, the customer told",
                 "requestBody": {"required": True, "content": {"application/json": {"schema": {
@@ -146,6 +149,8 @@ class ServiceDeskAPI(InputChannel):
         self.system = system
         if not clients:
             logger.info("service desk API off (CARDCARE_DESK_API_TOKENS is not set)")
+        else:
+            logger.info("service desk API on for %s", ", ".join(name for name, _ in clients))
 
     def _system(self) -> Any:
         if self.system is None:

@@ -111,6 +111,7 @@ class DemoPaymentPage(InputChannel):
             except CardSystemError as exc:  # nothing due now, or less than the link says
                 return page("Payment", f"<p>{html.escape(str(exc))}</p>", 409)
             return page("Thank you", f"<p>We have received {format_inr(-txn.amount_paise)}. Reference "
-                                     f"<b>{html.escape(txn.reference)}</b>. You'll get a confirmation on WhatsApp.</p>")
+                                     f"<b>{html.escape(txn.reference)}</b>. If you get our updates on WhatsApp, a confirmation "
+                                     f"follows there.</p>")
 
         return bp

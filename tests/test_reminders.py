@@ -530,6 +530,8 @@ def test_stop_also_stops_the_banks_news_inside_the_window_and_what_already_waits
     with session_scope(system.engine) as s:
         assert sorted(m.error for m in s.execute(select(MessageSend)).scalars()) == [
             "withdrawn: paid before it went", "withdrawn: the customer said STOP before it went"]
+        assert {n.state for n in s.execute(select(CustomerNotice).where(CustomerNotice.kind == "payment_due"))
+                .scalars()} == {"skipped"}
     system.record_payment(card.id, 10_000, via="upi")
     news = [(n, p) for n, p in deliver(system, box, now, window_open=True) if n.address == ONE_CARD]
     assert [p.action for _, p in news] == ["skip"] and news[0][1].why.startswith("opted out")

@@ -330,6 +330,9 @@ class Outreach:
             return True
         if send.state == "queued":
             send.state, send.error = "withdrawn", why
+            notice = s.get(CustomerNotice, notice_id_of(send.notice_key))
+            if notice is not None:  # the notice says so too (it had been handed to the channel)
+                notice.state, notice.error = "skipped", why
         return False
 
     # -- what WhatsApp said ----------------------------------------------------------------------

@@ -628,7 +628,7 @@ class WhatsAppInput(InputChannel):
                 await asyncio.to_thread(self.notices.held, notice.id, "template sent; the details wait for a reply")
             else:
                 await asyncio.to_thread(self.notices.sent, notice.id)
-            logger.info("notice %s sent as a template to %s", notice.id, mask_phone(notice.address))
+            logger.info("notice %s queued as a template for %s", notice.id, mask_phone(notice.address))
             return 1
         buttons = [{"title": title, "payload": payload} for title, payload in delivery.buttons]
         if not await self.tell(notice.address, delivery.text, on_new_message, key=delivery.key,
