@@ -8,7 +8,6 @@ one approved is ever sent (cardsystem.reminders.outreach).
 """
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import os
 from dataclasses import dataclass
@@ -52,6 +51,10 @@ class GraphAccount:
             raise SystemExit("set WHATSAPP_API_BASE, WHATSAPP_BUSINESS_ACCOUNT_ID and WHATSAPP_ACCESS_TOKEN "
                              f"(missing: {', '.join(missing)})")
         return cls(**values)
+
+    @property
+    def headers(self) -> Dict[str, str]:
+        return {"Authorization": f"Bearer {self.access_token}"}
 
     @property
     def templates_url(self) -> str:
@@ -117,8 +120,7 @@ class TemplateBook:
         try:
             existing = self._listing(account, http)
         except (requests.RequestException, ValueError) as exc:
-            return [{"template": "*", "language": "", "status": "ERROR",
-                     "note": f"could not list the account's templates: {type(exc).__name__}: {exc}"[:200]}]
+            return [_unlisted(exc)]
         states = self.states()
         results = []
         for template in registry:
@@ -128,16 +130,41 @@ class TemplateBook:
             if found is None:
                 results.append(self._submit_one(template, account, http))
                 continue
-            state = states.get(template.key)
-            changed = state is not None and state["content_hash"] not in ("", template.content_hash)
-            self.record(template.name, template.language, str(found.get("status") or "PENDING"),
-                        str(found.get("category") or template.category), found.get("id"), found.get("rejected_reason"),
-                        None if changed else template.content_hash)
+            changed = self._record_found(template, found, states.get(template.key))
             note = ("its text changed since it was submitted: give it a new name (e.g. "
                     f"{template.name}_v2) and submit that" if changed else "already at the account")
             results.append({"template": template.name, "language": template.language,
                             "status": "CHANGED" if changed else str(found.get("status") or "").upper(), "note": note})
         return results
+
+    def sync(self, registry: Registry, account: GraphAccount,
+             session: Optional[requests.Session] = None) -> List[Dict[str, Any]]:
+        """Ask the account for the status of each template in the registry and record it."""
+        try:
+            existing = self._listing(account, session or requests.Session())
+        except (requests.RequestException, ValueError) as exc:
+            return [_unlisted(exc)]
+        states = self.states()
+        results = []
+        for template in registry:
+            found = existing.get(template.key)
+            if found is None:
+                results.append({"template": template.name, "language": template.language, "status": "MISSING",
+                                "note": "not at Meta: submit it"})
+                continue
+            self._record_found(template, found, states.get(template.key))
+            results.append({"template": template.name, "language": template.language,
+                            "status": str(found.get("status")).upper(), "note": found.get("rejected_reason") or ""})
+        return results
+
+    def _record_found(self, template: Template, found: Dict[str, Any], state: Optional[Dict[str, Any]]) -> bool:
+        """Record a template as the account has it; True when our text changed since it was submitted
+        (then the approved text's hash is kept: the changed one is not what Meta approved)."""
+        changed = state is not None and state["content_hash"] not in ("", template.content_hash)
+        self.record(template.name, template.language, str(found.get("status") or "PENDING"),
+                    str(found.get("category") or template.category), found.get("id"), found.get("rejected_reason"),
+                    None if changed else template.content_hash)
+        return changed
 
     def _listing(self, account: GraphAccount, http: requests.Session) -> Dict[tuple, Dict[str, Any]]:
         """Every template of the account, by (name, language), following the pages."""
@@ -145,8 +172,7 @@ class TemplateBook:
         url: Optional[str] = account.templates_url
         params: Optional[Dict[str, Any]] = {"limit": 200, "fields": "id,name,language,status,category,rejected_reason"}
         for _ in range(50):
-            answer = http.get(url, params=params, headers={"Authorization": f"Bearer {account.access_token}"},
-                              timeout=TIMEOUT)
+            answer = http.get(url, params=params, headers=account.headers, timeout=TIMEOUT)
             if answer.status_code >= 400:
                 raise ValueError(f"HTTP {answer.status_code}: {answer.text[:120]}")
             body = answer.json() or {}
@@ -161,7 +187,7 @@ class TemplateBook:
     def _submit_one(self, template: Template, account: GraphAccount, http: requests.Session) -> Dict[str, Any]:
         try:
             answer = http.post(account.templates_url, json=template.creation_body(), timeout=TIMEOUT,
-                               headers={"Authorization": f"Bearer {account.access_token}"})
+                               headers=account.headers)
             body = answer.json() if answer.content else {}
         except (requests.RequestException, ValueError) as exc:
             return {"template": template.name, "language": template.language, "status": "ERROR",
@@ -176,30 +202,7 @@ class TemplateBook:
         return {"template": template.name, "language": template.language, "status": str(body.get("status") or "PENDING"),
                 "note": f"submitted (id {body.get('id')})"}
 
-    def sync(self, registry: Registry, account: GraphAccount,
-             session: Optional[requests.Session] = None) -> List[Dict[str, Any]]:
-        """Ask Meta for the status of each template in the registry and record it."""
-        http = session or requests.Session()
-        results = []
-        states = self.states()
-        for template in registry:
-            try:
-                answer = http.get(account.templates_url, params={"name": template.name,
-                                                                 "fields": "id,name,language,status,category,rejected_reason"},
-                                  headers={"Authorization": f"Bearer {account.access_token}"}, timeout=TIMEOUT)
-                data = (answer.json() or {}).get("data") or []
-            except (requests.RequestException, ValueError) as exc:
-                results.append({"template": template.name, "status": "ERROR", "note": type(exc).__name__})
-                continue
-            found = next((d for d in data if d.get("name") == template.name and d.get("language") == template.language), None)
-            if found is None:
-                results.append({"template": template.name, "language": template.language, "status": "MISSING",
-                                "note": "not at Meta: submit it"})
-                continue
-            known = states.get(template.key)
-            self.record(template.name, template.language, str(found.get("status") or "PENDING"),
-                        str(found.get("category") or template.category), found.get("id"),
-                        found.get("rejected_reason"), None if known else template.content_hash)
-            results.append({"template": template.name, "language": template.language,
-                            "status": str(found.get("status")).upper(), "note": found.get("rejected_reason") or ""})
-        return results
+
+def _unlisted(exc: Exception) -> Dict[str, Any]:
+    return {"template": "*", "language": "", "status": "ERROR",
+            "note": f"could not list the account's templates: {type(exc).__name__}: {exc}"[:200]}

@@ -162,6 +162,8 @@ async def test_submit_sends_again_what_the_account_forgot_and_refuses_a_changed_
         async with http.delete(f"{account.api_base}/v21.0/{account.waba_id}/message_templates",
                                params={"name": "card_blocked"}, headers={"Authorization": "Bearer token"}) as answer:
             assert answer.status == 200
+    synced = {r["template"]: r["status"] for r in await asyncio.to_thread(book.sync, outreach.registry, account)}
+    assert synced["card_blocked"] == "MISSING" and synced["payment_received"] == "APPROVED"
     results = {r["template"]: r for r in await asyncio.to_thread(book.submit, outreach.registry, account)}
     assert results["card_blocked"]["status"] == "PENDING" and results["payment_received"]["status"] == "APPROVED"
     assert book.states()[("card_blocked", "en")]["status"] == "PENDING"
