@@ -75,6 +75,9 @@ class Webhook:
     messages: List[Inbound] = field(default_factory=list)
     statuses: List[Status] = field(default_factory=list)
     problems: List[str] = field(default_factory=list)
+    # Meta's verdicts on the business's templates (field message_template_status_update): approved,
+    # rejected, paused ...; they concern the whole account, not one number
+    template_updates: List[Dict[str, Any]] = field(default_factory=list)
 
 
 class Malformed(ValueError):
@@ -303,4 +306,6 @@ def parse_webhook(payload: Any, phone_number_id: Optional[str] = None) -> Webhoo
                 result.problems.append("a change that is not an object")
             elif change.get("field") == "messages":  # other fields are other subscriptions: not ours
                 _read_change(change, phone_number_id, result)
+            elif change.get("field") == "message_template_status_update" and isinstance(change.get("value"), dict):
+                result.template_updates.append(change["value"])
     return result

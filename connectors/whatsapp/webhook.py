@@ -80,8 +80,8 @@ class WebhookReceiver:
         if not isinstance(payload, dict):
             logger.warning("webhook ignored: signed body is not a JSON object (%d bytes)", len(body))
             return Receipt(200, {"status": "ignored"})
-        self._template_updates(payload)
         parsed = parse_webhook(payload, self.phone_number_id)
+        self._template_updates(parsed.template_updates)
         for problem in parsed.problems:
             logger.info("webhook: %s", problem)
         receipt = Receipt(200, {"status": "received"})
@@ -98,18 +98,13 @@ class WebhookReceiver:
             receipt.status, receipt.answer = 503, {"error": "channel database unavailable"}
         return receipt
 
-    def _template_updates(self, payload: Dict[str, Any]) -> None:
+    def _template_updates(self, updates: List[Dict[str, Any]]) -> None:
         """Approved, rejected, paused: Meta's word on a template, kept by the bank's side."""
-        if self.template_status is None:
-            return
-        for entry in payload.get("entry") or []:
-            for change in (entry.get("changes") or []) if isinstance(entry, dict) else []:
-                if isinstance(change, dict) and change.get("field") == "message_template_status_update" \
-                        and isinstance(change.get("value"), dict):
-                    try:
-                        self.template_status(change["value"])
-                    except Exception as exc:
-                        logger.error("webhook: template status update not recorded (%s)", type(exc).__name__)
+        for value in updates if self.template_status is not None else []:
+            try:
+                self.template_status(value)
+            except Exception as exc:
+                logger.error("webhook: template status update not recorded (%s)", type(exc).__name__)
 
     def _record_status(self, status: Status) -> bool:
         known = self.store.record_status(status)
