@@ -100,10 +100,14 @@ def normalise_phone(sender_id: Optional[str]) -> Optional[str]:
     return digits if re.fullmatch(r"\d{8,15}", digits) else None
 
 
+def _readable_tail(length: int) -> str:
+    """Random characters a person can read out (no 0/O, 1/I)."""
+    return "".join(secrets.choice(_REFERENCE_ALPHABET) for _ in range(length))
+
+
 def new_reference(kind: str, today: dt.date) -> str:
     """A reference customers can read out: DSP261123K7Q2 (kind, date, 4 random chars)."""
-    tail = "".join(secrets.choice(_REFERENCE_ALPHABET) for _ in range(4))
-    return f"{REFERENCE_PREFIX[kind]}{today:%y%m%d}{tail}"
+    return f"{REFERENCE_PREFIX[kind]}{today:%y%m%d}{_readable_tail(4)}"
 
 
 def _customer_view(c: Customer) -> CustomerView:
@@ -600,8 +604,7 @@ class CardSystem:
             return self._post_payment(s, card, int(amount_paise), via)
 
     def _post_payment(self, s: Any, card: Card, amount: int, via: str) -> TransactionView:
-        tail = "".join(secrets.choice(_REFERENCE_ALPHABET) for _ in range(7))  # 32**7 a day: no collisions
-        txn = Transaction(reference=f"P{self.today():%y%m%d}{tail}", card_id=card.id,
+        txn = Transaction(reference=f"P{self.today():%y%m%d}{_readable_tail(7)}", card_id=card.id,  # 32**7 a day
                           posted_on=self.today(), posted_at=utcnow(), merchant="Payment received - thank you",
                           amount_paise=-amount, category="payment", status="posted")
         s.add(txn)

@@ -25,16 +25,16 @@ import datetime as dt
 import json
 import logging
 import secrets
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.engine import Engine
 
 from cardsystem import audit
 from cardsystem.formatting import format_date, format_datetime, format_inr, format_month, mask_phone
 from cardsystem.models import (Card, Customer, CustomerNotice, MessageSend, MessageTemplate, MessagingConsent,
-                               ServiceRequest, Statement, utcnow)
+                               ServiceRequest, Statement)
 from cardsystem.paylinks import make_payment_link
 from cardsystem.reminders.policy import Policy
 from cardsystem.reminders.templates import Registry, Template, TemplateError
@@ -45,11 +45,9 @@ WEEK = dt.timedelta(days=7)
 # customer did or asked (a payment, a request) or their safety (a block): inside the window it is a
 # plain message whatever their consent; outside it a template still needs consent.
 PROACTIVE = {"payment_due", "statement_ready"}
-NEVER_ASKED = "never asked"
-TEMPLATE_GONE = {132001, 132015, 132016}  # template missing, paused, disabled at the account  # a consent row made only to pause a number WhatsApp refused
+NEVER_ASKED = "never asked"  # a consent row made only to pause a number WhatsApp refused
+TEMPLATE_GONE = {132001, 132015, 132016}  # template missing, paused, disabled at the account
 STATE_ORDER = {"queued": 0, "sent": 1, "delivered": 2, "read": 3, "failed": 4, "withdrawn": 4}
-BLOCK_WORDS = {"lost": "reported lost", "stolen": "reported stolen", "damaged": "reported damaged",
-               "suspicious": "suspicious activity", "bank": "blocked by the bank"}
 NEWS = {  # a request's status, as the template's {{3}} says it
     "open": "we have it and are working on it", "in_progress": "we are working on it",
     "needs_documents": "we need a document from you", "resolved": "it is resolved",
@@ -90,8 +88,7 @@ class Outreach:
     # -- the scheduler ------------------------------------------------------------------------
     def schedule(self, s: Any, now: dt.datetime) -> Dict[str, int]:
         """Queue the reminders and statement news due at `now` (UTC) in session `s`; returns counts."""
-        counts = {"reminders": self._queue_reminders(s, now), "statements": self._queue_statements(s, now)}
-        return counts
+        return {"reminders": self._queue_reminders(s, now), "statements": self._queue_statements(s, now)}
 
     def _queue_reminders(self, s: Any, now: dt.datetime) -> int:
         policy = self.policy
@@ -113,14 +110,10 @@ class Outreach:
             offset = min(o for o in policy.offsets_days if o >= days_left)  # the latest one due, not a burst
             facts = {"card_last4": last4, "due_date": due.isoformat(), "offset": offset,
                      "total_due": outstanding, "minimum_due": minimum}
-            notices.append(dict(
-                key=f"reminder:{card_id}:{due.isoformat()}:{offset}:whatsapp", medium="whatsapp",
-                customer_id=customer_id, address=phone, reference=None, subject=None,
-                text=(f"Payment reminder: card ending {last4}, total due {format_inr(outstanding)}, "
-                      f"minimum due {format_inr(minimum)}, due on {format_date(due)}."),
-                document=None, state="pending", attempts=0, created_at=now, kind="payment_due", card_id=card_id,
-                facts=json.dumps(facts), not_before=quiet_until,
-                expires_at=policy.utc(dt.datetime.combine(due + dt.timedelta(days=1), dt.time(0, 0)))))
+            notices.append(self._row(
+                f"reminder:{card_id}:{due.isoformat()}:{offset}", "payment_due", customer_id, phone, card_id, facts,
+                f"Payment reminder: card ending {last4}, total due {format_inr(outstanding)}, "
+                f"minimum due {format_inr(minimum)}, due on {format_date(due)}.", now, due, quiet_until))
         added = _insert_new(s, notices)
         newest = sorted({(n["card_id"], n["key"]) for n in notices if n["key"] in added})
         for start in range(0, len(newest), 500):  # an older reminder of the same card still waiting is replaced
@@ -147,16 +140,20 @@ class Outreach:
             facts = {"card_last4": last4, "month": format_month(statement.period), "period": statement.period,
                      "total_due": format_inr(statement.closing_balance_paise),
                      "minimum_due": format_inr(statement.minimum_due_paise), "due_date": format_date(statement.due_date)}
-            notices.append(dict(
-                key=f"statement:{statement.id}:whatsapp", medium="whatsapp", customer_id=customer_id, address=phone,
-                reference=None, subject=None,
-                text=(f"Your statement for {facts['month']} (card ending {last4}) is ready: total due "
-                      f"{facts['total_due']}, minimum due {facts['minimum_due']}, due on {facts['due_date']}. "
-                      "Ask me for it here and I'll send it as a password-protected PDF."),
-                document=None, state="pending", attempts=0, created_at=now, kind="statement_ready", card_id=statement.card_id,
-                facts=json.dumps(facts), not_before=None,
-                expires_at=self.policy.utc(dt.datetime.combine(statement.due_date + dt.timedelta(days=1), dt.time(0, 0)))))
+            notices.append(self._row(
+                f"statement:{statement.id}", "statement_ready", customer_id, phone, statement.card_id, facts,
+                f"Your statement for {facts['month']} (card ending {last4}) is ready: total due "
+                f"{facts['total_due']}, minimum due {facts['minimum_due']}, due on {facts['due_date']}. "
+                "Ask me for it here and I'll send it as a password-protected PDF.", now, statement.due_date))
         return len(_insert_new(s, notices))
+
+    def _row(self, key: str, kind: str, customer_id: int, phone: str, card_id: int, facts: Dict[str, Any], text: str,
+             now: dt.datetime, due: dt.date, not_before: Optional[dt.datetime] = None) -> Dict[str, Any]:
+        """A WhatsApp notice of the scheduler's, as a row to insert; stale once its due date is over."""
+        return dict(key=f"{key}:whatsapp", medium="whatsapp", customer_id=customer_id, address=phone, reference=None,
+                    subject=None, text=text, document=None, state="pending", attempts=0, created_at=now, kind=kind,
+                    card_id=card_id, facts=json.dumps(facts), not_before=not_before,
+                    expires_at=self.policy.utc(dt.datetime.combine(due + dt.timedelta(days=1), dt.time(0, 0))))
 
     # -- one notice, now -----------------------------------------------------------------------
     def plan(self, s: Any, row: CustomerNotice, window_open: bool, now: dt.datetime) -> Delivery:
@@ -176,8 +173,7 @@ class Outreach:
         if window_open:
             if send_of(s, key) is None:
                 self._ledger(s, row, key, kind, "text", None, "service", now)
-            return Delivery("text", text=row.text, document=self._document(row), key=key,
-                            buttons=self._buttons(kind, row))
+            return Delivery("text", text=row.text, key=key, buttons=self._buttons(kind, row))
         template_key = f"{key}.t"
         if _sent(s, template_key):  # the template went; the details wait for the customer's next message
             return Delivery("hold", why="template sent; the details go when the customer writes")
@@ -279,9 +275,6 @@ class Outreach:
         except TemplateError:
             return ()
 
-    def _document(self, row: CustomerNotice) -> Optional[Dict[str, Any]]:
-        return None  # the notice box fills documents in (fresh signed links); see NoticeBox.plan
-
     def _shape(self, name: str, language: Optional[str]) -> Template:
         """The template `name` in the customer's language when the registry has it, else in English."""
         try:
@@ -317,14 +310,14 @@ class Outreach:
     def still_wanted(self, s: Any, key: str) -> bool:
         """Just before a queued message goes (it may have waited out an outage): not to a customer who
         said STOP since, and no reminder whose minimum due has been paid since."""
-        send = send_of(s, key.rsplit(":", 1)[0] if ":" in key else key)
+        send = send_of(s, _message_key(key))
         if send is None:
             return True
         customer = s.get(Customer, send.customer_id)
+        card = s.get(Card, send.card_id) if send.kind == "payment_due" and send.card_id else None
         if customer is not None and said_stop(s.get(MessagingConsent, customer.phone)):
             why = "withdrawn: the customer said STOP before it went"
-        elif send.kind == "payment_due" and send.card_id and (s.get(Card, send.card_id) is None or
-                                                              s.get(Card, send.card_id).minimum_due_paise <= 0):
+        elif send.kind == "payment_due" and send.card_id and (card is None or card.minimum_due_paise <= 0):
             why = "withdrawn: paid before it went"
         else:
             return True
@@ -342,7 +335,7 @@ class Outreach:
         (read implies delivered, a status with a message id implies sent: they come in any order), and
         a number WhatsApp refuses is paused. Written with a conditional update, so two webhooks at once
         (or the channel's own word racing a webhook) never undo each other. False for a key not the bank's."""
-        base = key.rsplit(":", 1)[0] if ":" in key else key
+        base = _message_key(key)
         if key != base and not key.endswith(":0"):
             return False  # only the first message of a notice counts (a long text is split)
         for _ in range(5):
@@ -413,6 +406,11 @@ def _forward(current: str, new: str) -> bool:
     return STATE_ORDER[new] > STATE_ORDER[current]
 
 
+def _message_key(key: str) -> str:
+    """A notice's key without the outbox's ":<index>" of the message in it."""
+    return key.rsplit(":", 1)[0]
+
+
 def outbox_key(row: CustomerNotice) -> str:
     """The key a notice travels under in the channel's outbox (and back in its status webhooks): its id
     and when it was made, so a card database made again (make reseed) never meets an old outbox's keys."""
@@ -440,7 +438,7 @@ def send_of(s: Any, key: str) -> Optional[MessageSend]:
 
 def _sent(s: Any, key: str) -> bool:
     send = send_of(s, key)
-    return send is not None and send.state != "queued" and send.state != "failed"
+    return send is not None and send.state not in ("queued", "failed")
 
 
 def _insert_new(s: Any, rows: List[Dict[str, Any]]) -> set:
