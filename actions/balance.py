@@ -4,7 +4,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import re
-import secrets
 from abc import abstractmethod
 from typing import Any, Dict, List, Text
 
@@ -15,7 +14,7 @@ from rasa_sdk.executor import CollectingDispatcher
 from actions.common import CustomerAction, card_label, card_system, date_or_dash, in_thread, money, pick_card
 from cardsystem.formatting import format_date, format_datetime, parse_amount_paise
 from cardsystem.models import utcnow
-from cardsystem.paylinks import make_payment_link
+from cardsystem.paylinks import issue_payment_link
 from cardsystem.views import CardView, CustomerView
 
 
@@ -143,8 +142,7 @@ class ActionPayBill(CardLookup):
         now, local_now = utcnow(), system.now()
 
         def link(amount: int, kind: str):  # signed in UTC, its expiry told on the bank's clock
-            made = make_payment_link(settings.payment_base_url, settings.payment_link_secret, card.id, amount,
-                                     kind, now, settings.payment_link_ttl_minutes, secrets.token_urlsafe(8))
+            made = issue_payment_link(settings, card.id, amount, kind, now)
             return dataclasses.replace(made, expires_at=local_now + (made.expires_at - now))
 
         text = tracker.latest_message.get("text") or ""

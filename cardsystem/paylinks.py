@@ -10,6 +10,7 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import secrets
 from dataclasses import dataclass
 from typing import Optional
 from urllib.parse import parse_qs, urlencode, urlparse
@@ -59,6 +60,14 @@ def make_payment_link(
     token = _b64(json.dumps(payload, separators=(",", ":"), sort_keys=True).encode("utf-8"))
     url = f"{base_url}?{urlencode({'t': token, 's': _sign(secret, token)})}"
     return PaymentLink(url=url, amount_paise=int(amount_paise), expires_at=expires)
+
+
+def issue_payment_link(settings, card_id: int, amount_paise: int, kind: str, now: dt.datetime,
+                       ttl_minutes: Optional[int] = None) -> PaymentLink:
+    """A new link with the settings' page and secret and a fresh nonce (chat links: the settings' TTL)."""
+    return make_payment_link(settings.payment_base_url, settings.payment_link_secret, card_id, amount_paise, kind, now,
+                             settings.payment_link_ttl_minutes if ttl_minutes is None else ttl_minutes,
+                             secrets.token_urlsafe(8))
 
 
 def verify_payment_link(url: str, secret: bytes, now: Optional[dt.datetime] = None) -> dict:

@@ -172,6 +172,13 @@ class ServiceDeskAPI(InputChannel):
         def answer(data: Any, status: int = 200) -> HTTPResponse:
             return response.json(data, status=status, headers=HEADERS, default=str)
 
+        def body_of(request: Request) -> Optional[Dict[str, Any]]:
+            try:
+                body = request.json
+            except Exception:  # malformed JSON
+                return None
+            return body if isinstance(body, dict) else None
+
         def guarded(handler):
             async def wrapper(request: Request, *args, **kwargs):
                 if not self.clients:
@@ -225,23 +232,13 @@ class ServiceDeskAPI(InputChannel):
         @bp.route("/v1/requests/<reference>/status", methods=["POST"])
         @guarded
         async def status(request: Request, client: str, reference: str) -> HTTPResponse:
-            try:
-                body = request.json
-            except Exception:  # malformed JSON
-                body = None
-            if not isinstance(body, dict):
+            body = body_of(request)
+            if body is None:
                 return answer({"error": "The body must be a JSON object with status and note."}, 400)
             done = await asyncio.to_thread(self._desk().set_status, reference, str(body.get("status") or ""),
                                            str(body.get("note") or ""), f"api:{client}")
             logger.info("desk API: %s set %s to %s", client, done["reference"], done["status"])
             return answer(done)
-
-        def body_of(request: Request) -> Optional[Dict[str, Any]]:
-            try:
-                body = request.json
-            except Exception:  # malformed JSON
-                return None
-            return body if isinstance(body, dict) else None
 
         def customer_card(body: Dict[str, Any]) -> Tuple[Any, Any]:
             system = self._system()

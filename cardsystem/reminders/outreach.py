@@ -24,7 +24,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import secrets
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Tuple
 
@@ -35,7 +34,7 @@ from cardsystem import audit
 from cardsystem.formatting import format_date, format_datetime, format_inr, format_month, mask_phone
 from cardsystem.models import (Card, Customer, CustomerNotice, MessageSend, MessageTemplate, MessagingConsent,
                                ServiceRequest, Statement)
-from cardsystem.paylinks import make_payment_link
+from cardsystem.paylinks import issue_payment_link
 from cardsystem.reminders.policy import Policy
 from cardsystem.reminders.templates import Registry, Template, TemplateError
 
@@ -242,10 +241,8 @@ class Outreach:
         return Delivery("template", message=message, key=f"{key}.t", text=template.render(values))
 
     def _reminder_values(self, card: Card, now: dt.datetime) -> Dict[str, Any]:
-        settings = self.settings
-        link = make_payment_link(settings.payment_base_url, settings.payment_link_secret, card.id,
-                                 card.outstanding_paise, "total", now, self.policy.link_ttl_hours * 60,
-                                 secrets.token_urlsafe(8))
+        link = issue_payment_link(self.settings, card.id, card.outstanding_paise, "total", now,
+                                  self.policy.link_ttl_hours * 60)
         return {"card_last4": card.last4, "total_due": format_inr(card.outstanding_paise),
                 "minimum_due": format_inr(card.minimum_due_paise), "due_date": format_date(card.due_date),
                 "payment_link": link.url, "payment_link_query": link.url.split("?", 1)[1],
