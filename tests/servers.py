@@ -1,6 +1,7 @@
 """Start the action server and Rasa on free local ports against a seeded temporary database."""
 from __future__ import annotations
 
+import itertools
 import os
 import socket
 import subprocess
@@ -247,3 +248,20 @@ def run_module(module: str, env: Dict[str, str], *args: str, check: bool = True,
     if check:
         assert done.returncode == 0, done.stderr
     return done
+
+
+_BLUEPRINT_APPS = itertools.count()
+
+
+async def serve_blueprint(blueprint, prefix: str) -> "tuple[object, str]":
+    """A Sanic app serving one blueprint under `prefix` on a free loopback port: (server, its base URL).
+    Close it with `await server.close()`."""
+    from sanic import Sanic
+
+    app = Sanic(f"blueprint_test_{next(_BLUEPRINT_APPS)}")  # Sanic wants a new name per app
+    Sanic.test_mode = True
+    app.blueprint(blueprint, url_prefix=prefix)
+    server = await app.create_server(host="127.0.0.1", port=free_port(), return_asyncio_server=True)
+    await server.startup()
+    await server.after_start()
+    return server, f"http://127.0.0.1:{server.server.sockets[0].getsockname()[1]}{prefix}"

@@ -3,22 +3,19 @@ lifecycle's rules and the customer's notice as from the console, the OpenAPI doc
 API that is off without tokens."""
 from __future__ import annotations
 
-import itertools
 
 import aiohttp
 import pytest
 import pytest_asyncio
-from sanic import Sanic
 
 from cardsystem.config import parse_desk_tokens
 from connectors.desk_api import ServiceDeskAPI, openapi
 from tests.conftest import ONE_CARD
-from tests.servers import free_port
+from tests.servers import serve_blueprint
 
 pytestmark = pytest.mark.asyncio
 CORE = "c0re-" + "9f8e7d6c5b4a3928" * 2
 CRM = "crm-" + "a1b2c3d4e5f60718" * 2
-_names = itertools.count()
 
 
 @pytest_asyncio.fixture
@@ -26,15 +23,9 @@ async def api(system, make_desk):
     servers = []
 
     async def start(tokens):
-        desk = make_desk()
-        app = Sanic(f"desk_api_test_{next(_names)}")
-        Sanic.test_mode = True
-        app.blueprint(ServiceDeskAPI(tokens, desk=desk).blueprint(None), url_prefix="/webhooks/desk")
-        server = await app.create_server(host="127.0.0.1", port=free_port(), return_asyncio_server=True)
-        await server.startup()
-        await server.after_start()
+        server, url = await serve_blueprint(ServiceDeskAPI(tokens, desk=make_desk()).blueprint(None), "/webhooks/desk")
         servers.append(server)
-        return f"http://127.0.0.1:{server.server.sockets[0].getsockname()[1]}/webhooks/desk/v1"
+        return f"{url}/v1"
 
     yield start
     for server in servers:

@@ -2,33 +2,25 @@
 escalation that re-opens the request, and tampered, expired and used links refused plainly."""
 from __future__ import annotations
 
-import itertools
 import time
 
 import aiohttp
 import pytest
 import pytest_asyncio
-from sanic import Sanic
 
 from connectors.feedback import FeedbackPage
 from tests.conftest import ONE_CARD
-from tests.servers import free_port
+from tests.servers import serve_blueprint
 
 pytestmark = pytest.mark.asyncio
-_names = itertools.count()
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
 
 @pytest_asyncio.fixture
 async def site(make_desk):
     desk = make_desk()
-    app = Sanic(f"feedback_test_{next(_names)}")
-    Sanic.test_mode = True
-    app.blueprint(FeedbackPage(desk).blueprint(None), url_prefix="/webhooks/feedback")
-    server = await app.create_server(host="127.0.0.1", port=free_port(), return_asyncio_server=True)
-    await server.startup()
-    await server.after_start()
-    yield desk, f"http://127.0.0.1:{server.server.sockets[0].getsockname()[1]}/webhooks/feedback"
+    server, url = await serve_blueprint(FeedbackPage(desk).blueprint(None), "/webhooks/feedback")
+    yield desk, url
     await server.close()
 
 

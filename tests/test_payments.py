@@ -4,13 +4,11 @@ page (what a link pays, paid once, altered and expired links refused plainly).""
 from __future__ import annotations
 
 import datetime as dt
-import itertools
 from urllib.parse import urlparse
 
 import aiohttp
 import pytest
 import pytest_asyncio
-from sanic import Sanic
 from sqlalchemy import select
 
 from cardsystem.db import session_scope
@@ -19,11 +17,10 @@ from cardsystem.paylinks import make_payment_link
 from connectors.desk_api import ServiceDeskAPI, openapi
 from connectors.paypage import DemoPaymentPage
 from tests.conftest import ONE_CARD, TWO_CARDS
-from tests.servers import free_port
+from tests.servers import serve_blueprint
 from tests.test_desk_api import CORE, call
 
 pytestmark = pytest.mark.asyncio
-_names = itertools.count()
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
 
@@ -32,14 +29,9 @@ async def serve():
     servers = []
 
     async def start(blueprint, prefix):
-        app = Sanic(f"payments_test_{next(_names)}")
-        Sanic.test_mode = True
-        app.blueprint(blueprint, url_prefix=prefix)
-        server = await app.create_server(host="127.0.0.1", port=free_port(), return_asyncio_server=True)
-        await server.startup()
-        await server.after_start()
+        server, url = await serve_blueprint(blueprint, prefix)
         servers.append(server)
-        return f"http://127.0.0.1:{server.server.sockets[0].getsockname()[1]}{prefix}"
+        return url
 
     yield start
     for server in servers:

@@ -193,7 +193,6 @@ def test_each_offset_is_sent_once_and_a_missed_day_sends_only_the_latest(system,
 
 
 def test_a_reminder_goes_as_an_approved_template_with_a_single_use_link(system, outreach):
-    policy = outreach.policy
     now, box, [(customer, card)] = reminded(system, outreach, ONE_CARD)
     [(notice, plan)] = deliver(system, box, now)
     assert plan.action == "template" and plan.key.startswith(f"notice.{notice.id}-") and plan.key.endswith(".t")
@@ -346,7 +345,6 @@ def test_a_number_whatsapp_refuses_is_paused_not_retried_blindly(system, outreac
 
 
 def test_statuses_only_move_forward_and_read_implies_delivered(system, outreach):
-    policy = outreach.policy
     now, box, _ = reminded(system, outreach, ONE_CARD)
     [(_, plan)] = deliver(system, box, now)
     key = plan.key + ":0"
@@ -538,7 +536,6 @@ def test_stop_also_stops_the_banks_news_inside_the_window_and_what_already_waits
 
 
 def test_a_template_the_account_no_longer_has_holds_the_rest(system, outreach):
-    policy = outreach.policy
     now, box, _ = reminded(system, outreach, ONE_CARD, TWO_CARDS)
     [notice] = box.take("whatsapp", 1, now=now)
     plan = box.plan(notice.id, False, now=now)

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from cardsystem.db import session_scope
-from cardsystem.models import MessageSend, MessagingConsent, MessageTemplate
+from cardsystem.models import MessageSend, MessagingConsent
 from cardsystem.reminders import run_once
 from cardsystem.reminders.book import GraphAccount, TemplateBook
 from cardsystem.reminders.outreach import Outreach
