@@ -21,7 +21,7 @@ from cardsystem.views import CardView, CustomerView
 def card_figures(card: CardView) -> Dict[Text, Text]:
     """The placeholders every balance-like response may use."""
     due = date_or_dash(card.due_date)
-    if card.due_date is not None and card.outstanding_paise > 0 and card.due_date < card_system().today():
+    if card.due_date is not None and card.minimum_due_paise > 0 and card.due_date < card_system().today():
         due += " (past due)"
     return {
         "card_label": card_label(card),

@@ -211,6 +211,7 @@ REQUEST_ACTIONS: Dict[Text, Text] = {
     "ask_min_due": "action_show_min_due",
     "check_credit_limit": "action_show_credit_limit",
     "pay_bill": "action_pay_bill",
+    "already_paid": "action_already_paid",
     "list_transactions": "action_list_transactions",
     "check_reward_points": "action_show_rewards",
     "dispute_status": "action_dispute_status",

@@ -37,6 +37,7 @@ DOING = {  # intent -> what the customer did, for the agent's summary
     "list_transactions": "looked at recent transactions", "check_reward_points": "checked reward points",
     "redeem_rewards": "tried to redeem points", "report_dispute": "reported a transaction",
     "dispute_status": "asked about a dispute", "block_card": "asked to block a card", "pay_bill": "asked to pay the bill",
+    "already_paid": "said they had already paid",
     "faq": "asked a general question", "complain": "complained", "nlu_fallback": "wrote something the bot did not understand",
 }
 RATING_LABELS = {5: "Excellent", 4: "Good", 3: "Okay", 2: "Poor", 1: "Very poor"}

@@ -51,8 +51,9 @@ CHOOSING = re.compile(r"^\W*(?:(?:and|aur|n|what about|how about|same for|ok|oka
 STOP_PHRASE = re.compile(
     r"(?:\b(?:mat|mt|na|nahi|nahin)\s+(?:bhej|bhejo|bhejna|bhejiye|bhejen|karo|kro)\b|मत\s*(?:भेज|करो)|नहीं\s*(?:भेज|चाहिए)"
     r"|\b(?:band|bandh|bnd)\s*(?:karo|kro|kar\s*do|kardo|kijiye|ho)\b|बंद\s*(?:करो|कर\s*दो|कीजिए|करें)|रोक\s*(?:दो|दें|दीजिए)|रोको"
-    r"|^\W*(?:please\s+|pls\s+|plz\s+)?(?:stop|unsubscribe|opt\s*-?\s*out)\b(?!.*\b(?:card|payment|transaction|charge|debit)\b)"
-    r"|\b(?:stop|quit|cease)\s+(?:sending|messaging|texting|spamming|the\s+(?:messages|reminders|updates))\b"
+    r"|\bsto+p+\s*(?:karo|kro|kar\s*do|kardo|kijiye|kar\s*dijiye)\b|\bsto+p+\s*करो"
+    r"|^\W*(?:please\s+|pls\s+|plz\s+)?(?:sto+p+|unsubscribe|opt\s*-?\s*out)\b(?!.*\b(?:card|payment|transaction|charge|debit)\b)"
+    r"|\b(?:sto+p+|quit|cease)\s+(?:sending|messaging|texting|spamming|the\s+(?:messages|reminders|updates))\b"
     r"|\b(?:don'?t|do\s+not|dont|never|no\s+more)\s+(?:send|message|text|remind|whatsapp)\w*\b"
     r"|\bno\s+more\s+(?:messages|reminders|updates|whatsapps?)\b)",
     re.I)

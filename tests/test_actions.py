@@ -418,3 +418,15 @@ async def test_already_paid_says_what_the_records_show(system, domain):
     texts = rendered(messages, domain)
     _no_placeholders(texts)
     assert texts[0].startswith("Thank you: I can see your payment") and "₹100.00" in texts[0]
+
+
+async def test_a_card_named_after_which_card_answers_already_paid(system, domain):
+    """'maine already pay kar diya' -> which card? -> 'the 6392 one': the follow-up knows the request."""
+    from actions.context import ActionFollowUp
+
+    asked = {"event": "user", "text": "maine already pay kar diya", "parse_data": {"intent": {"name": "already_paid"}}}
+    tracker = make_tracker(TWO_CARDS, "inform", entities=[("card_last4", "6392")], text="the 6392 one", history=[asked])
+    _, messages = await run_action(ActionFollowUp(), tracker, domain)
+    texts = rendered(messages, domain)
+    _no_placeholders(texts)
+    assert "6392" in texts[0] and ("I can see your payment" in texts[0] or "can't see a payment" in texts[0])

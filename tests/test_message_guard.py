@@ -64,8 +64,10 @@ def test_stop_and_start_are_taken_whole_whatever_the_classifier_says():
 def test_a_plain_request_to_stop_is_a_stop_however_it_is_put_and_never_a_start():
     for text in ("reminders मत भेजो", "मुझे reminder मत भेजो", "updates मत भेजो", "रोक दो", "ＳＴＯＰ",
                  "please stop sending me messages", "don't send reminders", "mujhe reminder mat bhejo",
-                 "payment reminder mat bhejo", "messages band karo", "no more reminders"):
+                 "payment reminder mat bhejo", "messages band karo", "no more reminders", "stopp karo ye reminders",
+                 "stop kar do messages"):
         assert classify(text, intent="opt_in", entities=[])["intent"]["name"] == "opt_out", text
-    for text in ("card band karo", "कार्ड बंद करो", "stop my card it was stolen", "stop the payment of 500",
+    for text in ("card band karo", "कार्ड बंद करो", "card stop karo", "stop karo mera card", "stop the payment of 500",
+                 "stop my card it was stolen",
                  "I want to stop my card", "please don't block my card"):
         assert classify(text, intent="block_card", entities=[])["intent"]["name"] == "block_card", text
