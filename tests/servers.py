@@ -59,7 +59,8 @@ class Servers:
     Conversations are kept in memory unless `sql_tracker` (the SQLite store `make run` uses)."""
 
     def __init__(self, workdir: Path, today: Optional[str] = None, extra_env: Optional[Dict[str, str]] = None,
-                 sql_tracker: bool = False, rasa_port: Optional[int] = None, ingress: bool = False) -> None:
+                 sql_tracker: bool = False, rasa_port: Optional[int] = None, ingress: bool = False,
+                 customers: Optional[int] = None, seed: bool = True) -> None:
         self.workdir = workdir
         self.ingress_port = free_port() if ingress else None
         self.action_port, self.rasa_port = free_port(), rasa_port or free_port()
@@ -81,13 +82,15 @@ class Servers:
             **({"WHATSAPP_INGRESS": "1"} if ingress else {}),
             **(extra_env or {}),
         }
-        seed_args = [sys.executable, "-m", "cardsystem.seed"] + (["--today", today] if today else [])
-        subprocess.run(seed_args, cwd=ROOT, env=self.env, check=True, capture_output=True)
+        seed_args = [sys.executable, "-m", "cardsystem.seed"] + (["--today", today] if today else []) + \
+            (["--customers", str(customers)] if customers is not None else [])
+        if seed:
+            subprocess.run(seed_args, cwd=ROOT, env=self.env, check=True, capture_output=True)
         from cardsystem.requests.proof import ensure_dev_pair
         ensure_dev_pair(workdir / "signing")  # the run's own signing pair (proofs of resolution)
         self.endpoints = workdir / "endpoints.yml"
-        tracker = (f"tracker_store:\n  type: SQL\n  dialect: sqlite\n  db: {workdir / 'tracker.db'}\n"
-                   if sql_tracker else "")  # the default endpoints.yml keeps conversations in SQLite too
+        tracker = ("tracker_store:\n  type: components.tracker_store.RecentTurnsSQLTrackerStore\n  dialect: sqlite\n"
+                   f"  db: {workdir / 'tracker.db'}\n" if sql_tracker else "")  # (as endpoints.yml keeps them)
         self.endpoints.write_text(f'action_endpoint:\n  url: "http://127.0.0.1:{self.action_port}/webhook"\n{tracker}')
         self.action_log, self.rasa_log = workdir / "actions.log", workdir / "rasa.log"
         self.actions: Optional[subprocess.Popen] = None

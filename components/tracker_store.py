@@ -1,0 +1,131 @@
+"""Rasa's SQL tracker store, reading a conversation's recent turns instead of all of it.
+
+    tracker_store:
+      type: components.tracker_store.RecentTurnsSQLTrackerStore
+      dialect: sqlite            # or postgresql, with url/port/db/username/password as for type: SQL
+      db: var/tracker.db
+      keep_turns: 20             # customer messages of the session read back (default 20)
+
+Stock `SQLTrackerStore.retrieve` reads and replays every event of the current session, and
+every later step of the turn pays for its length again: each policy featurizes the whole
+tracker, every action call ships it to the action server. A customer's 200th message costs
+several times their 5th. The policies look back `max_history` turns (4 and 5 here), the
+actions at the current turn; so this store reads the last `keep_turns` customer messages of
+the session with everything after them, and from before them only what still holds: the
+session's opening events, the last value of each slot and the form that is active (all real
+stored events, in their order). Saving appends what the turn added, as the stock store does.
+Nothing is deleted: `retrieve_full_tracker` (`rasa export`, the HTTP API with
+`include_events=ALL`) still reads every event of every session.
+
+Table and columns are the stock store's (`events`), so a database written by `type: SQL` is
+read by this one and back. An index on (sender_id, type_name, action_name) is added.
+On SQLite the connections are pooled and WAL is set once (SQLAlchemy 1.4 would reopen the
+file for every read and write), so Rasa workers on one box can share the file.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any, Dict, Iterator, List, Optional, Text
+
+import sqlalchemy as sa
+from sqlalchemy.pool import QueuePool
+
+from rasa.core.tracker_store import SQLTrackerStore
+from rasa.shared.core.events import ActionExecuted, SessionStarted, UserUttered
+from rasa.shared.core.trackers import DialogueStateTracker
+
+logger = logging.getLogger(__name__)
+DEFAULT_KEEP_TURNS = 20
+STATE_TYPES = ("slot", "active_loop", "loop_interrupted", "restart", "reset_slots")
+_STORED = "_cardcare_stored_events"  # set on a retrieved tracker: how many of its events are in the table
+
+
+def _sqlite_pragmas(connection: Any, _record: Any) -> None:
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+class RecentTurnsSQLTrackerStore(SQLTrackerStore):
+    """SQLTrackerStore whose `retrieve` reads the last `keep_turns` turns of the session."""
+
+    def __init__(self, domain: Any = None, dialect: Text = "sqlite", host: Optional[Text] = None,
+                 port: Optional[int] = None, db: Text = "rasa.db", username: Optional[Text] = None,
+                 password: Optional[Text] = None, event_broker: Any = None, login_db: Optional[Text] = None,
+                 query: Optional[Dict] = None, keep_turns: Any = DEFAULT_KEEP_TURNS, **kwargs: Any) -> None:
+        super().__init__(domain, dialect, host, port, db, username, password, event_broker, login_db, query,
+                         **kwargs)
+        self.keep_turns = max(1, int(keep_turns))
+        if self.engine.dialect.name == "sqlite" and db not in ("", ":memory:"):
+            url = self.engine.url
+            self.engine.dispose()
+            self.engine = sa.create_engine(url, poolclass=QueuePool, pool_size=4, max_overflow=16,
+                                           connect_args={"check_same_thread": False})
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+            self.sessionmaker = sa.orm.session.sessionmaker(bind=self.engine)
+        with self.engine.begin() as connection:  # (not on Rasa's table object: its create_all stays as it was)
+            connection.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_events_sender_type_name "
+                                       "ON events (sender_id, type_name, action_name)")
+
+    async def retrieve(self, sender_id: Text) -> Optional[DialogueStateTracker]:
+        with self.session_scope() as session:
+            events = self._recent_events(session, sender_id)
+        if not self.domain or not events:
+            return None
+        tracker = DialogueStateTracker.from_dict(sender_id, events, self.domain.slots)
+        setattr(tracker, _STORED, len(tracker.events))
+        return tracker
+
+    def _recent_events(self, session: Any, sender_id: Text) -> List[Dict[Text, Any]]:
+        event = self.SQLEvent
+        of_sender = event.sender_id == sender_id
+        session_start = session.query(sa.func.max(event.timestamp)).filter(
+            of_sender, event.type_name == SessionStarted.type_name).scalar()
+        in_session = [of_sender] + ([event.timestamp >= session_start] if session_start is not None else [])
+        cut = session.query(event.id).filter(*in_session, event.type_name == UserUttered.type_name) \
+            .order_by(event.id.desc()).offset(self.keep_turns - 1).limit(1).scalar()
+        if cut is None:  # a short session: all of it, as the stock store reads it
+            rows = session.query(event.data).filter(*in_session).order_by(event.id).all()
+            return [json.loads(data) for (data,) in rows]
+        kept = set(self._state_before(session, in_session, cut))
+        head = session.query(event.id, event.type_name, event.action_name).filter(*in_session, event.id < cut) \
+            .order_by(event.id).limit(8).all()
+        for row_id, type_name, action_name in head:  # the session's opening, to its first action_listen
+            if type_name == UserUttered.type_name:
+                break
+            kept.add(row_id)
+            if type_name == ActionExecuted.type_name and action_name == "action_listen":
+                break
+        earlier = session.query(event.data).filter(event.id.in_(sorted(kept))).order_by(event.id).all() if kept else []
+        recent = session.query(event.data).filter(*in_session, event.id >= cut).order_by(event.id).all()
+        return [json.loads(data) for (data,) in earlier + recent]
+
+    def _state_before(self, session: Any, in_session: List[Any], cut: int) -> Iterator[int]:
+        """Ids of the events before `cut` whose effect still holds: each slot's last setting,
+        the last form activation (and an interruption of it), after the last restart."""
+        event = self.SQLEvent
+        before = in_session + [event.id < cut]
+        reset = session.query(sa.func.max(event.id)).filter(
+            *before, event.type_name.in_(("restart", "reset_slots"))).scalar()
+        if reset is not None:
+            before.append(event.id > reset)
+            yield reset
+        yield from (row_id for (row_id,) in session.query(sa.func.max(event.id)).filter(
+            *before, event.type_name == "slot").group_by(event.action_name))
+        loop = session.query(sa.func.max(event.id)).filter(*before, event.type_name == "active_loop").scalar()
+        if loop is not None:
+            yield loop
+            yield from (row_id for (row_id,) in session.query(event.id).filter(
+                *before, event.id > loop, event.type_name == "loop_interrupted"))
+
+    def _additional_events(self, session: Any, tracker: DialogueStateTracker) -> Iterator:
+        """What the turn added: the events after those this store read (stock counting for a
+        tracker it did not read, e.g. one made by `rasa interactive` or a test)."""
+        stored = getattr(tracker, _STORED, None)
+        if stored is None or stored > len(tracker.events):
+            yield from super()._additional_events(session, tracker)
+            return
+        setattr(tracker, _STORED, len(tracker.events))  # (saved twice, written once)
+        yield from list(tracker.events)[stored:]

@@ -1,0 +1,162 @@
+"""The tracker store that reads a conversation's recent turns (components.tracker_store).
+
+What it must keep: everything the policies and actions see of the recent past is what the
+stock store gives (the last states the policies featurize, slots, the active form), the
+events saved are exactly the new ones, nothing is deleted, and the stock store reads the
+same table.
+"""
+from __future__ import annotations
+
+import asyncio
+import random
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from rasa.core.tracker_store import SQLTrackerStore
+from rasa.shared.core.domain import Domain
+from rasa.shared.core.events import (ActionExecuted, ActiveLoop, BotUttered, LoopInterrupted, Restarted,
+                                     SessionStarted, SlotSet, UserUttered)
+from rasa.shared.core.trackers import DialogueStateTracker
+
+from components.tracker_store import RecentTurnsSQLTrackerStore
+
+ROOT = Path(__file__).resolve().parent.parent
+DOMAIN = Domain.load(str(ROOT / "domain.yml"))
+INTENTS = sorted(DOMAIN.intents)[:12]
+SLOTS = [s.name for s in DOMAIN.slots if s.type_name == "text"][:4]
+FORM = sorted(DOMAIN.form_names)[0]
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+def stores(tmp_path: Path, keep_turns: int = 6):
+    db = str(tmp_path / "tracker.db")
+    return SQLTrackerStore(DOMAIN, db=db), RecentTurnsSQLTrackerStore(DOMAIN, db=db, keep_turns=keep_turns)
+
+
+def start(store, sender: str) -> None:
+    tracker = DialogueStateTracker(sender, DOMAIN.slots)
+    for event in (ActionExecuted("action_session_start"), SessionStarted(), ActionExecuted("action_listen")):
+        tracker.update(event)
+    run(store.save(tracker))
+
+
+def turn(store, sender: str, number: int, rng: random.Random, extra=()) -> None:
+    tracker = run(store.retrieve(sender))
+    tracker.update(UserUttered(f"message {number}", {"name": rng.choice(INTENTS), "confidence": 0.9}))
+    for event in extra:
+        tracker.update(event)
+    tracker.update(ActionExecuted("utter_greet"))
+    tracker.update(BotUttered(f"reply {number}"))
+    tracker.update(ActionExecuted("action_listen"))
+    run(store.save(tracker))
+
+
+def same_recent_past(full: DialogueStateTracker, recent: DialogueStateTracker, states: int = 8) -> None:
+    """What the policies (max_history 4 and 5) and the actions see: `states` states back."""
+    assert recent.current_slot_values() == full.current_slot_values()
+    assert (recent.active_loop_name, recent.is_active_loop_interrupted) == \
+        (full.active_loop_name, full.is_active_loop_interrupted)
+    assert recent.latest_message.text == full.latest_message.text
+    assert recent.latest_action_name == full.latest_action_name
+    assert recent.past_states(DOMAIN)[-states:] == full.past_states(DOMAIN)[-states:]
+
+
+def test_a_long_conversation_reads_its_recent_turns_with_the_state_of_everything_before(tmp_path):
+    stock, recent = stores(tmp_path)
+    start(recent, "c1")
+    rng = random.Random(3)
+    for number in range(40):
+        extra = []
+        if number % 3 == 0:
+            extra.append(SlotSet(SLOTS[number % len(SLOTS)], f"value {number}"))
+        if number == 5:
+            extra.append(SlotSet(SLOTS[0], None))
+        if number == 10:
+            extra.append(ActiveLoop(FORM))
+        if number == 12:
+            extra.append(LoopInterrupted(True))
+        turn(recent, "c1", number, rng, extra)
+        full, window = run(stock.retrieve("c1")), run(recent.retrieve("c1"))
+        same_recent_past(full, window)
+    assert len(window.events) < len(full.events) / 3
+    assert sum(isinstance(e, UserUttered) for e in window.events) == 6
+
+
+def test_saving_writes_the_new_events_once_and_deletes_nothing(tmp_path):
+    stock, recent = stores(tmp_path)
+    start(recent, "c2")
+    rng = random.Random(4)
+    for number in range(25):
+        turn(recent, "c2", number, rng)
+    tracker = run(recent.retrieve("c2"))
+    run(recent.save(tracker))  # saved again without changes: nothing new
+    full = run(stock.retrieve_full_tracker("c2"))
+    assert len(full.events) == 3 + 25 * 4
+    assert [e.text for e in full.events if isinstance(e, UserUttered)] == [f"message {n}" for n in range(25)]
+    assert len(run(recent.retrieve_full_tracker("c2")).events) == len(full.events)
+
+
+def test_a_tracker_it_did_not_read_is_saved_as_the_stock_store_saves_it(tmp_path):
+    stock, recent = stores(tmp_path)
+    for store, sender in ((stock, "stock"), (recent, "recent")):
+        tracker = DialogueStateTracker(sender, DOMAIN.slots)
+        for event in (ActionExecuted("action_session_start"), SessionStarted(), ActionExecuted("action_listen"),
+                      UserUttered("hi", {"name": INTENTS[0], "confidence": 1.0}), ActionExecuted("action_listen")):
+            tracker.update(event)
+        run(store.save(tracker))
+        tracker.update(BotUttered("more"))
+        run(store.save(tracker))
+    assert [e.as_dict()["event"] for e in run(stock.retrieve_full_tracker("recent")).events] == \
+        [e.as_dict()["event"] for e in run(stock.retrieve_full_tracker("stock")).events]
+
+
+def test_a_restart_before_the_window_forgets_the_slots_set_before_it(tmp_path):
+    stock, recent = stores(tmp_path, keep_turns=3)
+    start(recent, "c4")
+    rng = random.Random(5)
+    turn(recent, "c4", 0, rng, [SlotSet(SLOTS[0], "before the restart")])
+    turn(recent, "c4", 1, rng, [Restarted()])
+    for number in range(2, 8):
+        turn(recent, "c4", number, rng, [SlotSet(SLOTS[1], f"after {number}")] if number == 3 else [])
+    window = run(recent.retrieve("c4"))
+    assert window.get_slot(SLOTS[0]) is None and window.get_slot(SLOTS[1]) == "after 3"
+    same_recent_past(run(stock.retrieve("c4")), window, states=4)
+
+
+def test_only_the_current_session_is_read(tmp_path):
+    stock, recent = stores(tmp_path, keep_turns=3)
+    start(recent, "c5")
+    rng = random.Random(6)
+    for number in range(5):
+        turn(recent, "c5", number, rng, [SlotSet(SLOTS[0], "old session")] if number == 0 else [])
+    tracker = run(recent.retrieve("c5"))
+    for event in (ActionExecuted("action_session_start"), SessionStarted(), ActionExecuted("action_listen")):
+        tracker.update(event)
+    run(recent.save(tracker))
+    turn(recent, "c5", 5, rng)
+    window = run(recent.retrieve("c5"))
+    assert [e.text for e in window.events if isinstance(e, UserUttered)] == ["message 5"]
+    same_recent_past(run(stock.retrieve("c5")), window, states=4)
+
+
+def test_a_customer_never_seen_has_no_tracker(tmp_path):
+    _, recent = stores(tmp_path)
+    assert run(recent.retrieve("nobody")) is None
+
+
+def test_the_events_table_gets_an_index_for_the_state_queries(tmp_path):
+    _, recent = stores(tmp_path)
+    indexes = {i["name"] for i in sa.inspect(recent.engine).get_indexes("events")}
+    assert "ix_events_sender_type_name" in indexes
+    RecentTurnsSQLTrackerStore(DOMAIN, db=str(tmp_path / "tracker.db"))  # a second worker starting: fine
+
+
+@pytest.mark.parametrize("keep_turns", ["0", "-3"])
+def test_keep_turns_is_at_least_one(tmp_path, keep_turns):
+    _, recent = stores(tmp_path, keep_turns=int(keep_turns))
+    assert recent.keep_turns == 1
