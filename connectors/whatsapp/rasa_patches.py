@@ -1,0 +1,214 @@
+"""Two costs Rasa 3.6 pays on every action call, removed without changing what it does.
+
+Applied when the WhatsApp channel is imported (`make run`, `make serve`); stock behaviour
+otherwise.
+
+* Validating the action server's answer: `RemoteAction._validate_action_result` calls
+  `jsonschema.validate`, which checks the (constant) schema itself and builds a validator on
+  every call: 10-15 % of the Rasa process's CPU under load (py-spy). Here the validator is
+  built once per schema and the same `ValidationError` (best match, same message) is raised
+  for an invalid answer.
+* Matching rules: `RulePolicy._rule_key_to_state` parses a rule's JSON key behind an LRU cache
+  of 1,000 entries, and `_get_possible_keys` walks every key in turn on each prediction. This
+  bot has more than 1,000 rule keys, so the cache misses every time: half of a turn's CPU
+  went to `json.loads` and to reversing the same lists (cProfile, 100 messages in process).
+  Here each key is parsed and reversed once, and the keys are indexed by the action their
+  last state follows: a key whose last state follows another action than the conversation's
+  cannot match (Rasa's own test rejects it), so only the others are tested, by Rasa's test.
+* TED where rules and memoization cannot decide: every prediction runs every policy, and
+  TED's forward pass (mostly TensorFlow's Python dispatch) was a third of a turn. The
+  ensemble picks the highest confidence, then the highest priority; a rule or a memorized
+  story predicts with confidence 1.0 and outranks TED (priority 6 and 3 against 1), so
+  whenever one of them is at 1.0, TED's prediction cannot be chosen. Then TED is not run:
+  in the prediction graph its node waits for the rule and memoization nodes, and answers
+  "no prediction" (all zeros) when one of them decided. Not when the last action was
+  rejected (the ensemble then zeroes that action's confidence everywhere, and TED may win),
+  and never for UnexpecTEDIntentPolicy. This model has no end-to-end (text) stories, so
+  TED's prediction is never an end-to-end one that would outrank the others.
+* Reading events: `Event.resolve_by_type` walks every subclass of Event for every event of
+  every tracker read (70,000 calls per 100 messages). The event classes are fixed once
+  imported, so the answer for a type name is kept; unknown names still raise as before.
+"""
+from __future__ import annotations
+
+import functools
+import json
+from typing import Any, Dict, List, Text
+
+from jsonschema import ValidationError
+from jsonschema.exceptions import best_match
+from jsonschema.validators import validator_for
+
+from rasa.core.actions.action import RemoteAction
+from rasa.core.policies.memoization import MemoizationPolicy
+from rasa.core.policies.policy import PolicyPrediction
+from rasa.core.policies.ted_policy import TEDPolicy
+from rasa.core.policies.unexpected_intent_policy import UnexpecTEDIntentPolicy
+from rasa.engine.runner.dask import DaskGraphRunner
+from rasa.shared.core.events import ActionExecuted, ActionExecutionRejected, Event
+from rasa.core.policies.rule_policy import PREVIOUS_ACTION, SHOULD_NOT_BE_SET, RulePolicy
+from rasa.shared.nlu.constants import ACTION_NAME
+from rasa.shared.constants import DOCS_BASE_URL
+
+_validators: Dict[type, Any] = {}
+
+
+def _validator(action: RemoteAction) -> Any:
+    """The validator of the action's (constant) response schema, built once per action class."""
+    validator = _validators.get(type(action))
+    if validator is None:
+        schema = action.action_response_format_spec()
+        cls = validator_for(schema)
+        cls.check_schema(schema)
+        validator = _validators[type(action)] = cls(schema)
+    return validator
+
+
+def _validate_action_result(self: RemoteAction, result: Dict[Text, Any]) -> bool:
+    error = best_match(_validator(self).iter_errors(result))
+    if error is None:
+        return True
+    error.message += (
+        f". Failed to validate Action server response from API, "
+        f"make sure your response from the Action endpoint is valid. "
+        f"For more information about the format visit "
+        f"{DOCS_BASE_URL}/custom-actions"
+    )
+    raise error
+
+
+@functools.lru_cache(maxsize=65536)
+def _rule_key_to_state(rule_key: Text) -> List[Dict[Text, Any]]:
+    return json.loads(rule_key)
+
+
+@functools.lru_cache(maxsize=65536)
+def _reversed_rule_states(rule_key: Text) -> List[Dict[Text, Any]]:
+    return list(reversed(_rule_key_to_state(rule_key)))
+
+
+def _is_rule_applicable(self: RulePolicy, rule_key: Text, turn_index: int, conversation_state: Dict) -> bool:
+    """RulePolicy._is_rule_applicable of Rasa 3.6.21, with the parsed and reversed key cached."""
+    reversed_rule_states = _reversed_rule_states(rule_key)
+    if turn_index >= len(reversed_rule_states):
+        return True
+    current_previous_action = conversation_state.get(PREVIOUS_ACTION)
+    rule_previous_action = reversed_rule_states[turn_index].get(PREVIOUS_ACTION)
+    if not rule_previous_action and not current_previous_action:
+        return True
+    if not rule_previous_action or not current_previous_action:
+        return False
+    return self._does_rule_match_state(reversed_rule_states[turn_index], conversation_state)
+
+
+def _last_action(state: Dict) -> Any:
+    return (state.get(PREVIOUS_ACTION) or {}).get(ACTION_NAME)
+
+
+def _key_index(policy: RulePolicy, lookup: Dict[Text, Text]) -> "tuple[Dict[Any, List[Text]], List[Text]]":
+    """The keys of `lookup` by the action their last state follows, and those that name none."""
+    indexes = policy.__dict__.setdefault("_cardcare_key_index", {})
+    held = indexes.get(id(lookup))
+    if held is None or held[0] is not lookup or held[1] != len(lookup):
+        by_action: Dict[Any, List[Text]] = {}
+        anywhere: List[Text] = []
+        for key in lookup:
+            states = _reversed_rule_states(key)
+            action = _last_action(states[0]) if states else None
+            if not action or action == SHOULD_NOT_BE_SET:
+                anywhere.append(key)
+            else:
+                by_action.setdefault(action, []).append(key)
+        held = indexes[id(lookup)] = (lookup, len(lookup), by_action, anywhere)  # (holds lookup: ids stay unique)
+    return held[2], held[3]
+
+
+def _get_possible_keys(self: RulePolicy, lookup: Dict[Text, Text], states: List[Dict]) -> set:
+    """RulePolicy._get_possible_keys of Rasa 3.6.21, testing at the last state only the keys
+    that can match it."""
+    if not states:
+        return set(lookup.keys())
+    by_action, anywhere = _key_index(self, lookup)
+    reversed_states = list(reversed(states))
+    current = reversed_states[0]
+    candidates = anywhere + by_action.get(_last_action(current), []) if _last_action(current) else \
+        anywhere + [key for keys in by_action.values() for key in keys]
+    possible_keys = {key for key in candidates if self._is_rule_applicable(key, 0, current)}
+    for i, state in enumerate(reversed_states[1:], start=1):
+        possible_keys = {key for key in possible_keys if self._is_rule_applicable(key, i, state)}
+    return possible_keys
+
+
+STOCK = {  # Rasa's own, for the tests that compare (tests/test_rasa_patches.py)
+    "get_possible_keys": RulePolicy._get_possible_keys, "is_rule_applicable": RulePolicy._is_rule_applicable,
+    "validate_action_result": RemoteAction._validate_action_result,
+}
+PREDICT = "predict_action_probabilities"
+_stock_build_dask_graph = DaskGraphRunner._build_dask_graph
+
+
+class _TEDWhenUndecided:
+    """The TED node of a prediction graph, run only when no rule or memorized story decided."""
+
+    def __init__(self, node: Any, params: List[Text]) -> None:
+        self.node = node
+        self.params = params
+
+    def __call__(self, *args: Any) -> Any:
+        own, deciders = args[:len(self.params)], args[len(self.params):]
+        inputs = {param: value for param, (_, value) in zip(self.params, own)}
+        component = getattr(self.node, "_component", None)
+        if component is not None and _decided([p for _, p in deciders], inputs.get("tracker")):
+            domain = inputs["domain"]
+            return self.node._node_name, PolicyPrediction([0.0] * domain.num_actions, type(component).__name__,
+                                                          component.priority)
+        return self.node(*own)
+
+
+def _decided(predictions: List[Any], tracker: Any) -> bool:
+    if tracker is None:
+        return False
+    last_action = next((e for e in reversed(tracker.events) if isinstance(e, (ActionExecutionRejected, ActionExecuted))),
+                       None)
+    if isinstance(last_action, ActionExecutionRejected):
+        return False
+    return any(isinstance(p, PolicyPrediction) and p.max_confidence >= 1.0 for p in predictions)
+
+
+def _build_dask_graph(self: DaskGraphRunner, schema: Any) -> Dict[Text, Any]:
+    graph = _stock_build_dask_graph(self, schema)
+    deciders = [name for name, node in schema.nodes.items()
+                if node.fn == PREDICT and issubclass(node.uses, MemoizationPolicy)]  # (RulePolicy is one too)
+    if not deciders:
+        return graph
+    for name, node in schema.nodes.items():
+        if node.fn == PREDICT and issubclass(node.uses, TEDPolicy) and not issubclass(node.uses, UnexpecTEDIntentPolicy):
+            task = graph[name]
+            graph[name] = (_TEDWhenUndecided(task[0], list(node.needs.keys())), *task[1:], *deciders)
+    return graph
+
+
+_stock_resolve_by_type = Event.resolve_by_type
+_event_classes: Dict[Text, Any] = {}
+
+
+def _resolve_by_type(type_name: Text, default: Any = None) -> Any:
+    found = _event_classes.get(type_name)
+    if found is None:
+        found = _stock_resolve_by_type(type_name, None if type_name == "topic" else default)
+        if found is None or found is default:  # (only a class found by its name is kept)
+            return found
+        _event_classes[type_name] = found
+    return found
+
+
+def apply() -> None:
+    RemoteAction._validate_action_result = _validate_action_result
+    RulePolicy._rule_key_to_state = staticmethod(_rule_key_to_state)
+    RulePolicy._is_rule_applicable = _is_rule_applicable
+    RulePolicy._get_possible_keys = _get_possible_keys
+    DaskGraphRunner._build_dask_graph = _build_dask_graph
+    Event.resolve_by_type = staticmethod(_resolve_by_type)
+
+
+__all__ = ["apply", "ValidationError"]

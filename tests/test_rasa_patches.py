@@ -1,0 +1,103 @@
+"""The speed-ups of connectors/whatsapp/rasa_patches.py change no decision of Rasa's.
+
+Every customer conversation of tests/conversations/customer_scripts.yml is run through the
+trained model in process, with the action server; at every prediction the patched rule search
+is compared with Rasa's own, and wherever TED was skipped, the ensemble's winner is computed
+with TED's real prediction as well and must be the same.
+"""
+from __future__ import annotations
+
+import asyncio
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+from jsonschema import ValidationError
+
+from connectors.whatsapp import rasa_patches
+from tests.servers import MODEL, Servers
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = ROOT / "tests" / "conversations" / "customer_scripts.yml"
+
+
+def test_an_invalid_action_server_answer_is_refused_as_rasa_refuses_it():
+    from rasa.core.actions.action import RemoteAction
+
+    action = RemoteAction("action_x", None)
+    assert rasa_patches._validate_action_result(action, {"events": [], "responses": [{"text": "hi"}]})
+    with pytest.raises(ValidationError) as patched:
+        rasa_patches._validate_action_result(action, {"events": [{"no event": 1}]})
+    with pytest.raises(ValidationError) as stock:
+        rasa_patches.STOCK["validate_action_result"](action, {"events": [{"no event": 1}]})
+    assert patched.value.message == stock.value.message
+
+
+def test_event_classes_are_found_by_name_as_before():
+    from rasa.shared.core.events import Event, SlotSet, UserUttered
+
+    rasa_patches.apply()
+    assert Event.resolve_by_type("slot") is SlotSet and Event.resolve_by_type("user") is UserUttered
+    assert Event.resolve_by_type("topic") is None
+    assert Event.resolve_by_type("no such event", default=SlotSet) is SlotSet
+    with pytest.raises(ValueError):
+        Event.resolve_by_type("no such event")
+
+
+@pytest.mark.model
+def test_the_patched_policies_decide_every_customer_turn_as_rasa_does(tmp_path, monkeypatch):
+    from rasa.core.agent import Agent
+    from rasa.core.channels.channel import CollectingOutputChannel, UserMessage
+    from rasa.core.policies.ensemble import DefaultPolicyPredictionEnsemble
+    from rasa.core.policies.rule_policy import RulePolicy
+    from rasa.utils.endpoints import EndpointConfig
+
+    rasa_patches.apply()
+    servers = Servers(tmp_path)
+    seen = {"searches": 0, "ted_skipped": 0, "ted_ran": 0}
+
+    def compared_search(self, lookup, states):
+        patched = rasa_patches._get_possible_keys(self, lookup, states)
+        stock = set(lookup.keys())
+        for i, state in enumerate(reversed(states)):
+            stock = {k for k in stock if rasa_patches.STOCK["is_rule_applicable"](self, k, i, state)}
+        assert patched == stock
+        seen["searches"] += 1
+        return patched
+
+    gate = rasa_patches._TEDWhenUndecided.__call__
+
+    def compared_gate(self, *args):
+        own, deciders = args[:len(self.params)], args[len(self.params):]
+        answer = gate(self, *args)
+        real = self.node(*own)
+        if answer[1] is real[1]:
+            seen["ted_ran"] += 1
+            return answer
+        seen["ted_skipped"] += 1
+        others = [p for _, p in deciders]
+        skipped = DefaultPolicyPredictionEnsemble._pick_best_policy(copy.deepcopy(others) + [answer[1]])
+        ran = DefaultPolicyPredictionEnsemble._pick_best_policy(copy.deepcopy(others) + [real[1]])
+        assert (skipped.policy_name, skipped.max_confidence_index) == (ran.policy_name, ran.max_confidence_index)
+        return answer
+
+    monkeypatch.setattr(RulePolicy, "_get_possible_keys", compared_search)
+    monkeypatch.setattr(rasa_patches._TEDWhenUndecided, "__call__", compared_gate)
+    scripts = yaml.safe_load(SCRIPTS.read_text())
+    servers.start_actions()
+    try:
+        async def converse() -> None:
+            agent = Agent.load(str(MODEL), action_endpoint=EndpointConfig(
+                f"http://127.0.0.1:{servers.action_port}/webhook"))
+            for number, script in enumerate(scripts):
+                sender = f"{script['persona']}"
+                for turn in script["turns"]:
+                    if "say" in turn:
+                        await agent.handle_message(UserMessage(turn["say"], CollectingOutputChannel(),
+                                                               f"{sender}-{number}" if number % 2 else sender))
+
+        asyncio.run(converse())
+    finally:
+        servers.stop()
+    assert seen["searches"] > 100 and seen["ted_skipped"] > 50
