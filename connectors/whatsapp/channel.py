@@ -16,6 +16,7 @@ import datetime as dt
 import logging
 import os
 import re
+import ssl
 import time
 import uuid
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Set, Text
@@ -26,9 +27,10 @@ from sanic import Blueprint, response
 from sanic.request import Request
 from sanic.response import HTTPResponse
 
+from rasa.core.constants import DEFAULT_REQUEST_TIMEOUT
 from rasa.core.channels.channel import InputChannel, OutputChannel, UserMessage
 from rasa.shared.core.events import BotUttered, UserUttered
-from rasa.utils.endpoints import ClientResponseError, EndpointConfig
+from rasa.utils.endpoints import ClientResponseError, EndpointConfig, concat_url
 from cardsystem.formatting import mask_phone
 from connectors.whatsapp import outbound
 from connectors.whatsapp.bank import AgentDesk, BankNotices, Notice
@@ -37,8 +39,11 @@ from connectors.handoff import wording
 from connectors.whatsapp.inbound import EVENT_KIND, Inbound
 from connectors.whatsapp.media import MediaStore
 from connectors.whatsapp.store import (LEASE_TTL, OFFER_VALID, TEMPLATE_OFFER_VALID, ChannelStore, PendingMessage,
-                                       QueuedReply, utcnow)
+                                       QueuedReply, SenderQueue, utcnow)
 from connectors.whatsapp.webhook import WebhookReceiver, channel_settings
+from connectors.whatsapp import rasa_patches
+
+rasa_patches.apply()
 
 logger = logging.getLogger(__name__)
 UNSUPPORTED_REPLY = ("Sorry, I can't read that kind of message. Please type your question, or send a photo or "
@@ -79,13 +84,65 @@ _guarded = contextvars.ContextVar("cardcare_whatsapp_turn", default=False)
 
 class GuardedActionEndpoint(EndpointConfig):
     """Rasa's action endpoint, except that inside a WhatsApp turn a failed call aborts the turn.
-    A 400 is an answer (a form's validation rejected the input), never a failure."""
+    A 400 is an answer (a form's validation rejected the input), never a failure.
+
+    Calls go over kept-alive connections (one client session per event loop), where Rasa 3.6
+    opens a session, a connection and a handshake for every action call. A kept connection
+    the action server closed meanwhile is retried once on a new one: the action server answers
+    a repeated call of a turn with its first answer (deploy/action_server.py), so nothing
+    happens twice."""
+
+    _clients: Dict[int, aiohttp.ClientSession] = {}
+
+    def _client(self) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(id(loop))
+        if client is None or client.closed:
+            auth = aiohttp.BasicAuth(self.basic_auth["username"], self.basic_auth["password"]) \
+                if self.basic_auth else None
+            # idle connections are dropped before the action server's own keep-alive (Sanic: 5 s) ends
+            connector = aiohttp.TCPConnector(limit=32, keepalive_timeout=3.0)
+            client = aiohttp.ClientSession(connector=connector, auth=auth,
+                                           timeout=aiohttp.ClientTimeout(total=DEFAULT_REQUEST_TIMEOUT))
+            self._clients[id(loop)] = client
+        return client
+
+    @classmethod
+    async def close_clients(cls) -> None:
+        for key, client in list(cls._clients.items()):
+            if client._loop is asyncio.get_running_loop():  # (a session belongs to its loop)
+                del cls._clients[key]
+                await client.close()
+
+    async def _call(self, method: Text = "post", subpath: Optional[Text] = None,
+                    content_type: Optional[Text] = "application/json", compress: bool = False, **kwargs: Any) -> Any:
+        """EndpointConfig.request, on the kept-alive session."""
+        headers = {"Content-Type": content_type} if content_type else {}
+        headers.update(kwargs.pop("headers", None) or {})
+        headers.update(self.headers or {})
+        ssl_context = ssl.create_default_context(cafile=self.cafile) if self.cafile else None
+        params = self.combine_parameters(kwargs)
+        for attempt in (1, 2):
+            try:
+                async with self._client().request(method, concat_url(self.url, subpath), headers=headers,
+                                                  params=params, compress=compress, ssl=ssl_context,
+                                                  **kwargs) as answer:
+                    if answer.status >= 400:
+                        raise ClientResponseError(answer.status, answer.reason, await answer.content.read())
+                    try:
+                        return await answer.json()
+                    except aiohttp.ContentTypeError:
+                        return None
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+                if attempt == 2:
+                    raise
+        return None
 
     async def request(self, *args: Any, **kwargs: Any) -> Any:
         if _guarded.get():  # a customer waits: a hanging action fails the turn after 30 s, not Rasa's 5 minutes
             kwargs["timeout"] = aiohttp.ClientTimeout(total=ACTION_TIMEOUT_SECONDS)
         try:
-            return await super().request(*args, **kwargs)
+            return await self._call(*args, **kwargs)
         except ClientResponseError as exc:
             if exc.status == 400 or not _guarded.get():
                 raise
@@ -302,7 +359,9 @@ class WhatsAppInput(InputChannel):
                                                  input_channel=self.name(), message_id=pending.message_id,
                                                  metadata=metadata), on_new_message)
                 return
-        menu = await asyncio.to_thread(self.store.take_menu, pending.sender)
+        tapped = kind.get("type") in ("interactive", "button")
+        menu, offered = await asyncio.to_thread(self.store.turn_choice, pending.sender, text if tapped else None,
+                                                TEMPLATE_OFFER_VALID if kind.get("type") == "button" else OFFER_VALID)
         if not kind.get("supported", True):
             reply = POLITE_REPLIES.get(kind.get("type"), UNSUPPORTED_REPLY)
             await output.send_text_message(pending.sender, reply.format(text=text))
@@ -310,9 +369,7 @@ class WhatsAppInput(InputChannel):
         choice = outbound.menu_choice(text, menu) if kind.get("type") == "text" and menu else None
         if choice:
             metadata["whatsapp"]["menu_choice"], text = text.strip(), choice
-        elif kind.get("type") in ("interactive", "button") and \
-                await asyncio.to_thread(self.store.was_offered, pending.sender, text, None,
-                                        TEMPLATE_OFFER_VALID if kind.get("type") == "button" else OFFER_VALID):
+        elif tapped and offered:
             pass  # a button the bot sent (a template's quick reply: for a month): its payload is the intent
         else:
             text = typed_text(text)
@@ -435,38 +492,45 @@ class WhatsAppInput(InputChannel):
                                  return_exceptions=True)
             return
         async with self._locks.setdefault(sender, asyncio.Lock()):  # one task per sender in this process
-            while await asyncio.to_thread(self.store.acquire, sender, self.instance_id):  # one instance in all
+            while True:
+                # one instance in all holds a customer (the lease), and learns what to do in the same read
+                queue = await asyncio.to_thread(self.store.take, sender, self.instance_id)
+                if queue is None:
+                    break
                 renewal = asyncio.ensure_future(self._renew_lease(sender))
                 try:
-                    waiting = await self._drain_held(sender, on_new_message)
+                    waiting = await self._drain_held(sender, on_new_message, queue)
                 finally:
                     renewal.cancel()
-                    await asyncio.to_thread(self.store.release, sender, self.instance_id)
-                if waiting:
-                    break  # a back-off: the due-loop comes back for this sender
-                # a message recorded while another instance saw our lease is ours to answer now
-                if not await asyncio.to_thread(self.store.pending, sender):
+                    done = await asyncio.to_thread(self.store.release_if_done, sender, self.instance_id)
+                # a back-off: the due-loop comes back for this sender; otherwise a message recorded
+                # while another instance saw our lease is ours to answer now
+                if waiting or done:
                     break
 
-    async def _drain_held(self, sender: Text, on_new_message: Callable[[UserMessage], Awaitable[Any]]) -> bool:
+    async def _drain_held(self, sender: Text, on_new_message: Callable[[UserMessage], Awaitable[Any]],
+                          queue: SenderQueue) -> bool:
         """With the sender's lease: their replies out, then their messages answered one by one.
         True when something must wait (a reply or a failed turn in back-off)."""
-        sent = await self.flush(sender)
+        sent = await self.flush(sender, queue.replies, queue.window_open)
+        pending = queue.pending
         while True:
-            pending = await asyncio.to_thread(self.store.pending, sender)
             if not pending:
                 return not sent
             head = pending[0]
             if head.next_attempt_at is not None and head.next_attempt_at > utcnow():
                 return True
-            if not await self._answer_one(head, on_new_message):
+            after = await self._answer_one(head, on_new_message)
+            if after is None:
                 return True
-            sent = await self.flush(sender)
+            sent = await self.flush(sender, after.replies, after.window_open)
+            pending = after.pending
 
     async def _answer_one(self, message: PendingMessage,
-                          on_new_message: Callable[[UserMessage], Awaitable[Any]]) -> bool:
+                          on_new_message: Callable[[UserMessage], Awaitable[Any]]) -> Optional[SenderQueue]:
         """One turn: run (or recover) it, then its replies and the message's new state in one
-        transaction. False when the turn failed and waits for a retry."""
+        transaction. What is left for the customer then, or None when the turn failed and waits
+        for a retry (or, past the limit, became a dead letter: then an empty queue, to move on)."""
         if self._turn_slots is None:
             self._turn_slots = asyncio.Semaphore(self.max_concurrent_turns)
         output = WhatsAppOutput(self.client, message.reply_by, self.upload_documents, buffer=[])
@@ -478,10 +542,11 @@ class WhatsAppInput(InputChannel):
         except asyncio.CancelledError:
             raise  # shutting down: the message stays pending and is answered after the restart
         except (TurnAborted, Exception) as failure:  # noqa: B902 (TurnAborted is a BaseException on purpose)
-            return await self._turn_failed(message, failure)
-        await asyncio.to_thread(self.store.commit_turn, message.message_id, message.sender, message.reply_by,
-                                output.buffer)
-        return True
+            if not await self._turn_failed(message, failure):
+                return None
+            return SenderQueue(await asyncio.to_thread(self.store.pending, message.sender), None, None)
+        return await asyncio.to_thread(self.store.finish_turn, message.message_id, message.sender, message.reply_by,
+                                       output.buffer)
 
     async def _turn_failed(self, message: PendingMessage, failure: BaseException) -> bool:
         """Retry later with back-off; past the limit, apologise with a reference and keep the
@@ -503,20 +568,24 @@ class WhatsAppInput(InputChannel):
         await asyncio.to_thread(self.store.turn_failed, message.message_id, reason, delay)
         return False
 
-    async def flush(self, sender: Text) -> bool:
-        """Send a customer's queued replies in order. False when one must wait (a transient
-        Graph error in back-off, or a reply whose fate after a crash is not known yet)."""
-        for reply in await asyncio.to_thread(self.store.queued_replies, sender):
+    async def flush(self, sender: Text, replies: Optional[List[QueuedReply]] = None,
+                    window_open: Optional[bool] = None) -> bool:
+        """Send a customer's queued replies in order (`replies`, `window_open`: already read
+        with the lease). False when one must wait (a transient Graph error in back-off, or a
+        reply whose fate after a crash is not known yet)."""
+        if replies is None:
+            replies = await asyncio.to_thread(self.store.queued_replies, sender)
+        for reply in replies:
             now = utcnow()
             if reply.state == "sending" and now - reply.updated_at < SENDING_GRACE:
                 return False  # sent just before a crash? its status webhook will tell (reply_accepted)
             if reply.state == "queued" and reply.next_attempt_at > now:
                 return False
-            if not await self._send_reply(reply):
+            if not await self._send_reply(reply, window_open):
                 return False
         return True
 
-    async def _send_reply(self, reply: QueuedReply) -> bool:
+    async def _send_reply(self, reply: QueuedReply, window_open: Optional[bool] = None) -> bool:
         """One attempt at one queued reply; False when it must be tried again later."""
         body = dict(reply.body)
         if self.notices is not None and reply.key.startswith("notice.") and \
@@ -524,7 +593,7 @@ class WhatsAppInput(InputChannel):
             await asyncio.to_thread(self.store.reply_done, reply.id, "expired", None, "withdrawn by the bank's side")
             return True
         try:
-            await self.client.check_window(reply.recipient, body)
+            await self.client.check_window(reply.recipient, body, window_open)
         except OutsideServiceWindow:
             await asyncio.to_thread(self.store.reply_done, reply.id, "expired", None, "outside the 24-hour window")
             await asyncio.to_thread(self._notice_outcome, reply.key, "failed", None, 131047, "outside the 24-hour window")
@@ -538,10 +607,12 @@ class WhatsAppInput(InputChannel):
             body["document"] = document
         await asyncio.to_thread(self.store.reply_sending, reply.id)
         outcome = await self.client.attempt(reply.recipient, reply.reply_by, body, reply.attempts + 1,
-                                            callback_data=reply.key, max_attempts=None)
+                                            callback_data=reply.key, max_attempts=None, record_sent=False)
         if outcome.wamid:
-            await asyncio.to_thread(self.store.reply_done, reply.id, "sent", outcome.wamid)
-            await asyncio.to_thread(self._notice_outcome, reply.key, "sent", outcome.wamid)
+            await asyncio.to_thread(self.store.reply_sent, reply.id, reply.recipient, body, outcome.wamid,
+                                    reply.attempts + 1)
+            if self.notices is not None and reply.key.startswith("notice."):
+                await asyncio.to_thread(self._notice_outcome, reply.key, "sent", outcome.wamid)
             return True
         if outcome.verdict.retry:
             await asyncio.to_thread(self.store.reply_later, reply.id,
@@ -679,6 +750,7 @@ class WhatsAppInput(InputChannel):
         await asyncio.gather(*tasks, return_exceptions=True)
         self._sweeper = self._retrier = self._notifier = None
         await self.client.close()
+        await GuardedActionEndpoint.close_clients()
 
     def blueprint(self, on_new_message: Callable[[UserMessage], Awaitable[Any]]) -> Blueprint:
         whatsapp_webhook = Blueprint(f"whatsapp_webhook_{id(self)}", __name__)

@@ -65,17 +65,23 @@ class GraphClient:
         if self._session is not None:
             await self._session.close()
 
-    async def check_window(self, recipient: str, message: Dict[str, Any]) -> None:
-        """Refuse (and record) a free-form message to a customer silent for 24 hours."""
-        if message.get("type") != "template" and not await asyncio.to_thread(self.store.window_open, recipient):
+    async def check_window(self, recipient: str, message: Dict[str, Any], window_open: Optional[bool] = None) -> None:
+        """Refuse (and record) a free-form message to a customer silent for 24 hours (`window_open`:
+        already read by the caller)."""
+        if window_open is None and message.get("type") != "template":
+            window_open = await asyncio.to_thread(self.store.window_open, recipient)
+        if message.get("type") != "template" and not window_open:
             await asyncio.to_thread(self.store.record_send, recipient, message, "refused", None, 131047,
                                     "outside the 24-hour window: a template is required", 0)
             logger.warning("not sending free-form message to %s: outside the 24-hour window", mask_phone(recipient))
             raise OutsideServiceWindow(recipient)
 
     async def attempt(self, recipient: str, reply_by: str, message: Dict[str, Any], attempt: int = 1,
-                      callback_data: Optional[str] = None, max_attempts: Optional[int] = MAX_ATTEMPTS) -> Attempt:
-        """One POST of one message, its outcome recorded; the caller decides about retrying.
+                      callback_data: Optional[str] = None, max_attempts: Optional[int] = MAX_ATTEMPTS,
+                      record_sent: bool = True) -> Attempt:
+        """One POST of one message, its outcome recorded (an accepted one only with
+        `record_sent`: the outbox records it with its own bookkeeping); the caller decides
+        about retrying.
 
         `callback_data` goes out as biz_opaque_callback_data: WhatsApp echoes it in the status
         webhooks, which tells after a crash whether a request in flight was accepted."""
@@ -85,7 +91,8 @@ class GraphClient:
         status, answer = await self._post(body)
         wamid = ((answer.get("messages") or [{}])[0] or {}).get("id") if status == 200 else None
         if wamid:
-            await asyncio.to_thread(self.store.record_send, recipient, message, "sent", wamid, None, None, attempt)
+            if record_sent:
+                await asyncio.to_thread(self.store.record_send, recipient, message, "sent", wamid, None, None, attempt)
             return Attempt(str(wamid), None, Verdict(False, 0.0, "sent"))
         code = (answer.get("error") or {}).get("code")
         verdict = classify(code, status, attempt, max_attempts=max_attempts)

@@ -24,16 +24,48 @@ from typing import List, Optional
 from aiohttp import web
 
 from connectors.whatsapp.store import ChannelStore
-from connectors.whatsapp.webhook import WebhookReceiver, channel_settings
+from connectors.whatsapp.webhook import Receipt, WebhookReceiver, channel_settings
 
 logger = logging.getLogger(__name__)
 WEBHOOK_PATH = "/webhooks/whatsapp/webhook"
 MAX_BODY = 1024 * 1024  # nginx allows 64 KB from outside; this is the ingress's own bound
 
 
+class Recorder:
+    """One writer: the webhooks that arrive while a batch is being written wait together and
+    are recorded in the next transaction (arrival order is recording order), each answered
+    once its batch is committed. Under load the batches grow by themselves, and the database
+    is entered once per batch instead of once per webhook."""
+
+    def __init__(self, receiver: WebhookReceiver, max_batch: int = 200) -> None:
+        self.receiver = receiver
+        self.max_batch = max_batch
+        self.waiting: List["tuple[bytes, Optional[str], asyncio.Future]"] = []
+        self.writer: Optional[asyncio.Task] = None
+
+    async def record(self, body: bytes, signature: Optional[str]) -> Receipt:
+        answer = asyncio.get_running_loop().create_future()
+        self.waiting.append((body, signature, answer))
+        if self.writer is None or self.writer.done():
+            self.writer = asyncio.ensure_future(self._write())
+        return await answer
+
+    async def _write(self) -> None:
+        while self.waiting:
+            batch, self.waiting = self.waiting[:self.max_batch], self.waiting[self.max_batch:]
+            try:
+                receipts = await asyncio.to_thread(self.receiver.receive_many, [(b, s) for b, s, _ in batch])
+            except Exception:  # (receive_many answers every failure itself; this is a last resort)
+                logger.exception("recording a batch of webhooks failed")
+                receipts = [Receipt(503, {"error": "not recorded"}) for _ in batch]
+            for (_, _, answer), receipt in zip(batch, receipts):
+                if not answer.done():
+                    answer.set_result(receipt)
+
+
 def make_app(receiver: WebhookReceiver) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY)
-    lock = asyncio.Lock()  # one webhook recorded at a time: arrival order is recording order
+    recorder = Recorder(receiver)
 
     async def verify(request: web.Request) -> web.Response:
         status, text = receiver.verify(request.query)
@@ -41,8 +73,7 @@ def make_app(receiver: WebhookReceiver) -> web.Application:
 
     async def webhook(request: web.Request) -> web.Response:
         body = await request.read()
-        async with lock:
-            receipt = await asyncio.to_thread(receiver.receive, body, request.headers.get("X-Hub-Signature-256"))
+        receipt = await recorder.record(body, request.headers.get("X-Hub-Signature-256"))
         return web.json_response(receipt.answer, status=receipt.status)
 
     async def health(_: web.Request) -> web.Response:

@@ -178,6 +178,16 @@ class QueuedReply:
 
 
 @dataclass(frozen=True)
+class SenderQueue:
+    """What one instance holding a customer's lease has to do: their unanswered messages
+    (oldest first), their unsent replies (in order) and whether their 24-hour window is open."""
+
+    pending: List[PendingMessage]
+    replies: List[QueuedReply]
+    window_open: bool
+
+
+@dataclass(frozen=True)
 class DeadLetterView:
     reference: str
     message_id: str
@@ -201,6 +211,28 @@ def _queue(s: Any, key: str, message_id: str, recipient: str, reply_by: str, bod
     s.add(OutboxRecord(key=key, message_id=message_id, recipient=recipient, reply_by=reply_by,
                        body=json.dumps(body, ensure_ascii=False), state="queued", attempts=0,
                        next_attempt_at=now, created_at=now, updated_at=now))
+
+
+def _reply(r: OutboxRecord) -> QueuedReply:
+    return QueuedReply(r.id, r.key, r.message_id, r.recipient, r.reply_by, json.loads(r.body), r.state, r.attempts,
+                       r.next_attempt_at, r.updated_at)
+
+
+def _insert_if_absent(s: Any, table: Any, values: Dict[str, Any]) -> bool:
+    """INSERT ... ON CONFLICT DO NOTHING (SQLite and PostgreSQL); True when the row was added."""
+    dialect = s.get_bind().dialect.name
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    elif dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:  # another database: try, and take a conflict as "present"
+        try:
+            with s.begin_nested():
+                s.execute(table.insert().values(**values))
+            return True
+        except IntegrityError:
+            return False
+    return bool(s.execute(insert(table).values(**values).on_conflict_do_nothing()).rowcount)
 
 
 def default_url() -> str:
@@ -241,6 +273,31 @@ class ChannelStore:
                     window.last_inbound_at = moment
         return True
 
+    def record_webhooks(self, messages: List[Inbound], statuses: List[Status],
+                        received_at: Optional[dt.datetime] = None) -> List[bool]:
+        """Several webhooks' messages and statuses in one transaction (the ingress's batches):
+        for each message, whether it is new (False: a redelivery, already recorded)."""
+        moment = received_at or utcnow()
+        with session_scope(self.engine) as s:
+            added = []
+            for message in messages:
+                added.append(_insert_if_absent(s, InboundRecord.__table__, dict(
+                    message_id=message.message_id, sender=message.sender, reply_by=message.reply_by, text=message.text,
+                    meta=json.dumps(message.metadata(), ensure_ascii=False), sent_at=message.timestamp or None,
+                    state="pending", received_at=moment)))
+                if added[-1] and message.kind != EVENT_KIND:
+                    window = s.get(ServiceWindow, message.sender)
+                    if window is None:
+                        s.add(ServiceWindow(sender=message.sender, last_inbound_at=moment))
+                        s.flush()
+                    elif window.last_inbound_at < moment:
+                        window.last_inbound_at = moment
+            for status in statuses:
+                self._record_status(s, status)
+                if status.callback_data:
+                    self._reply_accepted(s, status.callback_data, status.message_id)
+            return added
+
     def pending(self, sender: Optional[str] = None) -> List[PendingMessage]:
         """Recorded but unanswered messages, oldest first (what a restart must still answer)."""
         with session_scope(self.engine) as s:
@@ -271,16 +328,19 @@ class ChannelStore:
         """A turn's replies into the outbox and the message marked answered, in one transaction:
         after a crash either both happened or neither did. Committing twice adds nothing. (A turn
         without replies is done at once.)"""
-        now = utcnow()
         with session_scope(self.engine) as s:
-            known = set(s.execute(select(OutboxRecord.key).where(OutboxRecord.message_id == message_id)).scalars())
-            for index, body in enumerate(bodies):
-                if f"{message_id}:{index}" not in known:
-                    _queue(s, f"{message_id}:{index}", message_id, recipient, reply_by, body, now)
-            s.execute(update(InboundRecord).where(InboundRecord.message_id == message_id, InboundRecord.state == "pending")
-                      .values(state="answered", handled_at=now))
-            s.flush()
-            self._finish_if_sent(s, message_id)
+            self._commit_turn(s, message_id, recipient, reply_by, bodies, utcnow())
+
+    def _commit_turn(self, s: Any, message_id: str, recipient: str, reply_by: str, bodies: List[Dict[str, Any]],
+                     now: dt.datetime) -> None:
+        known = set(s.execute(select(OutboxRecord.key).where(OutboxRecord.message_id == message_id)).scalars())
+        for index, body in enumerate(bodies):
+            if f"{message_id}:{index}" not in known:
+                _queue(s, f"{message_id}:{index}", message_id, recipient, reply_by, body, now)
+        s.execute(update(InboundRecord).where(InboundRecord.message_id == message_id, InboundRecord.state == "pending")
+                  .values(state="answered", handled_at=now))
+        s.flush()
+        self._finish_if_sent(s, message_id)
 
     def queued_replies(self, recipient: str) -> List[QueuedReply]:
         """A customer's unsent replies, in the order they must go out."""
@@ -288,8 +348,7 @@ class ChannelStore:
             rows = s.execute(select(OutboxRecord).where(OutboxRecord.recipient == recipient,
                                                         OutboxRecord.state.in_(("queued", "sending")))
                              .order_by(OutboxRecord.id)).scalars()
-            return [QueuedReply(r.id, r.key, r.message_id, r.recipient, r.reply_by, json.loads(r.body), r.state,
-                                r.attempts, r.next_attempt_at, r.updated_at) for r in rows]
+            return [_reply(r) for r in rows]
 
     def reply_sending(self, reply_id: int) -> None:
         """Mark a reply in flight (committed before the request goes out)."""
@@ -317,14 +376,17 @@ class ChannelStore:
     def reply_accepted(self, key: str, wamid: str) -> bool:
         """A status webhook echoed this reply's key: WhatsApp has it (resolves a crash mid-send)."""
         with session_scope(self.engine) as s:
-            row = s.execute(select(OutboxRecord).where(OutboxRecord.key == key)).scalar_one_or_none()
-            if row is None:
-                return False
-            if row.state in ("queued", "sending"):
-                row.state, row.wamid, row.updated_at = "sent", wamid, utcnow()
-                s.flush()
-                self._finish_if_sent(s, row.message_id)
-            return True
+            return self._reply_accepted(s, key, wamid)
+
+    def _reply_accepted(self, s: Any, key: str, wamid: str) -> bool:
+        row = s.execute(select(OutboxRecord).where(OutboxRecord.key == key)).scalar_one_or_none()
+        if row is None:
+            return False
+        if row.state in ("queued", "sending"):
+            row.state, row.wamid, row.updated_at = "sent", wamid, utcnow()
+            s.flush()
+            self._finish_if_sent(s, row.message_id)
+        return True
 
     @staticmethod
     def _finish_if_sent(s: Any, message_id: str) -> None:
@@ -350,6 +412,80 @@ class ChannelStore:
             retries = s.execute(select(InboundRecord.sender).where(InboundRecord.state == "pending", due)
                                 .distinct()).scalars()
             return list(dict.fromkeys(list(replies) + list(retries)))
+
+    # -- one customer's turn, in as few transactions as it takes ------------------------------
+
+    def take(self, sender: str, owner: str, ttl: dt.timedelta = LEASE_TTL) -> Optional[SenderQueue]:
+        """Take (or renew) the customer's lease and read what there is to do for them, in one
+        transaction; None while another live instance holds them."""
+        now = utcnow()
+        with session_scope(self.engine) as s:
+            lease = SenderLease.__table__
+            if not _insert_if_absent(s, lease, {"sender": sender, "owner": owner, "expires_at": now + ttl}):
+                if not s.execute(update(SenderLease).where(
+                        SenderLease.sender == sender, or_(SenderLease.owner == owner, SenderLease.expires_at < now))
+                        .values(owner=owner, expires_at=now + ttl)).rowcount:
+                    return None
+            return self._queue_of(s, sender, now)
+
+    def _queue_of(self, s: Any, sender: str, now: dt.datetime) -> SenderQueue:
+        pending = s.execute(select(InboundRecord).where(InboundRecord.state == "pending", InboundRecord.sender == sender)
+                            .order_by(func.coalesce(InboundRecord.sent_at, 0), InboundRecord.received_at,
+                                      InboundRecord.id)).scalars()
+        replies = s.execute(select(OutboxRecord).where(OutboxRecord.recipient == sender,
+                                                       OutboxRecord.state.in_(("queued", "sending")))
+                            .order_by(OutboxRecord.id)).scalars()
+        window = s.execute(select(ServiceWindow.last_inbound_at).where(ServiceWindow.sender == sender)).scalar()
+        return SenderQueue([_pending(r) for r in pending], [_reply(r) for r in replies],
+                           window is not None and now - window < SERVICE_WINDOW)
+
+    def turn_choice(self, sender: str, payload: Optional[str] = None,
+                    valid: dt.timedelta = OFFER_VALID) -> "tuple[Dict[str, str], bool]":
+        """take_menu and was_offered(payload) in one transaction: the numbered menu the customer
+        may be answering (taken), and whether `payload` is a button the bot showed them."""
+        now = utcnow()
+        with session_scope(self.engine) as s:
+            options: Dict[str, str] = {}
+            menu = s.get(NumberedMenu, sender)
+            if menu is not None:
+                options = json.loads(menu.options) if now - menu.sent_at < SERVICE_WINDOW else {}
+                s.delete(menu)
+            offered = False
+            if payload:
+                row = s.get(OfferedPayload, (sender, payload[:256]))
+                offered = row is not None and now - row.offered_at < valid
+            return options, offered
+
+    def finish_turn(self, message_id: str, recipient: str, reply_by: str,
+                    bodies: List[Dict[str, Any]]) -> SenderQueue:
+        """commit_turn, and in the same transaction what is left to do for the customer."""
+        now = utcnow()
+        with session_scope(self.engine) as s:
+            self._commit_turn(s, message_id, recipient, reply_by, bodies, now)
+            s.flush()
+            return self._queue_of(s, recipient, now)
+
+    def reply_sent(self, reply_id: int, recipient: str, body: Dict[str, Any], wamid: str, attempts: int) -> None:
+        """WhatsApp accepted a queued reply: the send recorded (for its statuses) and the reply
+        done, in one transaction (record_send + reply_done)."""
+        now = utcnow()
+        with session_scope(self.engine) as s:
+            s.execute(OutboundRecord.__table__.insert().values(
+                wamid=wamid, recipient=recipient, body=json.dumps(body, ensure_ascii=False), status="sent",
+                attempts=attempts, created_at=now, updated_at=now))
+            row = s.get(OutboxRecord, reply_id)
+            if row is None or row.state in ("sent", "failed", "expired"):
+                return
+            row.state, row.wamid, row.error, row.updated_at = "sent", wamid, None, now
+            s.flush()
+            self._finish_if_sent(s, row.message_id)
+
+    def release_if_done(self, sender: str, owner: str) -> bool:
+        """Give the customer's lease back; True when nothing of theirs waits to be answered."""
+        with session_scope(self.engine) as s:
+            s.execute(delete(SenderLease).where(SenderLease.sender == sender, SenderLease.owner == owner))
+            return s.execute(select(InboundRecord.id).where(InboundRecord.state == "pending",
+                                                            InboundRecord.sender == sender).limit(1)).first() is None
 
     # -- button payloads offered -------------------------------------------------------------
 
@@ -447,16 +583,29 @@ class ChannelStore:
     def record_status(self, status: Status) -> bool:
         """Attach a delivery status to the send it is about; False for a message we never sent."""
         with session_scope(self.engine) as s:
-            record = s.execute(select(OutboundRecord).where(OutboundRecord.wamid == status.message_id)).scalars().first()
-            if record is None:
-                return False
-            if STATUS_ORDER.get(status.status, 0) <= STATUS_ORDER.get(record.status, 0):
-                return True  # a late or repeated receipt ("delivered" after "read"): already known
-            record.status, record.updated_at = status.status, utcnow()
-            if status.errors:
-                record.error_code = status.errors[0].get("code")
-                record.error_meaning = str(status.errors[0].get("title") or status.errors[0].get("message") or "")[:120]
-            return True
+            return self._record_status(s, status)
+
+    @staticmethod
+    def _record_status(s: Any, status: Status) -> bool:
+        record = s.execute(select(OutboundRecord).where(OutboundRecord.wamid == status.message_id)).scalars().first()
+        if record is None:
+            return False
+        if STATUS_ORDER.get(status.status, 0) <= STATUS_ORDER.get(record.status, 0):
+            return True  # a late or repeated receipt ("delivered" after "read"): already known
+        record.status, record.updated_at = status.status, utcnow()
+        if status.errors:
+            record.error_code = status.errors[0].get("code")
+            record.error_meaning = str(status.errors[0].get("title") or status.errors[0].get("message") or "")[:120]
+        return True
+
+    def record_delivery(self, status: Status) -> bool:
+        """record_status and, for a status echoing one of our replies' keys, reply_accepted, in
+        one transaction; False when the status is about nothing we sent."""
+        with session_scope(self.engine) as s:
+            known = self._record_status(s, status)
+            if status.callback_data:
+                known = self._reply_accepted(s, status.callback_data, status.message_id) or known
+            return known
 
     def sends(self, recipient: Optional[str] = None) -> List[Dict[str, Any]]:
         with session_scope(self.engine) as s:

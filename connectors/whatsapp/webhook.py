@@ -21,7 +21,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional
 from sqlalchemy.exc import InterfaceError, OperationalError, TimeoutError as PoolTimeout
 
 from cardsystem.config import SANDBOX_DEFAULTS
-from connectors.whatsapp.inbound import Status, parse_webhook
+from connectors.whatsapp.inbound import Inbound, Status, Webhook, parse_webhook
 from connectors.whatsapp.signature import is_signed_by
 from connectors.whatsapp.store import ChannelStore
 
@@ -70,25 +70,69 @@ class WebhookReceiver:
         return 403, "forbidden"
 
     def receive(self, body: bytes, signature: Optional[str]) -> Receipt:
+        receipt, parsed = self._read(body, signature)
+        if parsed is not None:
+            self._store(parsed, receipt)
+        return receipt
+
+    def receive_many(self, bodies: List["tuple[bytes, Optional[str]]"]) -> List[Receipt]:
+        """receive() for several webhooks, recorded in one transaction (in their order): the
+        ingress takes what arrived while it was writing, so a busy database is entered once per
+        batch, not once per webhook. If the batch cannot be written as a whole for another reason
+        than the database being down, each webhook is recorded on its own, as receive() does."""
+        read = [self._read(body, signature) for body, signature in bodies]
+        batch = [(receipt, parsed) for receipt, parsed in read if parsed is not None]
+        owners = [(receipt, m) for receipt, parsed in batch for m in self._answerable(parsed)]
+        statuses = [st for _, parsed in batch for st in parsed.statuses]
+        if not owners and not statuses:
+            return [receipt for receipt, _ in read]
+        try:
+            added = self.store.record_webhooks([m for _, m in owners], statuses)
+        except DATABASE_DOWN as exc:
+            logger.error("%d webhooks answered 503 for a redelivery: channel database unavailable (%s)", len(batch),
+                         type(exc).__name__)
+            for receipt, _ in batch:
+                receipt.status, receipt.answer = 503, {"error": "channel database unavailable"}
+            return [receipt for receipt, _ in read]
+        except Exception as exc:  # one bad item spoils a batch: each on its own, as receive() records them
+            logger.warning("a batch of %d webhooks is recorded one by one (%s)", len(batch), type(exc).__name__)
+            for receipt, parsed in batch:
+                self._store(parsed, receipt)
+            return [receipt for receipt, _ in read]
+        for (receipt, message), new in zip(owners, added):  # (a redelivery in the same batch is not new)
+            if new and message.sender not in receipt.senders:
+                receipt.senders.append(message.sender)
+        for receipt, parsed in batch:
+            for status in parsed.statuses:
+                self._record(self._tell_notice, status)
+        return [receipt for receipt, _ in read]
+
+    def _read(self, body: bytes, signature: Optional[str]) -> "tuple[Receipt, Optional[Webhook]]":
+        """Check and parse one webhook: its answer so far, and what it carries (None: nothing to record)."""
         if not is_signed_by(body, signature, self.app_secrets):
             logger.warning("webhook refused: missing or wrong X-Hub-Signature-256 (%d bytes)", len(body))
-            return Receipt(403, {"error": "invalid signature"})
+            return Receipt(403, {"error": "invalid signature"}), None
         try:
             payload = json.loads(body)
         except (ValueError, UnicodeDecodeError, RecursionError):  # (RecursionError: nested too deep)
             payload = None
         if not isinstance(payload, dict):
             logger.warning("webhook ignored: signed body is not a JSON object (%d bytes)", len(body))
-            return Receipt(200, {"status": "ignored"})
+            return Receipt(200, {"status": "ignored"}), None
         parsed = parse_webhook(payload, self.phone_number_id)
         self._template_updates(parsed.template_updates)
         for problem in parsed.problems:
             logger.info("webhook: %s", problem)
-        receipt = Receipt(200, {"status": "received"})
+        return Receipt(200, {"status": "received"}), parsed
+
+    @staticmethod
+    def _answerable(parsed: Webhook) -> List[Inbound]:
+        return [m for m in parsed.messages if not (m.kind == "reaction" and not m.text)]  # (a reaction taken back)
+
+    def _store(self, parsed: Webhook, receipt: Receipt) -> None:
+        """Record one webhook's messages and statuses, each in a transaction of its own."""
         try:
-            for message in parsed.messages:
-                if message.kind == "reaction" and not message.text:
-                    continue  # a reaction taken back: nothing to answer
+            for message in self._answerable(parsed):
                 if self._record(self.store.record_inbound, message) and message.sender not in receipt.senders:
                     receipt.senders.append(message.sender)
             for status in parsed.statuses:
@@ -96,7 +140,6 @@ class WebhookReceiver:
         except DATABASE_DOWN as exc:  # what was recorded is still answered (receipt.senders)
             logger.error("webhook answered 503 for a redelivery: channel database unavailable (%s)", type(exc).__name__)
             receipt.status, receipt.answer = 503, {"error": "channel database unavailable"}
-        return receipt
 
     def _template_updates(self, updates: List[Dict[str, Any]]) -> None:
         """Approved, rejected, paused: Meta's word on a template, kept by the bank's side."""
@@ -107,14 +150,17 @@ class WebhookReceiver:
                 logger.error("webhook: template status update not recorded (%s)", type(exc).__name__)
 
     def _record_status(self, status: Status) -> bool:
-        known = self.store.record_status(status)
-        if status.callback_data:  # a reply of ours: settles one left "sending" by a crash
-            known = self.store.reply_accepted(status.callback_data, status.message_id) or known
-            if self.notice_status is not None and status.callback_data.startswith("notice."):
-                error = status.errors[0] if status.errors else {}
-                self.notice_status(status.callback_data, status.status, status.message_id, error.get("code"),
-                                   str(error.get("title") or error.get("message") or "")[:120] or None)
+        known = self.store.record_delivery(status)  # (a reply of ours: settles one left "sending" by a crash)
+        self._tell_notice(status)
         return known
+
+    def _tell_notice(self, status: Status) -> bool:
+        """The status of a message the bank sent first goes to its ledger too (NoticeBox)."""
+        if self.notice_status is not None and (status.callback_data or "").startswith("notice."):
+            error = status.errors[0] if status.errors else {}
+            self.notice_status(status.callback_data, status.status, status.message_id, error.get("code"),
+                               str(error.get("title") or error.get("message") or "")[:120] or None)
+        return True
 
     @staticmethod
     def _record(record: Callable[[Any], bool], item: Any) -> bool:

@@ -288,6 +288,6 @@ async def test_a_status_the_database_cannot_take_now_gets_a_503(setup, monkeypat
     def down(status):
         raise database_error(OperationalError)
 
-    monkeypatch.setattr(channel.store, "record_status", down)
+    monkeypatch.setattr(channel.store, "record_delivery", down)
     assert (await post(url, envelope(statuses=[{"id": "wamid.out", "status": "read"}])))[0] == 503
     await shutdown(channel, server)
