@@ -106,7 +106,8 @@ nginx: ## install Debian's nginx, the public door of make serve (needs root; its
 test-unit: $(STAMP) ## the fast suites only (no trained model needed)
 	$(PY) -m pytest tests -m "not model"
 
-bench: $(STAMP) $(MODEL) ## REST reply latency, WhatsApp webhook ack latency at 20 senders, faults mid-burst (lost/duplicated/out of order)
+bench: $(STAMP) $(MODEL) ## WhatsApp path against stock Rasa (throughput, latency, CPU, conversation length, 1 vs 2 workers), REST latency, faults mid-burst, reminders
+	$(PY) -m bench.scale_bench $(BENCH_ARGS)
 	$(PY) -m bench.rest_bench
 	$(PY) -m bench.webhook_bench
 	$(PY) -m bench.faults

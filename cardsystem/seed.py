@@ -89,8 +89,9 @@ def _statement_dates(statement_day: int, start: dt.date, today: dt.date) -> List
 
 
 class Seeder:
-    def __init__(self, system: CardSystem, today: dt.date, seed: int) -> None:
+    def __init__(self, system: CardSystem, today: dt.date, seed: int, customers: int = GENERATED_CUSTOMERS) -> None:
         self.system = system
+        self.customers = customers
         self.today = today
         self.rng = random.Random(seed)
         self.txn_counter = 0
@@ -105,7 +106,7 @@ class Seeder:
             for code, name, description, cost in CATALOGUE:
                 s.add(RewardItem(code=code, name=name, description=description, points_cost=cost))
             people = [(p.phone, p.name, p.cards, p.story) for p in PERSONAS]
-            for index in range(GENERATED_CUSTOMERS):
+            for index in range(self.customers):
                 name = f"{self.rng.choice(FIRST_NAMES)} {self.rng.choice(LAST_NAMES)}"
                 n_cards = 1 if self.rng.random() < 0.75 else 2
                 cards = []
@@ -250,11 +251,12 @@ class Seeder:
                            at=created + dt.timedelta(days=1)))
 
 
-def seed(system: CardSystem, today: Optional[dt.date] = None, seed_value: int = 2026, progress: bool = True) -> dict:
+def seed(system: CardSystem, today: Optional[dt.date] = None, seed_value: int = 2026, progress: bool = True,
+         customers: int = GENERATED_CUSTOMERS) -> dict:
     """Drop and recreate every table, then fill them. Returns counts of what was created."""
     system.drop_schema()
     system.create_schema()
-    return Seeder(system, today or system.today(), seed_value).run(progress=progress)
+    return Seeder(system, today or system.today(), seed_value, customers).run(progress=progress)
 
 
 def is_seeded(system: CardSystem) -> bool:
@@ -301,6 +303,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--if-empty", action="store_true", help="do nothing when the database has customers")
     parser.add_argument("--today", type=dt.date.fromisoformat, default=None, help="end of the history (YYYY-MM-DD)")
     parser.add_argument("--seed", type=int, default=2026)
+    parser.add_argument("--customers", type=int, default=GENERATED_CUSTOMERS,
+                        help=f"generated customers besides the personas, numbered from {FIRST_GENERATED_PHONE} "
+                             f"(default {GENERATED_CUSTOMERS}; the load benchmark asks for more)")
     parser.add_argument("--bill-due", nargs=2, metavar=("PHONE", "DAYS"),
                         help="demo: give this customer's cards a bill due in DAYS days (to try the reminders)")
     args = parser.parse_args(argv)
@@ -311,7 +316,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.if_empty and is_seeded(system):
         print("card system already seeded; nothing to do", file=sys.stderr)
         return 0
-    counts = seed(system, args.today, args.seed)
+    counts = seed(system, args.today, args.seed, customers=max(0, args.customers))
     print("seeded " + ", ".join(f"{v} {k}" for k, v in counts.items()), file=sys.stderr)
     return 0
 

@@ -37,6 +37,7 @@ from cardsystem.preflight import demo_accounts_usable, problems
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "deploy" / "nginx.conf.template"
 NGINX_CANDIDATES = ("nginx", "/usr/sbin/nginx")
+TURN_NICENESS = 5  # Rasa's priority below the ingress's and nginx's
 STARTUP_SECONDS = 600  # loading the model on a busy box
 # Who reaches the agents' console by default: this box and private networks (the bank's own);
 # CONSOLE_ALLOW=all opens it to the internet, or lists the bank's networks exactly.
@@ -148,6 +149,11 @@ def commands(env: Mapping[str, str], nginx: Optional[str]) -> Dict[str, List[str
     return planned
 
 
+def lower_priority() -> None:
+    """(In the child before exec.) Turns are CPU-bound; webhooks must be acknowledged in milliseconds."""
+    os.nice(TURN_NICENESS)
+
+
 def wait_until_up(url: str, process: subprocess.Popen, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and process.poll() is None:
@@ -218,7 +224,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         processes["ingress"] = subprocess.Popen(planned["ingress"], cwd=ROOT, env=env)
         processes["actions"] = subprocess.Popen(planned["actions"], cwd=ROOT, env=env)
-        processes["rasa"] = subprocess.Popen(planned["rasa"], cwd=ROOT, env=env)
+        # the turns run at a lower priority than the ingress: its acknowledgements never wait for a core
+        processes["rasa"] = subprocess.Popen(planned["rasa"], cwd=ROOT, env=env, preexec_fn=lower_priority)
         if "nginx" in planned:
             processes["nginx"] = subprocess.Popen(planned["nginx"], cwd=ROOT, env=env)
         if not wait_until_up(f"http://127.0.0.1:{conf['RASA_PORT']}/webhooks/whatsapp/", processes["rasa"],
