@@ -353,7 +353,7 @@ def ratios(ours: Dict[str, object], stock: Dict[str, object]) -> Dict[str, objec
     return found
 
 
-def plots(report: Dict[str, object]) -> List[str]:
+def plots(report: Dict[str, object], out: Path) -> List[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -372,7 +372,7 @@ def plots(report: Dict[str, object]) -> List[str]:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(OUT / "scale_closed_loop.png", dpi=100)
+    fig.savefig(out / "scale_closed_loop.png", dpi=100)
     made.append("scale_closed_loop.png")
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for s in systems:
@@ -390,7 +390,7 @@ def plots(report: Dict[str, object]) -> List[str]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(OUT / "scale_open_loop.png", dpi=100)
+    fig.savefig(out / "scale_open_loop.png", dpi=100)
     made.append("scale_open_loop.png")
     fig, ax = plt.subplots(figsize=(7, 4))
     for s in systems:
@@ -400,7 +400,7 @@ def plots(report: Dict[str, object]) -> List[str]:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(OUT / "scale_conversation.png", dpi=100)
+    fig.savefig(out / "scale_conversation.png", dpi=100)
     made.append("scale_conversation.png")
     plt.close("all")
     return made
@@ -445,6 +445,7 @@ def main(argv=None) -> int:
     parser.add_argument("--no-stock", action="store_true", help="skip stock Rasa (no ratios)")
     parser.add_argument("--no-single", action="store_true", help="skip the one-worker comparison")
     parser.add_argument("--quick", action="store_true", help="a smoke run: short blocks, few loads")
+    parser.add_argument("--out", type=Path, default=OUT, help=f"where the JSON and plots go (default {OUT})")
     args = parser.parse_args(argv)
     if not MODEL.exists():
         print("no model: run make train first", file=sys.stderr)
@@ -454,7 +455,8 @@ def main(argv=None) -> int:
         users, rates, turns, seconds = (1, 10), (5, 10), 12, min(seconds, 4.0)
     if not args.no_stock and not STOCK_MODEL.exists():
         train_stock()
-    OUT.mkdir(parents=True, exist_ok=True)
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
     report: Dict[str, object] = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, load average at start "
@@ -500,10 +502,10 @@ def main(argv=None) -> int:
         finally:
             if postgres_seed:
                 pg_admin(f"DROP DATABASE IF EXISTS {postgres_seed} WITH (FORCE)")
-    (OUT / "scale_bench.json").write_text(json.dumps(report, indent=1))
-    report["plots"] = plots(report)
+    (out / "scale_bench.json").write_text(json.dumps(report, indent=1))
+    report["plots"] = plots(report, out)
     print_report(report)
-    print(f"\ndetails: {OUT / 'scale_bench.json'}; plots: " + ", ".join(str(OUT / p) for p in report["plots"]))
+    print(f"\ndetails: {out / 'scale_bench.json'}; plots: " + ", ".join(str(out / p) for p in report["plots"]))
     lost = sum(b["lost"] + b["duplicated"] for s in report["systems"] if s and s["system"].startswith("cardcare")
                for b in s["closed"] + s["open"])
     return 1 if lost else 0
