@@ -19,8 +19,9 @@ Nothing is deleted: `retrieve_full_tracker` (`rasa export`, the HTTP API with
 
 Table and columns are the stock store's (`events`), so a database written by `type: SQL` is
 read by this one and back. An index on (sender_id, type_name, action_name) is added.
-On SQLite the connections are pooled and WAL is set once (SQLAlchemy 1.4 would reopen the
-file for every read and write), so Rasa workers on one box can share the file.
+On SQLite the project's engine is used (cardsystem.db.get_engine): connections pooled and WAL
+set once (SQLAlchemy 1.4 would reopen the file for every read and write), so Rasa workers on
+one box can share the file, which only the service's user may read.
 """
 from __future__ import annotations
 
@@ -29,8 +30,8 @@ import logging
 from typing import Any, Dict, Iterator, List, Optional, Text
 
 import sqlalchemy as sa
-from sqlalchemy.pool import QueuePool
 
+from cardsystem.db import get_engine
 from rasa.core.tracker_store import SQLTrackerStore
 from rasa.shared.core.events import ActionExecuted, SessionStarted, UserUttered
 from rasa.shared.core.trackers import DialogueStateTracker
@@ -39,13 +40,6 @@ logger = logging.getLogger(__name__)
 DEFAULT_KEEP_TURNS = 20
 STATE_TYPES = ("slot", "active_loop", "loop_interrupted", "restart", "reset_slots")
 _STORED = "_cardcare_stored_events"  # set on a retrieved tracker: how many of its events are in the table
-
-
-def _sqlite_pragmas(connection: Any, _record: Any) -> None:
-    cursor = connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA busy_timeout=10000")
-    cursor.close()
 
 
 class RecentTurnsSQLTrackerStore(SQLTrackerStore):
@@ -59,11 +53,9 @@ class RecentTurnsSQLTrackerStore(SQLTrackerStore):
                          **kwargs)
         self.keep_turns = max(1, int(keep_turns))
         if self.engine.dialect.name == "sqlite" and db not in ("", ":memory:"):
-            url = self.engine.url
+            url = str(self.engine.url)
             self.engine.dispose()
-            self.engine = sa.create_engine(url, poolclass=QueuePool, pool_size=4, max_overflow=16,
-                                           connect_args={"check_same_thread": False})
-            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+            self.engine = get_engine(url)  # the project's: pooled, WAL set once per connection, owner-only file
             self.sessionmaker = sa.orm.session.sessionmaker(bind=self.engine)
         with self.engine.begin() as connection:  # (not on Rasa's table object: its create_all stays as it was)
             connection.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_events_sender_type_name "

@@ -16,7 +16,6 @@ import datetime as dt
 import logging
 import os
 import re
-import ssl
 import time
 import uuid
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Set, Text
@@ -30,7 +29,7 @@ from sanic.response import HTTPResponse
 from rasa.core.constants import DEFAULT_REQUEST_TIMEOUT
 from rasa.core.channels.channel import InputChannel, OutputChannel, UserMessage
 from rasa.shared.core.events import BotUttered, UserUttered
-from rasa.utils.endpoints import ClientResponseError, EndpointConfig, concat_url
+from rasa.utils.endpoints import ClientResponseError, EndpointConfig
 from cardsystem.formatting import mask_phone
 from connectors.whatsapp import outbound
 from connectors.whatsapp.bank import AgentDesk, BankNotices, Notice
@@ -82,6 +81,19 @@ class TurnAborted(BaseException):
 _guarded = contextvars.ContextVar("cardcare_whatsapp_turn", default=False)
 
 
+class _KeptSession:
+    """`async with` a kept aiohttp session without closing it at the end."""
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self.session = session
+
+    async def __aenter__(self) -> aiohttp.ClientSession:
+        return self.session
+
+    async def __aexit__(self, *exc: Any) -> bool:
+        return False
+
+
 class GuardedActionEndpoint(EndpointConfig):
     """Rasa's action endpoint, except that inside a WhatsApp turn a failed call aborts the turn.
     A 400 is an answer (a form's validation rejected the input), never a failure.
@@ -114,35 +126,18 @@ class GuardedActionEndpoint(EndpointConfig):
                 del cls._clients[key]
                 await client.close()
 
-    async def _call(self, method: Text = "post", subpath: Optional[Text] = None,
-                    content_type: Optional[Text] = "application/json", compress: bool = False, **kwargs: Any) -> Any:
-        """EndpointConfig.request, on the kept-alive session."""
-        headers = {"Content-Type": content_type} if content_type else {}
-        headers.update(kwargs.pop("headers", None) or {})
-        headers.update(self.headers or {})
-        ssl_context = ssl.create_default_context(cafile=self.cafile) if self.cafile else None
-        params = self.combine_parameters(kwargs)
-        for attempt in (1, 2):
-            try:
-                async with self._client().request(method, concat_url(self.url, subpath), headers=headers,
-                                                  params=params, compress=compress, ssl=ssl_context,
-                                                  **kwargs) as answer:
-                    if answer.status >= 400:
-                        raise ClientResponseError(answer.status, answer.reason, await answer.content.read())
-                    try:
-                        return await answer.json()
-                    except aiohttp.ContentTypeError:
-                        return None
-            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
-                if attempt == 2:
-                    raise
-        return None
+    def session(self) -> "_KeptSession":
+        """What EndpointConfig.request opens (and closes) per call: here the kept session, left open."""
+        return _KeptSession(self._client())
 
     async def request(self, *args: Any, **kwargs: Any) -> Any:
         if _guarded.get():  # a customer waits: a hanging action fails the turn after 30 s, not Rasa's 5 minutes
             kwargs["timeout"] = aiohttp.ClientTimeout(total=ACTION_TIMEOUT_SECONDS)
         try:
-            return await self._call(*args, **kwargs)
+            try:
+                return await super().request(*args, **kwargs)
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+                return await super().request(*args, **kwargs)  # a kept connection closed meanwhile: once more
         except ClientResponseError as exc:
             if exc.status == 400 or not _guarded.get():
                 raise
@@ -544,7 +539,7 @@ class WhatsAppInput(InputChannel):
         except (TurnAborted, Exception) as failure:  # noqa: B902 (TurnAborted is a BaseException on purpose)
             if not await self._turn_failed(message, failure):
                 return None
-            return SenderQueue(await asyncio.to_thread(self.store.pending, message.sender), None, None)
+            return await asyncio.to_thread(self.store.queue, message.sender)
         return await asyncio.to_thread(self.store.finish_turn, message.message_id, message.sender, message.reply_by,
                                        output.buffer)
 
@@ -596,7 +591,7 @@ class WhatsAppInput(InputChannel):
             await self.client.check_window(reply.recipient, body, window_open)
         except OutsideServiceWindow:
             await asyncio.to_thread(self.store.reply_done, reply.id, "expired", None, "outside the 24-hour window")
-            await asyncio.to_thread(self._notice_outcome, reply.key, "failed", None, 131047, "outside the 24-hour window")
+            await self._note_outcome(reply.key, "failed", None, 131047, "outside the 24-hour window")
             return True
         if body.pop("_upload", False):  # by media id when the upload works, else by link
             document = dict(body["document"])
@@ -611,8 +606,7 @@ class WhatsAppInput(InputChannel):
         if outcome.wamid:
             await asyncio.to_thread(self.store.reply_sent, reply.id, reply.recipient, body, outcome.wamid,
                                     reply.attempts + 1)
-            if self.notices is not None and reply.key.startswith("notice."):
-                await asyncio.to_thread(self._notice_outcome, reply.key, "sent", outcome.wamid)
+            await self._note_outcome(reply.key, "sent", outcome.wamid)
             return True
         if outcome.verdict.retry:
             await asyncio.to_thread(self.store.reply_later, reply.id,
@@ -620,7 +614,7 @@ class WhatsAppInput(InputChannel):
             return False
         await asyncio.to_thread(self.store.reply_done, reply.id, "failed", None,
                                 f"{outcome.code}: {outcome.verdict.meaning}")
-        await asyncio.to_thread(self._notice_outcome, reply.key, "failed", None, outcome.code, outcome.verdict.meaning)
+        await self._note_outcome(reply.key, "failed", None, outcome.code, outcome.verdict.meaning)
         return True
 
     async def sweep(self, on_new_message: Callable[[UserMessage], Awaitable[Any]]) -> None:
@@ -725,6 +719,11 @@ class WhatsAppInput(InputChannel):
         except Exception:  # the card database away: send as decided (the decision was right when made)
             logger.exception("could not recheck %s before sending", key)
             return True
+
+    async def _note_outcome(self, key: Text, *outcome: Any) -> None:
+        """_notice_outcome off the event loop, for the bank's own messages only (no thread hop for a reply)."""
+        if self.notices is not None and key.startswith("notice."):
+            await asyncio.to_thread(self._notice_outcome, key, *outcome)
 
     def _notice_outcome(self, key: Text, state: Text, wamid: Optional[Text] = None, code: Optional[int] = None,
                         error: Optional[Text] = None) -> None:

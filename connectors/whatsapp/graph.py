@@ -68,9 +68,11 @@ class GraphClient:
     async def check_window(self, recipient: str, message: Dict[str, Any], window_open: Optional[bool] = None) -> None:
         """Refuse (and record) a free-form message to a customer silent for 24 hours (`window_open`:
         already read by the caller)."""
-        if window_open is None and message.get("type") != "template":
+        if message.get("type") == "template":
+            return  # templates are what may be sent outside the window
+        if window_open is None:
             window_open = await asyncio.to_thread(self.store.window_open, recipient)
-        if message.get("type") != "template" and not window_open:
+        if not window_open:
             await asyncio.to_thread(self.store.record_send, recipient, message, "refused", None, 131047,
                                     "outside the 24-hour window: a template is required", 0)
             logger.warning("not sending free-form message to %s: outside the 24-hour window", mask_phone(recipient))

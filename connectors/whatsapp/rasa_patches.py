@@ -131,8 +131,8 @@ def _get_possible_keys(self: RulePolicy, lookup: Dict[Text, Text], states: List[
     by_action, anywhere = _key_index(self, lookup)
     reversed_states = list(reversed(states))
     current = reversed_states[0]
-    candidates = anywhere + by_action.get(_last_action(current), []) if _last_action(current) else \
-        anywhere + [key for keys in by_action.values() for key in keys]
+    action = _last_action(current)
+    candidates = anywhere + by_action.get(action, []) if action else list(lookup)
     possible_keys = {key for key in candidates if self._is_rule_applicable(key, 0, current)}
     for i, state in enumerate(reversed_states[1:], start=1):
         possible_keys = {key for key in possible_keys if self._is_rule_applicable(key, i, state)}

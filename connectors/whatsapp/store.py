@@ -235,6 +235,71 @@ def _insert_if_absent(s: Any, table: Any, values: Dict[str, Any]) -> bool:
     return bool(s.execute(insert(table).values(**values).on_conflict_do_nothing()).rowcount)
 
 
+def _inbound_row(message: Inbound, moment: dt.datetime) -> Dict[str, Any]:
+    return dict(message_id=message.message_id, sender=message.sender, reply_by=message.reply_by, text=message.text,
+                meta=json.dumps(message.metadata(), ensure_ascii=False), sent_at=message.timestamp or None,
+                state="pending", received_at=moment)
+
+
+def _open_window(s: Any, sender: str, moment: dt.datetime) -> None:
+    """The customer wrote at `moment`: their 24-hour window runs from then (never backwards)."""
+    window = s.get(ServiceWindow, sender)
+    if window is None:
+        s.add(ServiceWindow(sender=sender, last_inbound_at=moment))
+        s.flush()  # (a second message of theirs in the same transaction finds it)
+    elif window.last_inbound_at < moment:
+        window.last_inbound_at = moment
+
+
+def _is_window_open(s: Any, sender: str, now: dt.datetime) -> bool:
+    last = s.execute(select(ServiceWindow.last_inbound_at).where(ServiceWindow.sender == sender)).scalar()
+    return last is not None and now - last < SERVICE_WINDOW
+
+
+def _pending_of(s: Any, sender: Optional[str] = None) -> List[PendingMessage]:
+    """Recorded but unanswered messages (one sender's, or all), oldest first."""
+    query = select(InboundRecord).where(InboundRecord.state == "pending")
+    if sender:
+        query = query.where(InboundRecord.sender == sender)
+    rows = s.execute(query.order_by(func.coalesce(InboundRecord.sent_at, 0), InboundRecord.received_at,
+                                    InboundRecord.id)).scalars()
+    return [_pending(r) for r in rows]
+
+
+def _unsent_of(s: Any, recipient: str) -> List[QueuedReply]:
+    rows = s.execute(select(OutboxRecord).where(OutboxRecord.recipient == recipient,
+                                                OutboxRecord.state.in_(("queued", "sending")))
+                     .order_by(OutboxRecord.id)).scalars()
+    return [_reply(r) for r in rows]
+
+
+def _queue_of(s: Any, sender: str, now: dt.datetime) -> SenderQueue:
+    return SenderQueue(_pending_of(s, sender), _unsent_of(s, sender), _is_window_open(s, sender, now))
+
+
+def _take_lease(s: Any, sender: str, owner: str, until: dt.datetime, now: dt.datetime) -> bool:
+    """Take the sender's lease, or renew ours, or take over an expired one; False while another holds it."""
+    if _insert_if_absent(s, SenderLease.__table__, {"sender": sender, "owner": owner, "expires_at": until}):
+        return True
+    return bool(s.execute(update(SenderLease).where(
+        SenderLease.sender == sender, or_(SenderLease.owner == owner, SenderLease.expires_at < now))
+        .values(owner=owner, expires_at=until)).rowcount)
+
+
+def _take_menu(s: Any, sender: str, now: dt.datetime) -> Dict[str, str]:
+    menu = s.get(NumberedMenu, sender)
+    if menu is None:
+        return {}
+    options = json.loads(menu.options) if now - menu.sent_at < SERVICE_WINDOW else {}
+    s.delete(menu)
+    return options
+
+
+def _was_offered(s: Any, sender: str, payload: str, now: dt.datetime, valid: dt.timedelta) -> bool:
+    row = s.get(OfferedPayload, (sender, payload[:256]))
+    return row is not None and now - row.offered_at < valid
+
+
 def default_url() -> str:
     return os.environ.get("CARDCARE_CHANNEL_DB_URL") or f"sqlite:///{PROJECT_ROOT / 'var' / 'channel.db'}"
 
@@ -262,15 +327,9 @@ class ChannelStore:
 
     def _record_inbound_once(self, message: Inbound, moment: dt.datetime) -> bool:
         with session_scope(self.engine) as s:
-            s.add(InboundRecord(message_id=message.message_id, sender=message.sender, reply_by=message.reply_by,
-                                text=message.text, meta=json.dumps(message.metadata(), ensure_ascii=False),
-                                sent_at=message.timestamp or None, state="pending", received_at=moment))
+            s.add(InboundRecord(**_inbound_row(message, moment)))
             if message.kind != EVENT_KIND:  # the channel's own events do not open the 24-hour window
-                window = s.get(ServiceWindow, message.sender)
-                if window is None:
-                    s.add(ServiceWindow(sender=message.sender, last_inbound_at=moment))
-                elif window.last_inbound_at < moment:
-                    window.last_inbound_at = moment
+                _open_window(s, message.sender, moment)
         return True
 
     def record_webhooks(self, messages: List[Inbound], statuses: List[Status],
@@ -281,32 +340,17 @@ class ChannelStore:
         with session_scope(self.engine) as s:
             added = []
             for message in messages:
-                added.append(_insert_if_absent(s, InboundRecord.__table__, dict(
-                    message_id=message.message_id, sender=message.sender, reply_by=message.reply_by, text=message.text,
-                    meta=json.dumps(message.metadata(), ensure_ascii=False), sent_at=message.timestamp or None,
-                    state="pending", received_at=moment)))
+                added.append(_insert_if_absent(s, InboundRecord.__table__, _inbound_row(message, moment)))
                 if added[-1] and message.kind != EVENT_KIND:
-                    window = s.get(ServiceWindow, message.sender)
-                    if window is None:
-                        s.add(ServiceWindow(sender=message.sender, last_inbound_at=moment))
-                        s.flush()
-                    elif window.last_inbound_at < moment:
-                        window.last_inbound_at = moment
+                    _open_window(s, message.sender, moment)
             for status in statuses:
-                self._record_status(s, status)
-                if status.callback_data:
-                    self._reply_accepted(s, status.callback_data, status.message_id)
+                self._record_delivery(s, status)
             return added
 
     def pending(self, sender: Optional[str] = None) -> List[PendingMessage]:
         """Recorded but unanswered messages, oldest first (what a restart must still answer)."""
         with session_scope(self.engine) as s:
-            query = select(InboundRecord).where(InboundRecord.state == "pending")
-            if sender:
-                query = query.where(InboundRecord.sender == sender)
-            rows = s.execute(query.order_by(func.coalesce(InboundRecord.sent_at, 0), InboundRecord.received_at,
-                                            InboundRecord.id)).scalars()
-            return [_pending(r) for r in rows]
+            return _pending_of(s, sender)
 
     def begin_turn(self, message_id: str) -> None:
         """Note that a turn started: if it never finishes (a crash), the retry looks in the
@@ -345,10 +389,7 @@ class ChannelStore:
     def queued_replies(self, recipient: str) -> List[QueuedReply]:
         """A customer's unsent replies, in the order they must go out."""
         with session_scope(self.engine) as s:
-            rows = s.execute(select(OutboxRecord).where(OutboxRecord.recipient == recipient,
-                                                        OutboxRecord.state.in_(("queued", "sending")))
-                             .order_by(OutboxRecord.id)).scalars()
-            return [_reply(r) for r in rows]
+            return _unsent_of(s, recipient)
 
     def reply_sending(self, reply_id: int) -> None:
         """Mark a reply in flight (committed before the request goes out)."""
@@ -359,12 +400,16 @@ class ChannelStore:
     def reply_done(self, reply_id: int, state: str, wamid: Optional[str] = None, error: Optional[str] = None) -> None:
         """A reply reached its end: sent, failed (permanent error) or expired (window closed)."""
         with session_scope(self.engine) as s:
-            row = s.get(OutboxRecord, reply_id)
-            if row is None or row.state in ("sent", "failed", "expired"):
-                return
-            row.state, row.wamid, row.error, row.updated_at = state, wamid or row.wamid, (error or "")[:200] or None, utcnow()
-            s.flush()
-            self._finish_if_sent(s, row.message_id)
+            self._reply_done(s, reply_id, state, wamid, error)
+
+    def _reply_done(self, s: Any, reply_id: int, state: str, wamid: Optional[str] = None,
+                    error: Optional[str] = None) -> None:
+        row = s.get(OutboxRecord, reply_id)
+        if row is None or row.state in ("sent", "failed", "expired"):
+            return
+        row.state, row.wamid, row.error, row.updated_at = state, wamid or row.wamid, (error or "")[:200] or None, utcnow()
+        s.flush()
+        self._finish_if_sent(s, row.message_id)
 
     def reply_later(self, reply_id: int, delay: dt.timedelta, error: str) -> None:
         """A transient failure: back to the queue, not before `delay`."""
@@ -420,24 +465,12 @@ class ChannelStore:
         transaction; None while another live instance holds them."""
         now = utcnow()
         with session_scope(self.engine) as s:
-            lease = SenderLease.__table__
-            if not _insert_if_absent(s, lease, {"sender": sender, "owner": owner, "expires_at": now + ttl}):
-                if not s.execute(update(SenderLease).where(
-                        SenderLease.sender == sender, or_(SenderLease.owner == owner, SenderLease.expires_at < now))
-                        .values(owner=owner, expires_at=now + ttl)).rowcount:
-                    return None
-            return self._queue_of(s, sender, now)
+            return _queue_of(s, sender, now) if _take_lease(s, sender, owner, now + ttl, now) else None
 
-    def _queue_of(self, s: Any, sender: str, now: dt.datetime) -> SenderQueue:
-        pending = s.execute(select(InboundRecord).where(InboundRecord.state == "pending", InboundRecord.sender == sender)
-                            .order_by(func.coalesce(InboundRecord.sent_at, 0), InboundRecord.received_at,
-                                      InboundRecord.id)).scalars()
-        replies = s.execute(select(OutboxRecord).where(OutboxRecord.recipient == sender,
-                                                       OutboxRecord.state.in_(("queued", "sending")))
-                            .order_by(OutboxRecord.id)).scalars()
-        window = s.execute(select(ServiceWindow.last_inbound_at).where(ServiceWindow.sender == sender)).scalar()
-        return SenderQueue([_pending(r) for r in pending], [_reply(r) for r in replies],
-                           window is not None and now - window < SERVICE_WINDOW)
+    def queue(self, sender: str) -> SenderQueue:
+        """What there is to do for a customer whose lease this instance holds."""
+        with session_scope(self.engine) as s:
+            return _queue_of(s, sender, utcnow())
 
     def turn_choice(self, sender: str, payload: Optional[str] = None,
                     valid: dt.timedelta = OFFER_VALID) -> "tuple[Dict[str, str], bool]":
@@ -445,16 +478,7 @@ class ChannelStore:
         may be answering (taken), and whether `payload` is a button the bot showed them."""
         now = utcnow()
         with session_scope(self.engine) as s:
-            options: Dict[str, str] = {}
-            menu = s.get(NumberedMenu, sender)
-            if menu is not None:
-                options = json.loads(menu.options) if now - menu.sent_at < SERVICE_WINDOW else {}
-                s.delete(menu)
-            offered = False
-            if payload:
-                row = s.get(OfferedPayload, (sender, payload[:256]))
-                offered = row is not None and now - row.offered_at < valid
-            return options, offered
+            return _take_menu(s, sender, now), bool(payload) and _was_offered(s, sender, payload, now, valid)
 
     def finish_turn(self, message_id: str, recipient: str, reply_by: str,
                     bodies: List[Dict[str, Any]]) -> SenderQueue:
@@ -462,23 +486,14 @@ class ChannelStore:
         now = utcnow()
         with session_scope(self.engine) as s:
             self._commit_turn(s, message_id, recipient, reply_by, bodies, now)
-            s.flush()
-            return self._queue_of(s, recipient, now)
+            return _queue_of(s, recipient, now)
 
     def reply_sent(self, reply_id: int, recipient: str, body: Dict[str, Any], wamid: str, attempts: int) -> None:
         """WhatsApp accepted a queued reply: the send recorded (for its statuses) and the reply
         done, in one transaction (record_send + reply_done)."""
-        now = utcnow()
         with session_scope(self.engine) as s:
-            s.execute(OutboundRecord.__table__.insert().values(
-                wamid=wamid, recipient=recipient, body=json.dumps(body, ensure_ascii=False), status="sent",
-                attempts=attempts, created_at=now, updated_at=now))
-            row = s.get(OutboxRecord, reply_id)
-            if row is None or row.state in ("sent", "failed", "expired"):
-                return
-            row.state, row.wamid, row.error, row.updated_at = "sent", wamid, None, now
-            s.flush()
-            self._finish_if_sent(s, row.message_id)
+            self._record_send(s, recipient, body, "sent", wamid, attempts=attempts)
+            self._reply_done(s, reply_id, "sent", wamid)
 
     def release_if_done(self, sender: str, owner: str) -> bool:
         """Give the customer's lease back; True when nothing of theirs waits to be answered."""
@@ -486,6 +501,12 @@ class ChannelStore:
             s.execute(delete(SenderLease).where(SenderLease.sender == sender, SenderLease.owner == owner))
             return s.execute(select(InboundRecord.id).where(InboundRecord.state == "pending",
                                                             InboundRecord.sender == sender).limit(1)).first() is None
+
+    def _record_delivery(self, s: Any, status: Status) -> bool:
+        known = self._record_status(s, status)
+        if status.callback_data:  # a reply of ours: settles one left "sending" by a crash
+            known = self._reply_accepted(s, status.callback_data, status.message_id) or known
+        return known
 
     # -- button payloads offered -------------------------------------------------------------
 
@@ -502,8 +523,7 @@ class ChannelStore:
     def was_offered(self, sender: str, payload: str, now: Optional[dt.datetime] = None,
                     valid: dt.timedelta = OFFER_VALID) -> bool:
         with session_scope(self.engine) as s:
-            row = s.get(OfferedPayload, (sender, payload[:256]))
-            return row is not None and (now or utcnow()) - row.offered_at < valid
+            return _was_offered(s, sender, payload, now or utcnow(), valid)
 
     # -- dead letters ---------------------------------------------------------------------------
 
@@ -566,19 +586,23 @@ class ChannelStore:
     def window_open(self, sender: str, now: Optional[dt.datetime] = None) -> bool:
         """Whether a free-form reply is allowed: the customer wrote within the last 24 hours."""
         with session_scope(self.engine) as s:
-            window = s.get(ServiceWindow, sender)
-            return window is not None and (now or utcnow()) - window.last_inbound_at < SERVICE_WINDOW
+            return _is_window_open(s, sender, now or utcnow())
 
     def record_send(self, recipient: str, body: Dict[str, Any], status: str, wamid: Optional[str] = None,
                     error_code: Optional[int] = None, error_meaning: Optional[str] = None, attempts: int = 1) -> int:
-        now = utcnow()
         with session_scope(self.engine) as s:
-            record = OutboundRecord(wamid=wamid, recipient=recipient, body=json.dumps(body, ensure_ascii=False),
-                                    status=status, error_code=error_code, error_meaning=error_meaning,
-                                    attempts=attempts, created_at=now, updated_at=now)
-            s.add(record)
-            s.flush()
-            return record.id
+            return self._record_send(s, recipient, body, status, wamid, error_code, error_meaning, attempts)
+
+    @staticmethod
+    def _record_send(s: Any, recipient: str, body: Dict[str, Any], status: str, wamid: Optional[str] = None,
+                     error_code: Optional[int] = None, error_meaning: Optional[str] = None, attempts: int = 1) -> int:
+        now = utcnow()
+        record = OutboundRecord(wamid=wamid, recipient=recipient, body=json.dumps(body, ensure_ascii=False),
+                                status=status, error_code=error_code, error_meaning=error_meaning,
+                                attempts=attempts, created_at=now, updated_at=now)
+        s.add(record)
+        s.flush()
+        return record.id
 
     def record_status(self, status: Status) -> bool:
         """Attach a delivery status to the send it is about; False for a message we never sent."""
@@ -602,10 +626,7 @@ class ChannelStore:
         """record_status and, for a status echoing one of our replies' keys, reply_accepted, in
         one transaction; False when the status is about nothing we sent."""
         with session_scope(self.engine) as s:
-            known = self._record_status(s, status)
-            if status.callback_data:
-                known = self._reply_accepted(s, status.callback_data, status.message_id) or known
-            return known
+            return self._record_delivery(s, status)
 
     def sends(self, recipient: Optional[str] = None) -> List[Dict[str, Any]]:
         with session_scope(self.engine) as s:
@@ -621,18 +642,7 @@ class ChannelStore:
         """Take (or renew) the sender's lease; False while another live instance holds it."""
         now = utcnow()
         with session_scope(self.engine) as s:
-            taken = s.execute(update(SenderLease)
-                              .where(SenderLease.sender == sender,
-                                     or_(SenderLease.owner == owner, SenderLease.expires_at < now))
-                              .values(owner=owner, expires_at=now + ttl)).rowcount
-        if taken:
-            return True
-        try:
-            with session_scope(self.engine) as s:
-                s.add(SenderLease(sender=sender, owner=owner, expires_at=now + ttl))
-        except IntegrityError:
-            return False  # another instance holds a live lease
-        return True
+            return _take_lease(s, sender, owner, now + ttl, now)
 
     def release(self, sender: str, owner: str) -> None:
         with session_scope(self.engine) as s:
@@ -663,9 +673,4 @@ class ChannelStore:
     def take_menu(self, sender: str) -> Dict[str, str]:
         """The menu the customer may be answering (valid for their next message only)."""
         with session_scope(self.engine) as s:
-            menu = s.get(NumberedMenu, sender)
-            if menu is None:
-                return {}
-            options = json.loads(menu.options) if utcnow() - menu.sent_at < SERVICE_WINDOW else {}
-            s.delete(menu)
-            return options
+            return _take_menu(s, sender, utcnow())

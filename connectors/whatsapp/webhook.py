@@ -89,10 +89,8 @@ class WebhookReceiver:
         try:
             added = self.store.record_webhooks([m for _, m in owners], statuses)
         except DATABASE_DOWN as exc:
-            logger.error("%d webhooks answered 503 for a redelivery: channel database unavailable (%s)", len(batch),
-                         type(exc).__name__)
             for receipt, _ in batch:
-                receipt.status, receipt.answer = 503, {"error": "channel database unavailable"}
+                self._database_down(receipt, exc)
             return [receipt for receipt, _ in read]
         except Exception as exc:  # one bad item spoils a batch: each on its own, as receive() records them
             logger.warning("a batch of %d webhooks is recorded one by one (%s)", len(batch), type(exc).__name__)
@@ -138,8 +136,12 @@ class WebhookReceiver:
             for status in parsed.statuses:
                 self._record(self._record_status, status)
         except DATABASE_DOWN as exc:  # what was recorded is still answered (receipt.senders)
-            logger.error("webhook answered 503 for a redelivery: channel database unavailable (%s)", type(exc).__name__)
-            receipt.status, receipt.answer = 503, {"error": "channel database unavailable"}
+            self._database_down(receipt, exc)
+
+    @staticmethod
+    def _database_down(receipt: Receipt, exc: Exception) -> None:
+        logger.error("webhook answered 503 for a redelivery: channel database unavailable (%s)", type(exc).__name__)
+        receipt.status, receipt.answer = 503, {"error": "channel database unavailable"}
 
     def _template_updates(self, updates: List[Dict[str, Any]]) -> None:
         """Approved, rejected, paused: Meta's word on a template, kept by the bank's side."""
