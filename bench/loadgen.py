@@ -28,6 +28,7 @@ from typing import Dict, List, Optional, Sequence
 import aiohttp
 from aiohttp import web
 
+from bench.rest_bench import percentile as rest_percentile
 from connectors.sandbox.server import message_value, status_value, webhook_body
 from connectors.whatsapp.signature import sign
 
@@ -40,10 +41,8 @@ REPLY_TIMEOUT = 60.0
 
 
 def percentile(values: Sequence[float], q: float) -> Optional[float]:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
+    """bench.rest_bench's percentile, None for no values."""
+    return rest_percentile(list(values), q) if values else None
 
 
 @dataclass

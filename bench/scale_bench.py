@@ -60,47 +60,37 @@ WORKER_ENV = {"TF_INTRA_OP_PARALLELISM_THREADS": "1", "TF_INTER_OP_PARALLELISM_T
               "OMP_NUM_THREADS": "1"}
 
 
-def process_tree(pid: int) -> List[int]:
-    children: Dict[int, List[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(parent, []).append(int(entry.name))
-    found, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        found.append(current)
-        todo += children.get(current, [])
-    return found
-
-
-def service_cpu(names=("postgres", "redis-server")) -> float:
-    """CPU seconds used so far by every process of these programs (the databases' share)."""
-    total = 0.0
+def processes() -> Dict[int, "tuple[str, int, float]"]:
+    """Every process now, from /proc: pid -> (program name, parent pid, CPU seconds used)."""
+    found = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 head, tail = (entry / "stat").read_text().rsplit(")", 1)
-                if head.split("(", 1)[1] in names:
-                    fields = tail.split()
-                    total += (int(fields[11]) + int(fields[12])) / TICK
+                fields = tail.split()
+                found[int(entry.name)] = (head.split("(", 1)[1], int(fields[1]),
+                                          (int(fields[11]) + int(fields[12])) / TICK)
             except (OSError, IndexError, ValueError):
-                pass
+                continue
+    return found
+
+
+def tree_cpu(snapshot: Dict[int, "tuple[str, int, float]"], pid: int) -> float:
+    """CPU seconds of a process and all its descendants."""
+    children: Dict[int, List[int]] = {}
+    for each, (_, parent, _) in snapshot.items():
+        children.setdefault(parent, []).append(each)
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        total += snapshot.get(current, ("", 0, 0.0))[2]
+        todo += children.get(current, [])
     return total
 
 
-def cpu_seconds(pid: int) -> float:
-    total = 0.0
-    for each in process_tree(pid):
-        try:
-            fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / TICK
-        except (OSError, IndexError, ValueError):
-            pass
-    return total
+def program_cpu(snapshot: Dict[int, "tuple[str, int, float]"], names=("postgres", "redis-server")) -> float:
+    """CPU seconds of every process of these programs (the databases' share)."""
+    return sum(cpu for name, _, cpu in snapshot.values() if name in names)
 
 
 class Stack:
@@ -160,9 +150,10 @@ class Stack:
         return f"http://127.0.0.1:{self.rasa_ports[0]}"
 
     def cpu(self) -> Dict[str, float]:
-        used = {name: cpu_seconds(process.pid) for name, process in self.processes.items()}
+        snapshot = processes()
+        used = {name: tree_cpu(snapshot, process.pid) for name, process in self.processes.items()}
         if self.postgres:
-            used["postgres+redis"] = service_cpu()
+            used["postgres+redis"] = program_cpu(snapshot)
         return used
 
     def check_alive(self) -> None:
