@@ -169,6 +169,10 @@ def run_fault(fault: str, customers: int, messages: int, workdir: Path, timeout:
         burst.start()
         time.sleep(FAULT_AT)
         in_flight = _in_flight(servers.env["CARDCARE_CHANNEL_DB_URL"])
+        strike_by = time.monotonic() + FAULT_AT
+        while fault == "rasa_kill" and not in_flight and time.monotonic() < strike_by:
+            time.sleep(0.01)  # a turn takes tens of milliseconds now: kill Rasa with a message in hand
+            in_flight = _in_flight(servers.env["CARDCARE_CHANNEL_DB_URL"])
         if fault == "rasa_kill":
             os.kill(servers.rasa.pid, signal.SIGKILL)
             servers.rasa.wait()
