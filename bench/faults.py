@@ -1,14 +1,18 @@
 """Faults during a burst: is every customer message answered, once, in order?
 
     python -m bench.faults [--customers 20] [--messages 200] [--faults rasa_kill,actions_down,graph_outage]
+                           [--store sqlite|postgres] [--workers 1]
 
 For each fault, a fresh bot in `make serve`'s shape (the WhatsApp ingress recording webhooks,
-the locked action server, Rasa with the SQLite tracker store; the sandbox as the Graph API)
+the locked action server, `--workers` Rasa workers; with `--store sqlite` the SQLite stores of
+`make run`, with `--store postgres` make serve's: conversations, card system, channel and actions
+in PostgreSQL, locks in Redis, the workers woken by NOTIFY; the sandbox as the Graph API)
 takes a burst of `--messages` customer messages from `--customers` seeded
 customers through the real WhatsApp path (signed webhooks in, Graph API out), and one fault
 strikes a few seconds in:
-  rasa_kill     Rasa is killed with SIGKILL mid-burst and started again (the ingress keeps
-                taking webhooks meanwhile);
+  rasa_kill     Rasa (with several workers, the first) is killed with SIGKILL mid-burst while
+                it holds a customer with a message in flight, and started again (the ingress
+                keeps taking webhooks and the other workers keep answering meanwhile);
   actions_down  the action server is stopped for 10 s, then started again;
   graph_outage  the Graph API answers HTTP 503 to every send for 20 s.
 Every reply carries its key ("<inbound message id>:<reply index>") as biz_opaque_callback_data,
@@ -23,6 +27,7 @@ Target: 0 lost, 0 duplicated, 0 out of order for every fault.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -38,9 +43,10 @@ import requests
 from sqlalchemy import create_engine, text
 
 from cardsystem.seed import FIRST_GENERATED_PHONE
-from tests.servers import MODEL, Servers, start_sandbox
+from tests.servers import MODEL, Servers, postgres_stores, start_sandbox
 
 FAULTS = ("rasa_kill", "actions_down", "graph_outage")
+STORES = ("sqlite", "postgres")
 SCRIPT = ("what's my balance", "when is my bill due", "how many reward points do I have", "what is the minimum due",
           "how much credit limit do I have left", "hi", "show my recent transactions", "what's my available limit",
           "when is the payment due", "thanks")
@@ -64,6 +70,8 @@ class Outcome:
     turns_retried: int = 0   # proof the fault struck: messages whose turn failed and ran again
     sends_retried: int = 0   # replies that needed more than one attempt
     in_flight: int = 0       # messages recorded but not yet fully answered when the fault struck
+    store: str = "sqlite"
+    workers: int = 1
 
     def ok(self) -> bool:
         return self.lost == 0 and self.duplicated == 0 and self.out_of_order == 0
@@ -116,12 +124,15 @@ def _retries(channel_db: str) -> "tuple[int, int]":
         engine.dispose()
 
 
-def _in_flight(channel_db: str) -> int:
+def _in_flight(channel_db: str, worker_pid: Optional[int] = None) -> int:
+    """Messages recorded and not yet fully answered (of the customers `worker_pid` holds)."""
     engine = create_engine(channel_db)
+    held = "" if worker_pid is None else \
+        " AND sender IN (SELECT sender FROM wa_sender_lease WHERE owner LIKE :owner)"
     try:
         with engine.connect() as connection:
-            return int(connection.execute(text("SELECT count(*) FROM wa_inbound WHERE state IN ('pending', 'answered')"))
-                       .scalar() or 0)
+            return int(connection.execute(text("SELECT count(*) FROM wa_inbound WHERE state IN ('pending', 'answered')"
+                                               + held), {"owner": f"%/{worker_pid}/%"}).scalar() or 0)
     finally:
         engine.dispose()
 
@@ -153,8 +164,20 @@ def analyse(fault: str, sent: Dict[str, List[str]], accepted: List[dict], second
                    out_of_order, len(apologised), seconds)
 
 
-def run_fault(fault: str, customers: int, messages: int, workdir: Path, timeout: float = 600.0) -> Outcome:
-    servers = Servers(workdir, sql_tracker=True, ingress=True)
+def run_fault(fault: str, customers: int, messages: int, workdir: Path, timeout: float = 600.0,
+              store: str = "sqlite", workers: int = 1) -> Outcome:
+    if store not in STORES:
+        raise ValueError(f"store must be one of {STORES}")
+    with contextlib.ExitStack() as cleanup:
+        databases = cleanup.enter_context(postgres_stores("cardcare_faults")) if store == "postgres" else None
+        servers = Servers(workdir, sql_tracker=True, ingress=True, postgres=databases, workers=workers)
+        outcome = _run_fault(fault, servers, customers, messages, workdir, timeout)
+        outcome.store, outcome.workers = store, workers
+        return outcome
+
+
+def _run_fault(fault: str, servers: Servers, customers: int, messages: int, workdir: Path,
+               timeout: float) -> Outcome:
     sandbox, sandbox_url = start_sandbox(workdir, servers.webhook_url)
     servers.env["WHATSAPP_API_BASE"] = sandbox_url
     numbers = [str(FIRST_GENERATED_PHONE + i) for i in range(customers)]
@@ -168,15 +191,16 @@ def run_fault(fault: str, customers: int, messages: int, workdir: Path, timeout:
         burst = threading.Thread(target=_send_burst, args=(sandbox_url, numbers, messages, sent, errors))
         burst.start()
         time.sleep(FAULT_AT)
-        in_flight = _in_flight(servers.env["CARDCARE_CHANNEL_DB_URL"])
+        victim = servers.rasa.pid if fault == "rasa_kill" else None  # (several workers: the first)
+        in_flight = _in_flight(servers.env["CARDCARE_CHANNEL_DB_URL"], victim)
         strike_by = time.monotonic() + FAULT_AT
         while fault == "rasa_kill" and not in_flight and time.monotonic() < strike_by:
             time.sleep(0.01)  # a turn takes tens of milliseconds now: kill Rasa with a message in hand
-            in_flight = _in_flight(servers.env["CARDCARE_CHANNEL_DB_URL"])
+            in_flight = _in_flight(servers.env["CARDCARE_CHANNEL_DB_URL"], victim)
         if fault == "rasa_kill":
-            os.kill(servers.rasa.pid, signal.SIGKILL)
+            os.kill(victim, signal.SIGKILL)
             servers.rasa.wait()
-            servers.start_rasa(wait=False)
+            servers.start_rasa(wait=False, worker=0)
         elif fault == "actions_down":
             servers.actions.terminate()
             servers.actions.wait()
@@ -207,10 +231,10 @@ def run_fault(fault: str, customers: int, messages: int, workdir: Path, timeout:
 
 
 def table(outcomes: List[Outcome]) -> str:
-    lines = ["| fault | messages | sent | lost | duplicated | out of order | apologised | in flight at the fault | "
-             "turns retried | sends retried | all answered after |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| fault | stores, workers | messages | sent | lost | duplicated | out of order | apologised | in flight at the fault | "
+             "turns retried | sends retried | all answered after |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for o in outcomes:
-        lines.append(f"| {o.fault} | {o.messages} | {o.sent} | {o.lost} | {o.duplicated} | {o.out_of_order} | "
+        lines.append(f"| {o.fault} | {o.store}, {o.workers} | {o.messages} | {o.sent} | {o.lost} | {o.duplicated} | {o.out_of_order} | "
                      f"{o.apologised} | {o.in_flight} | {o.turns_retried} | {o.sends_retried} | {o.seconds:.0f} s |")
     return "\n".join(lines)
 
@@ -220,6 +244,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--customers", type=int, default=20)
     parser.add_argument("--messages", type=int, default=200)
     parser.add_argument("--faults", default=",".join(FAULTS))
+    parser.add_argument("--store", choices=STORES, default="sqlite")
+    parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args(argv)
     if not MODEL.exists():
         print("No trained model: run make train first.", file=sys.stderr)
@@ -229,7 +255,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         if fault not in FAULTS:
             parser.error(f"unknown fault {fault!r}; choose from {', '.join(FAULTS)}")
         with tempfile.TemporaryDirectory(prefix=f"faults-{fault}-") as tmp:
-            outcome = run_fault(fault, args.customers, args.messages, Path(tmp))
+            outcome = run_fault(fault, args.customers, args.messages, Path(tmp), store=args.store,
+                                workers=args.workers)
         print(f"{fault}: {outcome}", flush=True)
         outcomes.append(outcome)
     print(f"\nFaults during a burst of {args.messages} messages from {args.customers} customers "

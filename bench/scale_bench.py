@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -46,7 +47,7 @@ from bench.loadgen import (Block, GraphStandIn, RestTarget, WhatsAppTarget, clos
 from cardsystem.config import SANDBOX_DEFAULTS
 from cardsystem.seed import FIRST_GENERATED_PHONE
 from deploy.serve import lower_priority
-from tests.servers import MODEL, RASA, ROOT, Servers, free_port
+from tests.servers import MODEL, RASA, ROOT, Servers, free_port, pg_admin, pg_url, postgres_stores
 
 OUT = ROOT / "bench" / "out"
 STOCK_MODEL = ROOT / "models" / "stock.tar.gz"
@@ -122,14 +123,7 @@ class Stack:
 
     def start_rasa(self) -> None:
         if self.kind == "whatsapp":
-            endpoints = self.workdir / "endpoints.bench.yml"
-            store = (f"  dialect: postgresql\n  url: 127.0.0.1\n  port: 5432\n  username: postgres\n"
-                     f"  db: {self.postgres['tracker']}\nlock_store:\n  type: redis\n  url: 127.0.0.1\n  port: 6379\n"
-                     f"  db: 1\n  key_prefix: {self.postgres['tracker'].replace('_', '')}\n") if self.postgres else \
-                f"  dialect: sqlite\n  db: {self.workdir / 'tracker.db'}\n"
-            endpoints.write_text(
-                f'action_endpoint:\n  url: "http://127.0.0.1:{self.servers.action_port}/webhook"\n'
-                f"tracker_store:\n  type: components.tracker_store.RecentTurnsSQLTrackerStore\n{store}")
+            endpoints = self.servers.endpoints  # the SQL tracker store (PostgreSQL + Redis locks, or SQLite)
             credentials = self.workdir / "credentials.bench.yml"
             credentials.write_text("connectors.whatsapp.WhatsAppInput:\n  ingress: true\n")
             for number, port in enumerate(self.rasa_ports):
@@ -249,25 +243,6 @@ def train_stock() -> None:
                    stdout=subprocess.DEVNULL, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
-PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "postgres"}
-PG_DATABASES = ("cards", "channel", "tracker", "actions")
-
-
-def pg_admin(statement: str) -> None:
-    import psycopg2
-
-    connection = psycopg2.connect(connect_timeout=5, **PG)
-    connection.autocommit = True
-    try:
-        connection.cursor().execute(statement)
-    finally:
-        connection.close()
-
-
-def pg_url(name: str) -> str:
-    return f"postgresql://postgres@127.0.0.1:5432/{name}"
-
-
 def seed_postgres(workdir: Path, name: str) -> None:
     pg_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
     pg_admin(f"CREATE DATABASE {name}")
@@ -280,19 +255,19 @@ async def run_system(workdir: Path, kind: str, workers: int, seconds: float, see
                      users=USERS, rates=RATES, turns=TURNS, postgres_seed: Optional[str] = None) -> Dict[str, object]:
     systemdir = workdir / label.replace(" ", "-").replace(",", "")
     systemdir.mkdir()
-    databases: Optional[Dict[str, str]] = None
-    extra_env: Dict[str, str] = {}
-    if postgres_seed and kind == "whatsapp":
-        prefix = f"cardcare_bench_{os.getpid()}_{len(list(workdir.iterdir()))}"
-        databases = {part: f"{prefix}_{part}" for part in PG_DATABASES}
-        pg_admin(f"CREATE DATABASE {databases['cards']} TEMPLATE {postgres_seed}")
-        for part in PG_DATABASES[1:]:
-            pg_admin(f"CREATE DATABASE {databases[part]}")
-        extra_env = {"CARDCARE_DB_URL": pg_url(databases["cards"]), "CARDCARE_CHANNEL_DB_URL": pg_url(databases["channel"]),
-                     "CARDCARE_ACTIONS_DB_URL": pg_url(databases["actions"])}
-    servers = Servers(systemdir, ingress=kind == "whatsapp", extra_env=extra_env, seed=False)
-    if databases is None:
-        shutil.copy(seeded, systemdir / "cards.db")  # the same seeded card system for every system
+    with contextlib.ExitStack() as cleanup:
+        databases = None  # PostgreSQL's database names by part, or SQLite files in systemdir
+        if postgres_seed and kind == "whatsapp":
+            databases = cleanup.enter_context(postgres_stores(f"cardcare_bench_{os.getpid()}", postgres_seed))
+        servers = Servers(systemdir, ingress=kind == "whatsapp", seed=False, postgres=databases,
+                          sql_tracker=kind == "whatsapp")
+        if databases is None:
+            shutil.copy(seeded, systemdir / "cards.db")  # the same seeded card system for every system
+        return await run_stack(systemdir, servers, kind, workers, seconds, label, users, rates, turns, databases)
+
+
+async def run_stack(systemdir: Path, servers: Servers, kind: str, workers: int, seconds: float, label: str,
+                    users, rates, turns, databases: Optional[Dict[str, str]]) -> Dict[str, object]:
     graph = GraphStandIn(SANDBOX_DEFAULTS["app_secret"], SANDBOX_DEFAULTS["phone_number_id"])
     graph_url = await graph.start() if kind == "whatsapp" else None
     stack = Stack(systemdir, servers, kind, workers, graph_url, databases)
@@ -316,8 +291,6 @@ async def run_system(workdir: Path, kind: str, workers: int, seconds: float, see
             await target.close()
         await graph.stop()
         stack.stop()
-        for name in (databases or {}).values():
-            pg_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 def best_rate(result: Dict[str, object], p95_ms: float = 1000.0) -> Optional[float]:

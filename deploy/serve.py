@@ -9,13 +9,20 @@
 3. The WhatsApp ingress on 127.0.0.1:$INGRESS_PORT (connectors.whatsapp.ingress): takes and
    records webhooks even while Rasa restarts; the action server on 127.0.0.1:$ACTION_PORT,
    refusing calls without CARDCARE_ACTION_SECRET.
-4. Rasa on 127.0.0.1:$RASA_PORT with credentials.production.yml (WhatsApp and statement files,
-   no REST); its HTTP API off, or on with RASA_AUTH_TOKEN when RASA_ENABLE_API=1.
+4. $WORKERS Rasa workers (default 1) on 127.0.0.1:$RASA_PORT, $RASA_PORT+1, ... with
+   credentials.production.yml (WhatsApp and statement files, no REST); their HTTP API off, or
+   on with RASA_AUTH_TOKEN when RASA_ENABLE_API=1. They share the conversations (PostgreSQL
+   tracker store), the locks (Redis) and the channel database, and take the customers the
+   ingress recorded by lease: any worker answers any customer, one at a time, in order.
 5. nginx (when installed) on $PUBLIC_HOST:$PUBLIC_PORT as the only public door
-   (deploy/nginx.conf.template).
+   (deploy/nginx.conf.template), spreading the console, statement and feedback routes over
+   the workers.
 
-If any of them stops, the others are stopped and this exits non-zero, so a process manager
-(systemd, a container runtime) restarts the whole set. `--dry-run` prints what would run.
+A Rasa worker that dies is started again (the others and the ingress go on meanwhile: nothing
+it held is lost, its customers are taken over when its leases lapse); one that keeps dying
+(RESTARTS_ALLOWED in RESTART_WINDOW) or any other process that stops stops the whole set, and
+this exits non-zero, so a process manager (systemd, a container runtime) restarts it.
+`--dry-run` prints what would run.
 """
 from __future__ import annotations
 
@@ -39,6 +46,9 @@ TEMPLATE = ROOT / "deploy" / "nginx.conf.template"
 NGINX_CANDIDATES = ("nginx", "/usr/sbin/nginx")
 TURN_NICENESS = 5  # Rasa's priority below the ingress's and nginx's
 STARTUP_SECONDS = 600  # loading the model on a busy box
+MAX_WORKERS = 16
+RESTARTS_ALLOWED = 5     # a Rasa worker started again this often within RESTART_WINDOW ...
+RESTART_WINDOW = 600.0   # ... seconds keeps dying: stop the set, for the process manager to see
 # Who reaches the agents' console by default: this box and private networks (the bank's own);
 # CONSOLE_ALLOW=all opens it to the internet, or lists the bank's networks exactly.
 PRIVATE_NETWORKS = "127.0.0.1 ::1 10.0.0.0/8 172.16.0.0/12 192.168.0.0/16 fc00::/7"
@@ -47,6 +57,7 @@ PRIVATE_NETWORKS = "127.0.0.1 ::1 10.0.0.0/8 172.16.0.0/12 192.168.0.0/16 fc00::
 def settings(env: Mapping[str, str]) -> Dict[str, str]:
     return {
         "RASA_PORT": env.get("RASA_PORT", "5005"),
+        "WORKERS": env.get("WORKERS", "1"),
         "ACTION_PORT": env.get("ACTION_PORT", "5055"),
         "INGRESS_PORT": env.get("INGRESS_PORT", "5007"),
         "PUBLIC_PORT": env.get("PUBLIC_PORT", "8080"),
@@ -57,6 +68,15 @@ def settings(env: Mapping[str, str]) -> Dict[str, str]:
         "CONSOLE_ALLOW": env.get("CONSOLE_ALLOW", PRIVATE_NETWORKS),
         "RUN_DIR": env.get("NGINX_RUN_DIR", str(ROOT / "var" / "nginx")),
     }
+
+
+def worker_ports(conf: Mapping[str, str]) -> List[int]:
+    """The Rasa workers' ports: RASA_PORT and the next WORKERS-1."""
+    return [int(conf["RASA_PORT"]) + n for n in range(int(conf["WORKERS"]))]
+
+
+def worker_name(number: int) -> str:
+    return "rasa" if number == 0 else f"rasa{number + 1}"
 
 
 def production_env(base: Mapping[str, str]) -> Dict[str, str]:
@@ -96,6 +116,14 @@ def preflight(env: Mapping[str, str], need_model: bool = True) -> List[str]:
     for name in ("RASA_PORT", "ACTION_PORT", "INGRESS_PORT", "PUBLIC_PORT"):
         if not conf[name].isdigit():
             found.append(f"{name} must be a port number")
+    if not conf["WORKERS"].isdigit() or not 1 <= int(conf["WORKERS"]) <= MAX_WORKERS:
+        found.append(f"WORKERS must be a number from 1 to {MAX_WORKERS}")
+    elif conf["RASA_PORT"].isdigit():
+        taken = {conf[n] for n in ("ACTION_PORT", "INGRESS_PORT", "PUBLIC_PORT")}
+        clash = [str(p) for p in worker_ports(conf) if str(p) in taken]
+        if clash:
+            found.append(f"the Rasa workers take ports {conf['RASA_PORT']}..{worker_ports(conf)[-1]}, "
+                         f"which includes another process's port {', '.join(clash)}")
     return found
 
 
@@ -125,7 +153,8 @@ def render_nginx(env: Mapping[str, str]) -> Path:
     host = conf["PUBLIC_HOST"]
     listen = f"[{host}]:{conf['PUBLIC_PORT']}" if ":" in host else f"{host}:{conf['PUBLIC_PORT']}"
     text = TEMPLATE.read_text()
-    for key, value in {"RUN_DIR": str(run_dir), "RASA_PORT": conf["RASA_PORT"], "INGRESS_PORT": conf["INGRESS_PORT"],
+    workers = "\n".join(f"        server 127.0.0.1:{port};" for port in worker_ports(conf))
+    for key, value in {"RUN_DIR": str(run_dir), "RASA_WORKERS": workers, "INGRESS_PORT": conf["INGRESS_PORT"],
                        "PUBLIC_LISTEN": listen,
                        "CONSOLE_ACCESS": console_access(conf["CONSOLE_ALLOW"])}.items():
         text = text.replace("{{" + key + "}}", value)
@@ -140,9 +169,11 @@ def commands(env: Mapping[str, str], nginx: Optional[str]) -> Dict[str, List[str
     planned = {
         "ingress": [python, "-m", "connectors.whatsapp.ingress", "--host", "127.0.0.1", "--port", conf["INGRESS_PORT"]],
         "actions": [python, "-m", "deploy.action_server", "--host", "127.0.0.1", "--port", conf["ACTION_PORT"]],
-        "rasa": [python, "-m", "deploy.rasa_server", "-i", "127.0.0.1", "--port", conf["RASA_PORT"],
-                 "-m", conf["MODEL"], "--credentials", conf["CREDENTIALS"], "--endpoints", conf["ENDPOINTS"]],
     }
+    for number, port in enumerate(worker_ports(conf)):
+        planned[worker_name(number)] = [
+            python, "-m", "deploy.rasa_server", "-i", "127.0.0.1", "--port", str(port), "-m", conf["MODEL"],
+            "--credentials", conf["CREDENTIALS"], "--endpoints", conf["ENDPOINTS"]]
     if nginx:
         run_dir = conf["RUN_DIR"]
         planned["nginx"] = [nginx, "-p", run_dir, "-c", str(Path(run_dir) / "nginx.conf"), "-g", "daemon off;"]
@@ -224,27 +255,49 @@ def main(argv: Optional[List[str]] = None) -> int:
     try:
         processes["ingress"] = subprocess.Popen(planned["ingress"], cwd=ROOT, env=env)
         processes["actions"] = subprocess.Popen(planned["actions"], cwd=ROOT, env=env)
-        # the turns run at a lower priority than the ingress: its acknowledgements never wait for a core
-        processes["rasa"] = subprocess.Popen(planned["rasa"], cwd=ROOT, env=env, preexec_fn=lower_priority)
+        workers = [name for name in planned if name.startswith("rasa")]
+        for name in workers:
+            # the turns run at a lower priority than the ingress: its acknowledgements never wait for a core
+            processes[name] = subprocess.Popen(planned[name], cwd=ROOT, env=env, preexec_fn=lower_priority)
         if "nginx" in planned:
             processes["nginx"] = subprocess.Popen(planned["nginx"], cwd=ROOT, env=env)
-        if not wait_until_up(f"http://127.0.0.1:{conf['RASA_PORT']}/webhooks/whatsapp/", processes["rasa"],
-                             STARTUP_SECONDS):
-            print("make serve: Rasa did not come up; stopping.", file=sys.stderr)
-            return 1
+        ports = dict(zip(workers, worker_ports(conf)))
+        deadline = time.monotonic() + STARTUP_SECONDS
+        for name in workers:  # (they load their models side by side)
+            if not wait_until_up(f"http://127.0.0.1:{ports[name]}/webhooks/whatsapp/", processes[name],
+                                 max(1.0, deadline - time.monotonic())):
+                print(f"make serve: Rasa ({name}, port {ports[name]}) did not come up; stopping.", file=sys.stderr)
+                return 1
         door = f"http://{conf['PUBLIC_HOST']}:{conf['PUBLIC_PORT']}" if nginx else "http://127.0.0.1"
         hook = door if nginx else f"{door}:{conf['INGRESS_PORT']}"
         console = door if nginx else f"{door}:{conf['RASA_PORT']}"
-        print(f">>> cardcare is serving. Webhook: {hook}/webhooks/whatsapp/webhook   "
+        print(f">>> cardcare is serving ({len(workers)} Rasa worker{'s' if len(workers) > 1 else ''}). "
+              f"Webhook: {hook}/webhooks/whatsapp/webhook   "
               f"Agent console: {console}/webhooks/whatsapp/agents   (Ctrl-C stops everything)", flush=True)
-        while all(p.poll() is None for p in processes.values()):
+        restarts: Dict[str, List[float]] = {name: [] for name in workers}
+        while True:
             time.sleep(1)
-        time.sleep(0.5)  # Ctrl-C reaches the children too: let our own handler see it first
-        if stopping:
-            return 0
-        gone = [name for name, p in processes.items() if p.poll() is not None]
-        print(f"make serve: {', '.join(gone)} stopped; stopping the rest.", file=sys.stderr)
-        return 1
+            gone = [name for name, p in processes.items() if p.poll() is not None]
+            if not gone:
+                continue
+            time.sleep(0.5)  # Ctrl-C reaches the children too: let our own handler see it first
+            if stopping:
+                return 0
+            for name in gone:
+                now = time.monotonic()
+                recent = restarts.get(name)
+                if recent is None:
+                    print(f"make serve: {name} stopped; stopping the rest.", file=sys.stderr)
+                    return 1
+                recent[:] = [t for t in recent if now - t < RESTART_WINDOW] + [now]
+                if len(recent) > RESTARTS_ALLOWED:
+                    print(f"make serve: {name} stopped {len(recent)} times in {RESTART_WINDOW:.0f} s; "
+                          "stopping the rest.", file=sys.stderr)
+                    return 1
+                # the ingress keeps recording and the other workers keep answering meanwhile
+                print(f"make serve: {name} (port {ports[name]}) exited with {processes[name].returncode}; "
+                      "starting it again.", file=sys.stderr, flush=True)
+                processes[name] = subprocess.Popen(planned[name], cwd=ROOT, env=env, preexec_fn=lower_priority)
     except KeyboardInterrupt:
         return 0
     finally:

@@ -9,7 +9,7 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, Iterator, Optional
+from typing import Dict, Iterator, List, Optional
 
 import requests
 
@@ -56,14 +56,22 @@ class Bot:
 class Servers:
     """The action server and Rasa as processes of their own, against a seeded card system in
     `workdir`: started, killed and restarted separately (the fault benchmark does all three).
-    Conversations are kept in memory unless `sql_tracker` (the SQLite store `make run` uses)."""
+    Conversations are kept in memory unless `sql_tracker` (the SQLite store `make run` uses) or
+    `postgres` (database names by part, postgres_stores(): PostgreSQL for conversations, card
+    system, channel and actions, Redis for the locks, as make serve runs them). `workers` Rasa
+    processes (each its own port; the first is `rasa`) answer what the ingress records."""
 
     def __init__(self, workdir: Path, today: Optional[str] = None, extra_env: Optional[Dict[str, str]] = None,
                  sql_tracker: bool = False, rasa_port: Optional[int] = None, ingress: bool = False,
-                 customers: Optional[int] = None, seed: bool = True) -> None:
+                 customers: Optional[int] = None, seed: bool = True, postgres: Optional[Dict[str, str]] = None,
+                 workers: int = 1) -> None:
         self.workdir = workdir
         self.ingress_port = free_port() if ingress else None
         self.action_port, self.rasa_port = free_port(), rasa_port or free_port()
+        self.worker_ports = [self.rasa_port] + [free_port() for _ in range(workers - 1)]
+        if postgres:
+            extra_env = {"CARDCARE_DB_URL": pg_url(postgres["cards"]), "CARDCARE_CHANNEL_DB_URL": pg_url(postgres["channel"]),
+                         "CARDCARE_ACTIONS_DB_URL": pg_url(postgres["actions"]), **(extra_env or {})}
         self.env = {
             **os.environ,
             "PYTHONPATH": str(ROOT),
@@ -91,11 +99,20 @@ class Servers:
         self.endpoints = workdir / "endpoints.yml"
         tracker = ("tracker_store:\n  type: components.tracker_store.RecentTurnsSQLTrackerStore\n  dialect: sqlite\n"
                    f"  db: {workdir / 'tracker.db'}\n" if sql_tracker else "")  # (as endpoints.yml keeps them)
+        if postgres:  # (as endpoints.production.yml keeps them)
+            tracker = ("tracker_store:\n  type: components.tracker_store.RecentTurnsSQLTrackerStore\n"
+                       f"  dialect: postgresql\n  url: 127.0.0.1\n  port: 5432\n  username: postgres\n"
+                       f"  db: {postgres['tracker']}\nlock_store:\n  type: redis\n  url: 127.0.0.1\n  port: 6379\n"
+                       f"  db: 1\n  key_prefix: {postgres['tracker'].replace('_', '')}\n")
         self.endpoints.write_text(f'action_endpoint:\n  url: "http://127.0.0.1:{self.action_port}/webhook"\n{tracker}')
         self.action_log, self.rasa_log = workdir / "actions.log", workdir / "rasa.log"
         self.actions: Optional[subprocess.Popen] = None
-        self.rasa: Optional[subprocess.Popen] = None
+        self.workers: List[Optional[subprocess.Popen]] = [None] * workers
         self.ingress: Optional[subprocess.Popen] = None
+
+    @property
+    def rasa(self) -> Optional[subprocess.Popen]:
+        return self.workers[0]
 
     @property
     def url(self) -> str:
@@ -121,16 +138,21 @@ class Servers:
         if wait:
             wait_for(f"http://127.0.0.1:{self.action_port}/health", 120, self.actions, self.action_log)
 
-    def start_rasa(self, wait: bool = True) -> None:
-        self.rasa = subprocess.Popen(
-            [RASA, "run", "--enable-api", "--port", str(self.rasa_port), "-i", "127.0.0.1", "-m", str(MODEL),
-             "--endpoints", str(self.endpoints), "--credentials", str(ROOT / "credentials.yml")],
-            cwd=ROOT, env=self.env, stdout=self.rasa_log.open("a"), stderr=subprocess.STDOUT)
-        if wait:
-            wait_for(f"{self.url}/status", 300, self.rasa, self.rasa_log)
+    def start_rasa(self, wait: bool = True, worker: Optional[int] = None) -> None:
+        """Every worker (or the one numbered `worker`, from 0); with `wait`, until it answers."""
+        numbers = range(len(self.workers)) if worker is None else [worker]
+        for number in numbers:
+            log = self.rasa_log if number == 0 else self.workdir / f"rasa{number + 1}.log"
+            self.workers[number] = subprocess.Popen(
+                [RASA, "run", "--enable-api", "--port", str(self.worker_ports[number]), "-i", "127.0.0.1", "-m",
+                 str(MODEL), "--endpoints", str(self.endpoints), "--credentials", str(ROOT / "credentials.yml")],
+                cwd=ROOT, env=self.env, stdout=log.open("a"), stderr=subprocess.STDOUT)
+        for number in numbers if wait else []:
+            log = self.rasa_log if number == 0 else self.workdir / f"rasa{number + 1}.log"
+            wait_for(f"http://127.0.0.1:{self.worker_ports[number]}/status", 300, self.workers[number], log)
 
     def stop(self) -> None:
-        running = [p for p in (self.rasa, self.actions, self.ingress) if p is not None]
+        running = [p for p in (*self.workers, self.actions, self.ingress) if p is not None]
         for process in running:
             process.terminate()
         for process in running:
@@ -182,6 +204,42 @@ def running_whatsapp_bot(workdir: Path, extra_env: Optional[Dict[str, str]] = No
     finally:
         sandbox.terminate()
         sandbox.wait(timeout=20)
+
+
+PG_ADMIN = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "dbname": "postgres"}
+PG_PARTS = ("cards", "channel", "tracker", "actions")
+
+
+def pg_url(name: str) -> str:
+    return f"postgresql://postgres@127.0.0.1:5432/{name}"
+
+
+def pg_admin(statement: str) -> None:
+    import psycopg2
+
+    connection = psycopg2.connect(connect_timeout=5, **PG_ADMIN)
+    connection.autocommit = True
+    try:
+        connection.cursor().execute(statement)
+    finally:
+        connection.close()
+
+
+@contextmanager
+def postgres_stores(prefix: str, cards_template: Optional[str] = None) -> Iterator[Dict[str, str]]:
+    """Fresh PostgreSQL databases for a run's card system, channel, conversations and actions
+    (the card system copied from `cards_template` when given), dropped afterwards."""
+    import uuid
+
+    names = {part: f"{prefix}_{uuid.uuid4().hex[:8]}_{part}" for part in PG_PARTS}
+    try:
+        for part, name in names.items():
+            pg_admin(f"CREATE DATABASE {name}" + (f" TEMPLATE {cards_template}" if part == "cards" and cards_template
+                                                  else ""))
+        yield names
+    finally:
+        for name in names.values():
+            pg_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
 @contextmanager

@@ -16,6 +16,7 @@ import datetime as dt
 import logging
 import os
 import re
+import socket
 import time
 import uuid
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Set, Text
@@ -305,7 +306,8 @@ class WhatsAppInput(InputChannel):
             self.receiver.template_status = notices.template_status
         self.service_desk = service_desk  # the console's Requests view works it (None: made on first use)
         self._notifier: Optional[asyncio.Task] = None
-        self.instance_id = uuid.uuid4().hex  # lease owner: one instance at a time answers a customer
+        # lease owner: one instance at a time answers a customer (host and pid say which, to operators)
+        self.instance_id = f"{socket.gethostname()[:32]}/{os.getpid()}/{uuid.uuid4().hex[:12]}"
         self._locks: Dict[Text, asyncio.Lock] = {}
         self._tasks: Set[asyncio.Task] = set()   # turns being answered
         self._sweeper: Optional[asyncio.Task] = None
@@ -313,8 +315,11 @@ class WhatsAppInput(InputChannel):
         self._app: Any = None  # the Sanic app: its ctx.agent is Rasa's (None in tests without Rasa)
         self.give_up_after = GIVE_UP_AFTER
         # With an ingress (connectors.whatsapp.ingress) webhooks are recorded by another process:
-        # new messages are found by looking, every INGRESS_POLL_SECONDS.
+        # on PostgreSQL it wakes the workers (connectors.whatsapp.wakeup), on SQLite new messages
+        # are found by looking, every INGRESS_POLL_SECONDS.
         self.ingress = ingress
+        self._listener: Any = None  # wakeup.InboundListener while listening
+        self._woken: Set[Text] = set()  # customers with a drain started by a wake-up, not yet running
         self.max_concurrent_turns = max(1, max_concurrent_turns)
         self._turn_slots: Optional[asyncio.Semaphore] = None  # made on the serving loop
 
@@ -477,7 +482,32 @@ class WhatsAppInput(InputChannel):
             await asyncio.sleep(LEASE_TTL.total_seconds() / 3)
             await asyncio.to_thread(self.store.acquire, sender, self.instance_id)
 
-    async def drain(self, sender: Optional[Text], on_new_message: Callable[[UserMessage], Awaitable[Any]]) -> None:
+    def _wake(self, sender: Text, on_new_message: Callable[[UserMessage], Awaitable[Any]]) -> None:
+        """(On the serving loop.) The ingress recorded a message of this customer: start on them,
+        unless a drain started by an earlier wake-up is still waiting for its turn (it will read
+        this message too: it reads the queue after the notification)."""
+        if sender not in self._woken:
+            self._woken.add(sender)
+            self._spawn(self.drain(sender, on_new_message, woken=True))
+
+    def _start_listening(self, on_new_message: Callable[[UserMessage], Awaitable[Any]]) -> None:
+        from connectors.whatsapp.wakeup import InboundListener, can_listen
+
+        if not (self.ingress and can_listen(self.store.engine)):
+            return
+        loop = asyncio.get_running_loop()
+        self._listener = InboundListener(
+            self.store.engine, lambda sender: loop.call_soon_threadsafe(self._wake, sender, on_new_message))
+        self._listener.start()
+
+    def _poll_seconds(self) -> float:
+        """How long the due-loop sleeps: behind an ingress that cannot wake us, briefly."""
+        if self.ingress and not (self._listener is not None and self._listener.listening):
+            return INGRESS_POLL_SECONDS
+        return DUE_SECONDS
+
+    async def drain(self, sender: Optional[Text], on_new_message: Callable[[UserMessage], Awaitable[Any]],
+                    woken: bool = False) -> None:
         """Answer recorded messages in order and send their replies: one sender's, or every
         waiting sender's (when None)."""
         if sender is None:
@@ -487,6 +517,8 @@ class WhatsAppInput(InputChannel):
                                  return_exceptions=True)
             return
         async with self._locks.setdefault(sender, asyncio.Lock()):  # one task per sender in this process
+            if woken:
+                self._woken.discard(sender)  # a wake-up from now on needs a drain of its own
             while True:
                 # one instance in all holds a customer (the lease), and learns what to do in the same read
                 queue = await asyncio.to_thread(self.store.take, sender, self.instance_id)
@@ -637,10 +669,11 @@ class WhatsAppInput(InputChannel):
                     logger.exception("expiring waiting handoffs failed")
 
     async def retry_due(self, on_new_message: Callable[[UserMessage], Awaitable[Any]]) -> None:
-        """Every second: customers with a reply or a failed turn whose back-off is over (and,
-        behind an ingress, every INGRESS_POLL_SECONDS: customers with a new message)."""
+        """Every second: customers with a reply or a failed turn whose back-off is over, and behind
+        an ingress customers with a new message (every INGRESS_POLL_SECONDS unless the database
+        wakes us: then this only catches what a lost notification would leave)."""
         while True:
-            await asyncio.sleep(INGRESS_POLL_SECONDS if self.ingress else DUE_SECONDS)
+            await asyncio.sleep(self._poll_seconds())
             try:
                 due = await asyncio.to_thread(self.store.senders_due, SENDING_GRACE, None, self.ingress)
             except Exception:
@@ -743,6 +776,9 @@ class WhatsAppInput(InputChannel):
 
     async def stop(self) -> None:
         """Stop background work; unanswered messages stay recorded for the next start."""
+        if self._listener is not None:
+            await asyncio.to_thread(self._listener.stop)
+            self._listener = None
         tasks = list(self._tasks) + [t for t in (self._sweeper, self._retrier, self._notifier) if t]
         for task in tasks:
             task.cancel()
@@ -757,6 +793,7 @@ class WhatsAppInput(InputChannel):
         @whatsapp_webhook.listener("after_server_start")
         async def resume_unanswered(app, loop) -> None:
             self._app = app
+            self._start_listening(on_new_message)  # (before the first look: nothing recorded after it is missed)
             self._spawn(self.drain(None, on_new_message))
             if self.sweep_seconds > 0:
                 self._sweeper = asyncio.ensure_future(self.sweep(on_new_message))

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
 
 from sqlalchemy import Column, DateTime, Integer, String, Text, delete, func, or_, select, update
+from sqlalchemy import text as sql
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import declarative_base
 
@@ -25,7 +26,10 @@ from connectors.whatsapp.inbound import EVENT_KIND, Inbound, Status
 Base = declarative_base()
 SERVICE_WINDOW = dt.timedelta(hours=24)
 STATUS_ORDER = {"refused": 0, "sent": 1, "delivered": 2, "read": 3, "failed": 4}  # statuses only move forward
-LEASE_TTL = dt.timedelta(seconds=60)
+# A worker holds a customer while it answers them, renewing every LEASE_TTL/3; a worker that died
+# holding one (killed mid-turn) lets another take the customer over this long after its last renewal.
+LEASE_TTL = dt.timedelta(seconds=15)
+INBOUND_CHANNEL = "cardcare_inbound"  # PostgreSQL NOTIFY channel: a customer's new message was recorded
 OFFER_VALID = dt.timedelta(days=7)  # an old button tapped within a week still works
 TEMPLATE_OFFER_VALID = dt.timedelta(days=35)  # a template's quick reply (a reminder read late) for a month
 
@@ -300,6 +304,14 @@ def _was_offered(s: Any, sender: str, payload: str, now: dt.datetime, valid: dt.
     return row is not None and now - row.offered_at < valid
 
 
+def _announce(s: Any, senders: List[str]) -> None:
+    """On PostgreSQL, tell the listening workers whose messages this transaction records: NOTIFY
+    is delivered at commit (never for a rollback), one notification per customer and commit."""
+    if senders and s.bind.dialect.name == "postgresql":
+        s.execute(sql("SELECT pg_notify(:channel, sender) FROM unnest(CAST(:senders AS text[])) AS sender"),
+                  {"channel": INBOUND_CHANNEL, "senders": list(dict.fromkeys(senders))})
+
+
 def default_url() -> str:
     return os.environ.get("CARDCARE_CHANNEL_DB_URL") or f"sqlite:///{PROJECT_ROOT / 'var' / 'channel.db'}"
 
@@ -330,6 +342,7 @@ class ChannelStore:
             s.add(InboundRecord(**_inbound_row(message, moment)))
             if message.kind != EVENT_KIND:  # the channel's own events do not open the 24-hour window
                 _open_window(s, message.sender, moment)
+            _announce(s, [message.sender])
         return True
 
     def record_webhooks(self, messages: List[Inbound], statuses: List[Status],
@@ -345,6 +358,7 @@ class ChannelStore:
                     _open_window(s, message.sender, moment)
             for status in statuses:
                 self._record_delivery(s, status)
+            _announce(s, [m.sender for m, new in zip(messages, added) if new])
             return added
 
     def pending(self, sender: Optional[str] = None) -> List[PendingMessage]:
