@@ -2,8 +2,11 @@
 public one is locked, and the public one lets through only what it should.
 
 Production topology on this machine: PostgreSQL tracker store (a database made for this run),
-Redis lock store, the locked action server, Rasa on 127.0.0.1 with credentials.production.yml,
-nginx on PUBLIC_PORT when installed, the sandbox as the Graph API (its base URL is configurable).
+Redis lock store, the locked action server, two Rasa workers (`WORKERS=2`) on 127.0.0.1 with
+credentials.production.yml sharing the SQLite channel and card databases, nginx on PUBLIC_PORT
+when installed (spreading the console and links over both workers), the sandbox as the Graph
+API (its base URL is configurable). A worker killed with SIGKILL is started again while the
+other goes on answering.
 """
 from __future__ import annotations
 
@@ -57,6 +60,19 @@ def production_secrets() -> dict:
     }
 
 
+def free_port_pair() -> int:
+    """A port p with p+1 free too (the workers take RASA_PORT and RASA_PORT+1)."""
+    for _ in range(50):
+        port = free_port()
+        try:
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", port + 1))
+            return port
+        except OSError:
+            continue
+    raise RuntimeError("no two free ports in a row")
+
+
 def make_serve(env: dict, **kwargs) -> subprocess.Popen:
     return subprocess.Popen(["make", "-s", "serve"], cwd=ROOT, env=env, start_new_session=True, **kwargs)
 
@@ -82,8 +98,8 @@ def served(tmp_path_factory, postgres_db):
     work = tmp_path_factory.mktemp("serve")
     env = {**os.environ, **production_secrets()}
     env.update({
-        "RASA_PORT": str(free_port()), "ACTION_PORT": str(free_port()), "PUBLIC_PORT": str(free_port()),
-        "PUBLIC_HOST": "127.0.0.1", "RASA_ENABLE_API": "1",
+        "RASA_PORT": str(free_port_pair()), "WORKERS": "2", "INGRESS_PORT": str(free_port()),
+        "ACTION_PORT": str(free_port()), "PUBLIC_PORT": str(free_port()), "PUBLIC_HOST": "127.0.0.1", "RASA_ENABLE_API": "1",
         "RASA_TRACKER_DB_HOST": "127.0.0.1", "RASA_TRACKER_DB_PORT": "5432", "RASA_TRACKER_DB_NAME": postgres_db,
         "RASA_TRACKER_DB_USER": "postgres", "RASA_TRACKER_DB_PASSWORD": "unused-with-trust-auth",
         "REDIS_HOST": "127.0.0.1", "REDIS_PORT": "6379",
@@ -109,8 +125,9 @@ def served(tmp_path_factory, postgres_db):
             if serving.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"make serve did not come up:\n{log.read_text()[-3000:]}")
             time.sleep(0.5)
-        yield {"env": env, "door": door, "sandbox": sandbox_url, "work": work,
-               "rasa": f"http://127.0.0.1:{env['RASA_PORT']}", "actions": f"http://127.0.0.1:{env['ACTION_PORT']}"}
+        yield {"env": env, "door": door, "sandbox": sandbox_url, "work": work, "log": log,
+               "rasa": f"http://127.0.0.1:{env['RASA_PORT']}", "actions": f"http://127.0.0.1:{env['ACTION_PORT']}",
+               "workers": [int(env["RASA_PORT"]), int(env["RASA_PORT"]) + 1]}
     finally:
         os.killpg(serving.pid, signal.SIGTERM)
         try:
@@ -121,18 +138,18 @@ def served(tmp_path_factory, postgres_db):
         sandbox.wait(timeout=20)
 
 
-def say(served, text: str = "", reply: dict = None, wait: float = 30.0) -> list:
+def say(served, text: str = "", reply: dict = None, wait: float = 30.0, customer: str = CUSTOMER) -> list:
     """A customer writes through the sandbox; the bot's replies as they arrive."""
     url = served["sandbox"]
-    seen = len(requests.get(f"{url}/_sandbox/messages", params={"to": CUSTOMER}, timeout=5).json())
-    body = {"from": CUSTOMER, "name": "Test", **({"reply": reply} if reply else {"text": text})}
+    seen = len(requests.get(f"{url}/_sandbox/messages", params={"to": customer}, timeout=5).json())
+    body = {"from": customer, "name": "Test", **({"reply": reply} if reply else {"text": text})}
     assert requests.post(f"{url}/_sandbox/send", json=body, timeout=10).json()["bot_status"] == 200
     deadline, got = time.monotonic() + wait, []
     while time.monotonic() < deadline:
-        got = requests.get(f"{url}/_sandbox/messages", params={"to": CUSTOMER, "after": seen}, timeout=5).json()
+        got = requests.get(f"{url}/_sandbox/messages", params={"to": customer, "after": seen}, timeout=5).json()
         if got:
             time.sleep(1.0)
-            return requests.get(f"{url}/_sandbox/messages", params={"to": CUSTOMER, "after": seen}, timeout=5).json()
+            return requests.get(f"{url}/_sandbox/messages", params={"to": customer, "after": seen}, timeout=5).json()
         time.sleep(0.2)
     raise AssertionError(f"no reply to {text or reply!r}")
 
@@ -195,6 +212,28 @@ def test_the_default_plan_binds_loopback_with_no_api_and_no_rest(tmp_path):
     assert "--host 127.0.0.1" in commands["actions"]
     assert "-i 127.0.0.1" in commands["rasa"] and "credentials.production.yml" in commands["rasa"]
     assert "--enable-api" not in plan and env["CARDCARE_ACTION_SECRET"] not in plan
+    assert [name for name in commands if name.startswith("rasa")] == ["rasa"]  # one worker unless asked
+
+
+def test_workers_each_get_a_port_and_the_door_spreads_over_them(tmp_path):
+    env = {**os.environ, **production_secrets(), "PYTHONPATH": str(ROOT), "NGINX_RUN_DIR": str(tmp_path),
+           "CARDCARE_DB_URL": f"sqlite:///{tmp_path / 'cards.db'}", "WORKERS": "3", "RASA_PORT": "6100"}
+    env.update({k: "x" for k in ("RASA_TRACKER_DB_HOST", "RASA_TRACKER_DB_PORT", "RASA_TRACKER_DB_NAME",
+                                 "RASA_TRACKER_DB_USER", "RASA_TRACKER_DB_PASSWORD", "REDIS_HOST", "REDIS_PORT")})
+    plan = subprocess.run([sys.executable, "-m", "deploy.serve", "--dry-run"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, check=True).stdout
+    commands = dict(line.split(": ", 1) for line in plan.strip().splitlines())
+    assert [commands[name].split("--port ")[1].split()[0] for name in ("rasa", "rasa2", "rasa3")] == \
+        ["6100", "6101", "6102"]
+    if NGINX:
+        conf = (tmp_path / "nginx.conf").read_text()
+        upstream = conf.split("upstream rasa {", 1)[1].split("}", 1)[0]
+        assert [line.split()[1] for line in upstream.splitlines() if line.strip().startswith("server ")] == \
+            ["127.0.0.1:6100;", "127.0.0.1:6101;", "127.0.0.1:6102;"]
+    for workers, said in (("0", "WORKERS must be a number"), ("many", "WORKERS must be a number"),
+                          ("2", "includes another process's port 6101")):
+        bad = {**env, "WORKERS": workers, "ACTION_PORT": "6101"}
+        assert said in refusal(bad)
     assert "rest:" not in (ROOT / "credentials.production.yml").read_text()
 
 
@@ -205,7 +244,7 @@ def test_only_the_public_door_is_reachable_from_other_addresses(served):
                  if ":" not in a and not a.startswith("127.")]
     if not addresses:
         pytest.skip("this machine has no non-loopback IPv4 address to try from")
-    for port in (served["env"]["RASA_PORT"], served["env"]["ACTION_PORT"]):
+    for port in (*served["workers"], served["env"]["ACTION_PORT"], served["env"]["INGRESS_PORT"]):
         with pytest.raises(OSError):
             socket.create_connection((addresses[0], int(port)), timeout=2).close()
 
@@ -389,3 +428,39 @@ def test_a_statement_link_works_through_the_door_for_an_hour_only(served, monkey
     logs = [served["work"] / "serve.log"] + list((served["work"] / "nginx").glob("*.log"))
     assert all(token not in log.read_text(errors="replace") for log in logs)  # a link is a bearer token
     assert all(CUSTOMER not in log.read_text(errors="replace") for log in logs)  # nor full numbers
+
+
+def worker_pid(port: int) -> int:
+    """The Rasa worker serving `port` (from /proc: its command line names the port)."""
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"deploy.rasa_server" in argv and str(port).encode() in argv:
+                return int(entry.name)
+    raise AssertionError(f"no Rasa worker on port {port}")
+
+
+def test_a_killed_worker_is_started_again_while_the_other_answers(served):
+    """(Last: it kills a worker.) SIGKILL one of the two: the customer is answered meanwhile,
+    and make serve starts the worker again."""
+    second = served["workers"][1]
+    victim = worker_pid(second)
+    os.kill(victim, signal.SIGKILL)
+    other = "919800000005"  # one card (CUSTOMER is with an agent by now)
+    assert "Outstanding" in json.dumps(say(served, "what's my balance", wait=60, customer=other))
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(f"http://127.0.0.1:{second}/webhooks/whatsapp/", timeout=2).ok:
+                break
+        except requests.RequestException:
+            pass
+        time.sleep(1)
+    else:
+        raise AssertionError("the killed worker was not started again")
+    assert worker_pid(second) != victim
+    assert "starting it again" in served["log"].read_text()
+    assert "minimum" in json.dumps(say(served, "what is the minimum due", customer=other)).lower()
