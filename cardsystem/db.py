@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, Iterator
 
 from sqlalchemy import MetaData, create_engine, event, inspect
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import QueuePool
 
@@ -35,12 +37,38 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
+IDLE_PING_SECONDS = 5.0  # a server connection idle this long is pinged before it is used again
+
+
+def _note_checkin(_dbapi_connection, record) -> None:
+    record.info["idle_since"] = time.monotonic()
+
+
+def _ping_if_idle(dbapi_connection, record, _proxy) -> None:
+    """Ping a server connection that sat in the pool for a while (the database may have
+    restarted meanwhile); one in steady use is not pinged (pool_pre_ping would cost a round trip
+    and a third of an empty transaction's CPU on every checkout). A connection that broke while
+    in use fails that one statement: SQLAlchemy then drops every pooled connection of that
+    engine, and the caller's retry (a turn's, a webhook's redelivery) runs on new ones."""
+    idle_since = record.info.get("idle_since")
+    if idle_since is None or time.monotonic() - idle_since < IDLE_PING_SECONDS:
+        return  # (None: a connection just opened)
+    try:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("SELECT 1")
+        finally:
+            cursor.close()
+    except Exception as exc:  # the pool opens a new connection instead
+        raise DisconnectionError(f"stale pooled connection: {type(exc).__name__}") from exc
+
+
 def get_engine(url: str) -> Engine:
     """Return the process-wide engine for `url`, creating it on first use."""
     with _lock:
         engine = _engines.get(url)
         if engine is None:
-            kwargs = {"future": True, "pool_pre_ping": True}
+            kwargs = {"future": True, "pool_pre_ping": False}  # (server databases: _ping_if_idle)
             if url.startswith("sqlite"):
                 path = url.split("///", 1)[-1]
                 if path and path != ":memory:" and not path.startswith("file:"):
@@ -55,6 +83,9 @@ def get_engine(url: str) -> Engine:
             engine = create_engine(url, **kwargs)
             if url.startswith("sqlite"):
                 event.listen(engine, "connect", _sqlite_pragmas)
+            else:
+                event.listen(engine, "checkin", _note_checkin)
+                event.listen(engine, "checkout", _ping_if_idle)
             _engines[url] = engine
         return engine
 

@@ -33,6 +33,7 @@ import sqlalchemy as sa
 
 from cardsystem.db import get_engine
 from rasa.core.tracker_store import SQLTrackerStore
+from rasa.shared.nlu.constants import INTENT_NAME_KEY
 from rasa.shared.core.events import ActionExecuted, SessionStarted, UserUttered
 from rasa.shared.core.trackers import DialogueStateTracker
 
@@ -61,6 +62,35 @@ class RecentTurnsSQLTrackerStore(SQLTrackerStore):
             connection.exec_driver_sql("CREATE INDEX IF NOT EXISTS ix_events_sender_type_name "
                                        "ON events (sender_id, type_name, action_name)")
 
+    def _statements(self, in_session: bool) -> Dict[Text, Any]:
+        """The reads of `retrieve`, built once per store (SQLAlchemy then skips building them and
+        computing their cache keys on every turn): `in_session` limits them to events from the
+        session's start (:start) on."""
+        key = "_cardcare_statements_in_session" if in_session else "_cardcare_statements"
+        built = getattr(self, key, None)
+        if built is not None:
+            return built
+        t = self.SQLEvent.__table__
+        of = [t.c.sender_id == sa.bindparam("sid")] + ([t.c.timestamp >= sa.bindparam("start")] if in_session else [])
+        before = of + [t.c.id < sa.bindparam("cut"), t.c.id > sa.bindparam("after")]
+        built = {
+            "start": sa.select(sa.func.max(t.c.timestamp)).where(
+                t.c.sender_id == sa.bindparam("sid"), t.c.type_name == SessionStarted.type_name),
+            "cut": sa.select(t.c.id).where(*of, t.c.type_name == UserUttered.type_name)
+            .order_by(t.c.id.desc()).offset(self.keep_turns - 1).limit(1),
+            "all": sa.select(t.c.data).where(*of).order_by(t.c.id),
+            "reset": sa.select(sa.func.max(t.c.id)).where(*before, t.c.type_name.in_(("restart", "reset_slots"))),
+            "slots": sa.select(sa.func.max(t.c.id)).where(*before, t.c.type_name == "slot").group_by(t.c.action_name),
+            "loop": sa.select(sa.func.max(t.c.id)).where(*before, t.c.type_name == "active_loop"),
+            "interrupted": sa.select(t.c.id).where(*before, t.c.type_name == "loop_interrupted"),
+            "head": sa.select(t.c.id, t.c.type_name, t.c.action_name).where(*of, t.c.id < sa.bindparam("cut"))
+            .order_by(t.c.id).limit(8),
+            "earlier": sa.select(t.c.data).where(t.c.id.in_(sa.bindparam("ids", expanding=True))).order_by(t.c.id),
+            "recent": sa.select(t.c.data).where(*of, t.c.id >= sa.bindparam("cut")).order_by(t.c.id),
+        }
+        setattr(self, key, built)
+        return built
+
     async def retrieve(self, sender_id: Text) -> Optional[DialogueStateTracker]:
         with self.session_scope() as session:
             events = self._recent_events(session, sender_id)
@@ -71,46 +101,52 @@ class RecentTurnsSQLTrackerStore(SQLTrackerStore):
         return tracker
 
     def _recent_events(self, session: Any, sender_id: Text) -> List[Dict[Text, Any]]:
-        event = self.SQLEvent
-        of_sender = event.sender_id == sender_id
-        session_start = session.query(sa.func.max(event.timestamp)).filter(
-            of_sender, event.type_name == SessionStarted.type_name).scalar()
-        in_session = [of_sender] + ([event.timestamp >= session_start] if session_start is not None else [])
-        cut = session.query(event.id).filter(*in_session, event.type_name == UserUttered.type_name) \
-            .order_by(event.id.desc()).offset(self.keep_turns - 1).limit(1).scalar()
+        start = session.execute(self._statements(False)["start"], {"sid": sender_id}).scalar()
+        q = self._statements(start is not None)
+        at = {"sid": sender_id, "start": start} if start is not None else {"sid": sender_id}
+        cut = session.execute(q["cut"], at).scalar()
         if cut is None:  # a short session: all of it, as the stock store reads it
-            rows = session.query(event.data).filter(*in_session).order_by(event.id).all()
-            return [json.loads(data) for (data,) in rows]
-        kept = set(self._state_before(session, in_session, cut))
-        head = session.query(event.id, event.type_name, event.action_name).filter(*in_session, event.id < cut) \
-            .order_by(event.id).limit(8).all()
-        for row_id, type_name, action_name in head:  # the session's opening, to its first action_listen
-            if type_name == UserUttered.type_name:
+            return [json.loads(data) for data in session.execute(q["all"], at).scalars()]
+        kept = set(self._state_before(session, q, at, cut))
+        for row_id, type_name, action_name in session.execute(q["head"], {**at, "cut": cut}):
+            if type_name == UserUttered.type_name:  # the session's opening, to its first action_listen
                 break
             kept.add(row_id)
             if type_name == ActionExecuted.type_name and action_name == "action_listen":
                 break
-        earlier = session.query(event.data).filter(event.id.in_(sorted(kept))).order_by(event.id).all() if kept else []
-        recent = session.query(event.data).filter(*in_session, event.id >= cut).order_by(event.id).all()
-        return [json.loads(data) for (data,) in earlier + recent]
+        earlier = list(session.execute(q["earlier"], {"ids": sorted(kept)}).scalars()) if kept else []
+        recent = list(session.execute(q["recent"], {**at, "cut": cut}).scalars())
+        return [json.loads(data) for data in earlier + recent]
 
-    def _state_before(self, session: Any, in_session: List[Any], cut: int) -> Iterator[int]:
+    @staticmethod
+    def _state_before(session: Any, q: Dict[Text, Any], at: Dict[Text, Any], cut: int) -> Iterator[int]:
         """Ids of the events before `cut` whose effect still holds: each slot's last setting,
         the last form activation (and an interruption of it), after the last restart."""
-        event = self.SQLEvent
-        before = in_session + [event.id < cut]
-        reset = session.query(sa.func.max(event.id)).filter(
-            *before, event.type_name.in_(("restart", "reset_slots"))).scalar()
+        before = {**at, "cut": cut, "after": -1}
+        reset = session.execute(q["reset"], before).scalar()
         if reset is not None:
-            before.append(event.id > reset)
+            before["after"] = reset
             yield reset
-        yield from (row_id for (row_id,) in session.query(sa.func.max(event.id)).filter(
-            *before, event.type_name == "slot").group_by(event.action_name))
-        loop = session.query(sa.func.max(event.id)).filter(*before, event.type_name == "active_loop").scalar()
+        yield from session.execute(q["slots"], before).scalars()
+        loop = session.execute(q["loop"], before).scalar()
         if loop is not None:
             yield loop
-            yield from (row_id for (row_id,) in session.query(event.id).filter(
-                *before, event.id > loop, event.type_name == "loop_interrupted"))
+            yield from session.execute(q["interrupted"], {**before, "after": loop}).scalars()
+
+    async def save(self, tracker: DialogueStateTracker) -> None:
+        """As the stock store saves (the events the turn added, one row each), in one statement."""
+        await self.stream_events(tracker)
+        with self.session_scope() as session:
+            rows = []
+            for event in self._additional_events(session, tracker):
+                data = event.as_dict()
+                rows.append({"sender_id": tracker.sender_id, "type_name": event.type_name,
+                             "timestamp": data.get("timestamp"), "action_name": data.get("name"),
+                             "intent_name": data.get("parse_data", {}).get("intent", {}).get(INTENT_NAME_KEY),
+                             "data": json.dumps(data)})
+            if rows:
+                session.execute(self.SQLEvent.__table__.insert(), rows)
+            session.commit()
 
     def _additional_events(self, session: Any, tracker: DialogueStateTracker) -> Iterator:
         """What the turn added: the events after those this store read (stock counting for a

@@ -33,9 +33,21 @@ def run(coroutine):
     return asyncio.run(coroutine)
 
 
-def stores(tmp_path: Path, keep_turns: int = 6):
-    db = str(tmp_path / "tracker.db")
-    return SQLTrackerStore(DOMAIN, db=db), RecentTurnsSQLTrackerStore(DOMAIN, db=db, keep_turns=keep_turns)
+@pytest.fixture(params=["sqlite", "postgresql"])
+def where(request, tmp_path):
+    """The embedded default and PostgreSQL (what make serve's workers share)."""
+    if request.param == "sqlite":
+        yield {"db": str(tmp_path / "tracker.db")}
+        return
+    from tests.servers import postgres_database
+
+    with postgres_database("cardcare_tracker") as name:
+        yield {"dialect": "postgresql", "host": "127.0.0.1", "port": 5432, "username": "postgres", "db": name}
+
+
+def stores(where, keep_turns: int = 6):
+    where = where if isinstance(where, dict) else {"db": str(where / "tracker.db")}
+    return SQLTrackerStore(DOMAIN, **where), RecentTurnsSQLTrackerStore(DOMAIN, **where, keep_turns=keep_turns)
 
 
 def start(store, sender: str) -> None:
@@ -66,8 +78,8 @@ def same_recent_past(full: DialogueStateTracker, recent: DialogueStateTracker, s
     assert recent.past_states(DOMAIN)[-states:] == full.past_states(DOMAIN)[-states:]
 
 
-def test_a_long_conversation_reads_its_recent_turns_with_the_state_of_everything_before(tmp_path):
-    stock, recent = stores(tmp_path)
+def test_a_long_conversation_reads_its_recent_turns_with_the_state_of_everything_before(where):
+    stock, recent = stores(where)
     start(recent, "c1")
     rng = random.Random(3)
     for number in range(40):
@@ -87,8 +99,8 @@ def test_a_long_conversation_reads_its_recent_turns_with_the_state_of_everything
     assert sum(isinstance(e, UserUttered) for e in window.events) == 6
 
 
-def test_saving_writes_the_new_events_once_and_deletes_nothing(tmp_path):
-    stock, recent = stores(tmp_path)
+def test_saving_writes_the_new_events_once_and_deletes_nothing(where):
+    stock, recent = stores(where)
     start(recent, "c2")
     rng = random.Random(4)
     for number in range(25):
@@ -101,8 +113,8 @@ def test_saving_writes_the_new_events_once_and_deletes_nothing(tmp_path):
     assert len(run(recent.retrieve_full_tracker("c2")).events) == len(full.events)
 
 
-def test_a_tracker_it_did_not_read_is_saved_as_the_stock_store_saves_it(tmp_path):
-    stock, recent = stores(tmp_path)
+def test_a_tracker_it_did_not_read_is_saved_as_the_stock_store_saves_it(where):
+    stock, recent = stores(where)
     for store, sender in ((stock, "stock"), (recent, "recent")):
         tracker = DialogueStateTracker(sender, DOMAIN.slots)
         for event in (ActionExecuted("action_session_start"), SessionStarted(), ActionExecuted("action_listen"),
@@ -115,8 +127,8 @@ def test_a_tracker_it_did_not_read_is_saved_as_the_stock_store_saves_it(tmp_path
         [e.as_dict()["event"] for e in run(stock.retrieve_full_tracker("stock")).events]
 
 
-def test_a_restart_before_the_window_forgets_the_slots_set_before_it(tmp_path):
-    stock, recent = stores(tmp_path, keep_turns=3)
+def test_a_restart_before_the_window_forgets_the_slots_set_before_it(where):
+    stock, recent = stores(where, keep_turns=3)
     start(recent, "c4")
     rng = random.Random(5)
     turn(recent, "c4", 0, rng, [SlotSet(SLOTS[0], "before the restart")])
@@ -128,8 +140,8 @@ def test_a_restart_before_the_window_forgets_the_slots_set_before_it(tmp_path):
     same_recent_past(run(stock.retrieve("c4")), window, states=4)
 
 
-def test_only_the_current_session_is_read(tmp_path):
-    stock, recent = stores(tmp_path, keep_turns=3)
+def test_only_the_current_session_is_read(where):
+    stock, recent = stores(where, keep_turns=3)
     start(recent, "c5")
     rng = random.Random(6)
     for number in range(5):
@@ -144,8 +156,8 @@ def test_only_the_current_session_is_read(tmp_path):
     same_recent_past(run(stock.retrieve("c5")), window, states=4)
 
 
-def test_a_customer_never_seen_has_no_tracker(tmp_path):
-    _, recent = stores(tmp_path)
+def test_a_customer_never_seen_has_no_tracker(where):
+    _, recent = stores(where)
     assert run(recent.retrieve("nobody")) is None
 
 

@@ -14,7 +14,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
 
-from sqlalchemy import Column, DateTime, Integer, String, Text, delete, func, or_, select, update
+from sqlalchemy import Column, DateTime, Integer, String, Text, bindparam, delete, func, or_, select, update
 from sqlalchemy import text as sql
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import declarative_base
@@ -212,9 +212,9 @@ def _pending(r: InboundRecord) -> PendingMessage:
 def _queue(s: Any, key: str, message_id: str, recipient: str, reply_by: str, body: Dict[str, Any],
            now: dt.datetime) -> None:
     """One reply into the outbox, due now."""
-    s.add(OutboxRecord(key=key, message_id=message_id, recipient=recipient, reply_by=reply_by,
-                       body=json.dumps(body, ensure_ascii=False), state="queued", attempts=0,
-                       next_attempt_at=now, created_at=now, updated_at=now))
+    s.execute(_REPLY_NEW, {"key": key, "message_id": message_id, "recipient": recipient, "reply_by": reply_by,
+                           "body": json.dumps(body, ensure_ascii=False), "state": "queued", "attempts": 0,
+                           "next_attempt_at": now, "created_at": now, "updated_at": now})
 
 
 def _reply(r: OutboxRecord) -> QueuedReply:
@@ -222,21 +222,27 @@ def _reply(r: OutboxRecord) -> QueuedReply:
                        r.next_attempt_at, r.updated_at)
 
 
+_INSERT_IF_ABSENT: Dict["tuple[str, str]", Any] = {}
+
+
 def _insert_if_absent(s: Any, table: Any, values: Dict[str, Any]) -> bool:
     """INSERT ... ON CONFLICT DO NOTHING (SQLite and PostgreSQL); True when the row was added."""
     dialect = s.get_bind().dialect.name
-    if dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    elif dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:  # another database: try, and take a conflict as "present"
-        try:
-            with s.begin_nested():
-                s.execute(table.insert().values(**values))
-            return True
-        except IntegrityError:
-            return False
-    return bool(s.execute(insert(table).values(**values).on_conflict_do_nothing()).rowcount)
+    statement = _INSERT_IF_ABSENT.get((dialect, table.name))
+    if statement is None:
+        if dialect == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert
+        elif dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:  # another database: try, and take a conflict as "present"
+            try:
+                with s.begin_nested():
+                    s.execute(table.insert().values(**values))
+                return True
+            except IntegrityError:
+                return False
+        statement = _INSERT_IF_ABSENT[(dialect, table.name)] = insert(table).on_conflict_do_nothing()
+    return bool(s.execute(statement, values).rowcount)
 
 
 def _inbound_row(message: Inbound, moment: dt.datetime) -> Dict[str, Any]:
@@ -247,34 +253,80 @@ def _inbound_row(message: Inbound, moment: dt.datetime) -> Dict[str, Any]:
 
 def _open_window(s: Any, sender: str, moment: dt.datetime) -> None:
     """The customer wrote at `moment`: their 24-hour window runs from then (never backwards)."""
-    window = s.get(ServiceWindow, sender)
-    if window is None:
-        s.add(ServiceWindow(sender=sender, last_inbound_at=moment))
-        s.flush()  # (a second message of theirs in the same transaction finds it)
-    elif window.last_inbound_at < moment:
-        window.last_inbound_at = moment
+    last = s.execute(_WINDOW_OF, {"sender": sender}).scalar()
+    if last is None:
+        s.execute(_WINDOW_NEW, {"sender": sender, "last_inbound_at": moment})
+    elif last < moment:
+        s.execute(_WINDOW_MOVE, {"window_sender": sender, "moment": moment})
 
 
 def _is_window_open(s: Any, sender: str, now: dt.datetime) -> bool:
-    last = s.execute(select(ServiceWindow.last_inbound_at).where(ServiceWindow.sender == sender)).scalar()
+    last = s.execute(_WINDOW_OF, {"sender": sender}).scalar()
     return last is not None and now - last < SERVICE_WINDOW
+
+
+# The hot path's statements, built once: SQLAlchemy then skips building them and computing
+# their cache keys on every turn, and Core rows are read without the ORM's identity map.
+_INBOUND, _OUTBOX, _LEASE = InboundRecord.__table__, OutboxRecord.__table__, SenderLease.__table__
+_PENDING_ORDER = (func.coalesce(_INBOUND.c.sent_at, 0), _INBOUND.c.received_at, _INBOUND.c.id)
+_PENDING_ALL = select(_INBOUND).where(_INBOUND.c.state == "pending").order_by(*_PENDING_ORDER)
+_PENDING_OF = select(_INBOUND).where(_INBOUND.c.state == "pending", _INBOUND.c.sender == bindparam("sender")) \
+    .order_by(*_PENDING_ORDER)
+_ANY_PENDING_OF = select(_INBOUND.c.id).where(_INBOUND.c.state == "pending",
+                                              _INBOUND.c.sender == bindparam("sender")).limit(1)
+_UNSENT_OF = select(_OUTBOX).where(_OUTBOX.c.recipient == bindparam("recipient"),
+                                   _OUTBOX.c.state.in_(("queued", "sending"))).order_by(_OUTBOX.c.id)
+_WINDOW_OF = select(ServiceWindow.__table__.c.last_inbound_at).where(
+    ServiceWindow.__table__.c.sender == bindparam("sender"))
+_LEASE_RENEW = update(_LEASE).where(
+    _LEASE.c.sender == bindparam("lease_sender"),
+    or_(_LEASE.c.owner == bindparam("lease_owner"), _LEASE.c.expires_at < bindparam("now"))) \
+    .values(owner=bindparam("new_owner"), expires_at=bindparam("until"))
+_WINDOWS = ServiceWindow.__table__
+_WINDOW_NEW = _WINDOWS.insert()
+_WINDOW_MOVE = update(_WINDOWS).where(_WINDOWS.c.sender == bindparam("window_sender")) \
+    .values(last_inbound_at=bindparam("moment"))
+_MENUS, _OFFERED = NumberedMenu.__table__, OfferedPayload.__table__
+_MENU_OF = select(_MENUS.c.options, _MENUS.c.sent_at).where(_MENUS.c.sender == bindparam("sender"))
+_MENU_TAKEN = delete(_MENUS).where(_MENUS.c.sender == bindparam("sender"))
+_OFFERED_AT = select(_OFFERED.c.offered_at).where(_OFFERED.c.sender == bindparam("sender"),
+                                                  _OFFERED.c.payload == bindparam("payload"))
+_BEGIN_TURN = update(_INBOUND).where(_INBOUND.c.message_id == bindparam("mid")).values(started_at=bindparam("now"))
+_REPLY_KEYS_OF = select(_OUTBOX.c.key).where(_OUTBOX.c.message_id == bindparam("mid"))
+_REPLY_NEW = _OUTBOX.insert()
+_ANSWERED = update(_INBOUND).where(_INBOUND.c.message_id == bindparam("mid"), _INBOUND.c.state == "pending") \
+    .values(state="answered", handled_at=bindparam("now"))
+_UNSENT_COUNT_OF = select(func.count()).select_from(_OUTBOX).where(
+    _OUTBOX.c.message_id == bindparam("mid"), _OUTBOX.c.state.in_(("queued", "sending")))
+_DONE = update(_INBOUND).where(_INBOUND.c.message_id == bindparam("mid"), _INBOUND.c.state == "answered") \
+    .values(state="done", handled_at=bindparam("now"))
+_REPLY_SENDING = update(_OUTBOX).where(_OUTBOX.c.id == bindparam("reply_id")) \
+    .values(state="sending", attempts=_OUTBOX.c.attempts + 1, updated_at=bindparam("now"))
+_REPLY_BY_ID = select(_OUTBOX.c.state, _OUTBOX.c.wamid, _OUTBOX.c.message_id).where(_OUTBOX.c.id == bindparam("reply_id"))
+_REPLY_BY_KEY = select(_OUTBOX.c.id, _OUTBOX.c.state, _OUTBOX.c.message_id).where(_OUTBOX.c.key == bindparam("key"))
+_REPLY_SETTLED = update(_OUTBOX).where(_OUTBOX.c.id == bindparam("reply_id")) \
+    .values(state=bindparam("new_state"), wamid=bindparam("new_wamid"), error=bindparam("new_error"),
+            updated_at=bindparam("now"))
+_SENDS = OutboundRecord.__table__
+_SEND_NEW = _SENDS.insert()
+_SEND_BY_WAMID = select(_SENDS.c.id, _SENDS.c.status).where(_SENDS.c.wamid == bindparam("wamid")) \
+    .order_by(_SENDS.c.id).limit(1)
+_SEND_STATUS = update(_SENDS).where(_SENDS.c.id == bindparam("send_id")) \
+    .values(status=bindparam("new_status"), updated_at=bindparam("now"))
+_SEND_ERROR = update(_SENDS).where(_SENDS.c.id == bindparam("send_id")) \
+    .values(error_code=bindparam("code"), error_meaning=bindparam("meaning"))
+_LEASE_GIVE_BACK = delete(_LEASE).where(_LEASE.c.sender == bindparam("lease_sender"),
+                                        _LEASE.c.owner == bindparam("lease_owner"))
 
 
 def _pending_of(s: Any, sender: Optional[str] = None) -> List[PendingMessage]:
     """Recorded but unanswered messages (one sender's, or all), oldest first."""
-    query = select(InboundRecord).where(InboundRecord.state == "pending")
-    if sender:
-        query = query.where(InboundRecord.sender == sender)
-    rows = s.execute(query.order_by(func.coalesce(InboundRecord.sent_at, 0), InboundRecord.received_at,
-                                    InboundRecord.id)).scalars()
+    rows = s.execute(_PENDING_OF, {"sender": sender}) if sender else s.execute(_PENDING_ALL)
     return [_pending(r) for r in rows]
 
 
 def _unsent_of(s: Any, recipient: str) -> List[QueuedReply]:
-    rows = s.execute(select(OutboxRecord).where(OutboxRecord.recipient == recipient,
-                                                OutboxRecord.state.in_(("queued", "sending")))
-                     .order_by(OutboxRecord.id)).scalars()
-    return [_reply(r) for r in rows]
+    return [_reply(r) for r in s.execute(_UNSENT_OF, {"recipient": recipient})]
 
 
 def _queue_of(s: Any, sender: str, now: dt.datetime) -> SenderQueue:
@@ -283,25 +335,23 @@ def _queue_of(s: Any, sender: str, now: dt.datetime) -> SenderQueue:
 
 def _take_lease(s: Any, sender: str, owner: str, until: dt.datetime, now: dt.datetime) -> bool:
     """Take the sender's lease, or renew ours, or take over an expired one; False while another holds it."""
-    if _insert_if_absent(s, SenderLease.__table__, {"sender": sender, "owner": owner, "expires_at": until}):
+    if _insert_if_absent(s, _LEASE, {"sender": sender, "owner": owner, "expires_at": until}):
         return True
-    return bool(s.execute(update(SenderLease).where(
-        SenderLease.sender == sender, or_(SenderLease.owner == owner, SenderLease.expires_at < now))
-        .values(owner=owner, expires_at=until)).rowcount)
+    return bool(s.execute(_LEASE_RENEW, {"lease_sender": sender, "lease_owner": owner, "now": now,
+                                         "new_owner": owner, "until": until}).rowcount)
 
 
 def _take_menu(s: Any, sender: str, now: dt.datetime) -> Dict[str, str]:
-    menu = s.get(NumberedMenu, sender)
+    menu = s.execute(_MENU_OF, {"sender": sender}).first()
     if menu is None:
         return {}
-    options = json.loads(menu.options) if now - menu.sent_at < SERVICE_WINDOW else {}
-    s.delete(menu)
-    return options
+    s.execute(_MENU_TAKEN, {"sender": sender})
+    return json.loads(menu.options) if now - menu.sent_at < SERVICE_WINDOW else {}
 
 
 def _was_offered(s: Any, sender: str, payload: str, now: dt.datetime, valid: dt.timedelta) -> bool:
-    row = s.get(OfferedPayload, (sender, payload[:256]))
-    return row is not None and now - row.offered_at < valid
+    offered_at = s.execute(_OFFERED_AT, {"sender": sender, "payload": payload[:256]}).scalar()
+    return offered_at is not None and now - offered_at < valid
 
 
 def _announce(s: Any, senders: List[str]) -> None:
@@ -370,7 +420,7 @@ class ChannelStore:
         """Note that a turn started: if it never finishes (a crash), the retry looks in the
         tracker for what the turn already did instead of running it twice."""
         with session_scope(self.engine) as s:
-            s.execute(update(InboundRecord).where(InboundRecord.message_id == message_id).values(started_at=utcnow()))
+            s.execute(_BEGIN_TURN, {"mid": message_id, "now": utcnow()})
 
     def turn_failed(self, message_id: str, error: str, delay: dt.timedelta) -> None:
         """Count a failed turn and set when to try again."""
@@ -391,13 +441,11 @@ class ChannelStore:
 
     def _commit_turn(self, s: Any, message_id: str, recipient: str, reply_by: str, bodies: List[Dict[str, Any]],
                      now: dt.datetime) -> None:
-        known = set(s.execute(select(OutboxRecord.key).where(OutboxRecord.message_id == message_id)).scalars())
+        known = set(s.execute(_REPLY_KEYS_OF, {"mid": message_id}).scalars())
         for index, body in enumerate(bodies):
             if f"{message_id}:{index}" not in known:
                 _queue(s, f"{message_id}:{index}", message_id, recipient, reply_by, body, now)
-        s.execute(update(InboundRecord).where(InboundRecord.message_id == message_id, InboundRecord.state == "pending")
-                  .values(state="answered", handled_at=now))
-        s.flush()
+        s.execute(_ANSWERED, {"mid": message_id, "now": now})
         self._finish_if_sent(s, message_id)
 
     def queued_replies(self, recipient: str) -> List[QueuedReply]:
@@ -408,8 +456,7 @@ class ChannelStore:
     def reply_sending(self, reply_id: int) -> None:
         """Mark a reply in flight (committed before the request goes out)."""
         with session_scope(self.engine) as s:
-            s.execute(update(OutboxRecord).where(OutboxRecord.id == reply_id)
-                      .values(state="sending", attempts=OutboxRecord.attempts + 1, updated_at=utcnow()))
+            s.execute(_REPLY_SENDING, {"reply_id": reply_id, "now": utcnow()})
 
     def reply_done(self, reply_id: int, state: str, wamid: Optional[str] = None, error: Optional[str] = None) -> None:
         """A reply reached its end: sent, failed (permanent error) or expired (window closed)."""
@@ -418,11 +465,11 @@ class ChannelStore:
 
     def _reply_done(self, s: Any, reply_id: int, state: str, wamid: Optional[str] = None,
                     error: Optional[str] = None) -> None:
-        row = s.get(OutboxRecord, reply_id)
+        row = s.execute(_REPLY_BY_ID, {"reply_id": reply_id}).first()
         if row is None or row.state in ("sent", "failed", "expired"):
             return
-        row.state, row.wamid, row.error, row.updated_at = state, wamid or row.wamid, (error or "")[:200] or None, utcnow()
-        s.flush()
+        s.execute(_REPLY_SETTLED, {"reply_id": reply_id, "new_state": state, "new_wamid": wamid or row.wamid,
+                                   "new_error": (error or "")[:200] or None, "now": utcnow()})
         self._finish_if_sent(s, row.message_id)
 
     def reply_later(self, reply_id: int, delay: dt.timedelta, error: str) -> None:
@@ -438,23 +485,18 @@ class ChannelStore:
             return self._reply_accepted(s, key, wamid)
 
     def _reply_accepted(self, s: Any, key: str, wamid: str) -> bool:
-        row = s.execute(select(OutboxRecord).where(OutboxRecord.key == key)).scalar_one_or_none()
+        row = s.execute(_REPLY_BY_KEY, {"key": key}).first()
         if row is None:
             return False
         if row.state in ("queued", "sending"):
-            row.state, row.wamid, row.updated_at = "sent", wamid, utcnow()
-            s.flush()
+            s.execute(update(_OUTBOX).where(_OUTBOX.c.id == row.id).values(state="sent", wamid=wamid, updated_at=utcnow()))
             self._finish_if_sent(s, row.message_id)
         return True
 
     @staticmethod
     def _finish_if_sent(s: Any, message_id: str) -> None:
-        unsent = s.execute(select(func.count()).select_from(OutboxRecord).where(
-            OutboxRecord.message_id == message_id, OutboxRecord.state.in_(("queued", "sending")))).scalar_one()
-        if not unsent:
-            s.execute(update(InboundRecord).where(InboundRecord.message_id == message_id,
-                                                  InboundRecord.state == "answered")
-                      .values(state="done", handled_at=utcnow()))
+        if not s.execute(_UNSENT_COUNT_OF, {"mid": message_id}).scalar_one():
+            s.execute(_DONE, {"mid": message_id, "now": utcnow()})
 
     def senders_due(self, stale_sending: dt.timedelta, now: Optional[dt.datetime] = None,
                     new_messages: bool = False) -> List[str]:
@@ -512,9 +554,8 @@ class ChannelStore:
     def release_if_done(self, sender: str, owner: str) -> bool:
         """Give the customer's lease back; True when nothing of theirs waits to be answered."""
         with session_scope(self.engine) as s:
-            s.execute(delete(SenderLease).where(SenderLease.sender == sender, SenderLease.owner == owner))
-            return s.execute(select(InboundRecord.id).where(InboundRecord.state == "pending",
-                                                            InboundRecord.sender == sender).limit(1)).first() is None
+            s.execute(_LEASE_GIVE_BACK, {"lease_sender": sender, "lease_owner": owner})
+            return s.execute(_ANY_PENDING_OF, {"sender": sender}).first() is None
 
     def _record_delivery(self, s: Any, status: Status) -> bool:
         known = self._record_status(s, status)
@@ -611,12 +652,10 @@ class ChannelStore:
     def _record_send(s: Any, recipient: str, body: Dict[str, Any], status: str, wamid: Optional[str] = None,
                      error_code: Optional[int] = None, error_meaning: Optional[str] = None, attempts: int = 1) -> int:
         now = utcnow()
-        record = OutboundRecord(wamid=wamid, recipient=recipient, body=json.dumps(body, ensure_ascii=False),
-                                status=status, error_code=error_code, error_meaning=error_meaning,
-                                attempts=attempts, created_at=now, updated_at=now)
-        s.add(record)
-        s.flush()
-        return record.id
+        added = s.execute(_SEND_NEW, {"wamid": wamid, "recipient": recipient, "body": json.dumps(body, ensure_ascii=False),
+                                      "status": status, "error_code": error_code, "error_meaning": error_meaning,
+                                      "attempts": attempts, "created_at": now, "updated_at": now})
+        return added.inserted_primary_key[0]
 
     def record_status(self, status: Status) -> bool:
         """Attach a delivery status to the send it is about; False for a message we never sent."""
@@ -625,15 +664,16 @@ class ChannelStore:
 
     @staticmethod
     def _record_status(s: Any, status: Status) -> bool:
-        record = s.execute(select(OutboundRecord).where(OutboundRecord.wamid == status.message_id)).scalars().first()
+        record = s.execute(_SEND_BY_WAMID, {"wamid": status.message_id}).first()
         if record is None:
             return False
         if STATUS_ORDER.get(status.status, 0) <= STATUS_ORDER.get(record.status, 0):
             return True  # a late or repeated receipt ("delivered" after "read"): already known
-        record.status, record.updated_at = status.status, utcnow()
+        s.execute(_SEND_STATUS, {"send_id": record.id, "new_status": status.status, "now": utcnow()})
         if status.errors:
-            record.error_code = status.errors[0].get("code")
-            record.error_meaning = str(status.errors[0].get("title") or status.errors[0].get("message") or "")[:120]
+            s.execute(_SEND_ERROR, {"send_id": record.id, "code": status.errors[0].get("code"),
+                                    "meaning": str(status.errors[0].get("title") or status.errors[0].get("message")
+                                                   or "")[:120]})
         return True
 
     def record_delivery(self, status: Status) -> bool:

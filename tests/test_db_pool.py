@@ -1,0 +1,68 @@
+"""Pooled connections to a database server (cardsystem.db.get_engine): a connection in steady
+use is not pinged before each transaction; one that sat idle is, so a database that restarted
+meanwhile costs nothing; one that broke while in use fails one statement, and the next
+transaction runs on a new connection."""
+from __future__ import annotations
+
+import psycopg2
+import pytest
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from cardsystem import db
+from tests.whatsapp.test_store import POSTGRES
+
+
+@pytest.fixture
+def engine():
+    try:
+        with create_engine(POSTGRES).connect():
+            pass
+    except OperationalError:
+        pytest.skip(f"no PostgreSQL at {POSTGRES}")
+    db.dispose_engine(POSTGRES)
+    yield db.get_engine(POSTGRES)
+    db.dispose_engine(POSTGRES)
+
+
+def backend_pid(engine) -> int:
+    with db.session_scope(engine) as s:
+        return s.execute(text("SELECT pg_backend_pid()")).scalar()
+
+
+def terminate(pid: int) -> None:
+    admin = psycopg2.connect(POSTGRES)
+    admin.autocommit = True
+    with admin.cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    admin.close()
+
+
+def statements(engine) -> list:
+    seen = []
+    event.listen(engine, "before_cursor_execute", lambda *a: seen.append(a[2]))
+    return seen
+
+
+def test_a_connection_in_steady_use_is_not_pinged(engine):
+    first = backend_pid(engine)
+    seen = statements(engine)
+    for _ in range(5):
+        assert backend_pid(engine) == first  # the same pooled connection
+    assert seen == ["SELECT pg_backend_pid()"] * 5  # and nothing else went to the server
+
+
+def test_an_idle_connection_whose_server_side_went_away_is_replaced_before_use(engine, monkeypatch):
+    first = backend_pid(engine)
+    terminate(first)  # as a database restart would
+    monkeypatch.setattr(db, "IDLE_PING_SECONDS", 0.0)  # (it sat idle long enough)
+    second = backend_pid(engine)
+    assert second != first
+
+
+def test_a_connection_that_broke_in_use_fails_one_transaction_and_the_next_runs(engine):
+    first = backend_pid(engine)
+    terminate(first)
+    with pytest.raises(DBAPIError):
+        backend_pid(engine)  # (not idle: not pinged; the caller's retry takes it from here)
+    assert backend_pid(engine) != first
