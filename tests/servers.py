@@ -104,7 +104,8 @@ class Servers:
                        f"  dialect: postgresql\n  url: 127.0.0.1\n  port: 5432\n  username: postgres\n"
                        f"  db: {postgres['tracker']}\nlock_store:\n  type: redis\n  url: 127.0.0.1\n  port: 6379\n"
                        f"  db: 1\n  key_prefix: {postgres['tracker'].replace('_', '')}\n")
-        self.endpoints.write_text(f'action_endpoint:\n  url: "http://127.0.0.1:{self.action_port}/webhook"\n{tracker}')
+        self.endpoints.write_text(f'action_endpoint:\n  url: "http://127.0.0.1:{self.action_port}/webhook"\n'
+                                  f"  enable_selective_domain: true\n{tracker}")  # (as endpoints.yml)
         self.action_log, self.rasa_log = workdir / "actions.log", workdir / "rasa.log"
         self.actions: Optional[subprocess.Popen] = None
         self.workers: List[Optional[subprocess.Popen]] = [None] * workers
