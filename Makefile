@@ -111,6 +111,7 @@ bench: $(STAMP) $(MODEL) ## WhatsApp path against stock Rasa (throughput, latenc
 	$(PY) -m bench.rest_bench
 	$(PY) -m bench.webhook_bench
 	$(PY) -m bench.faults
+	$(PY) -m bench.faults --store postgres --workers 2
 	$(PY) -m bench.reminders_bench
 
 nlu-report: $(STAMP) $(MODEL) ## NLU figures on our held-out split and on the CLINC150 card benchmark

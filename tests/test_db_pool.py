@@ -6,20 +6,16 @@ from __future__ import annotations
 
 import psycopg2
 import pytest
-from sqlalchemy import create_engine, event, text
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy import event, text
+from sqlalchemy.exc import DBAPIError
 
 from cardsystem import db
-from tests.whatsapp.test_store import POSTGRES
+from tests.whatsapp.test_store import POSTGRES, require_postgres
 
 
 @pytest.fixture
 def engine():
-    try:
-        with create_engine(POSTGRES).connect():
-            pass
-    except OperationalError:
-        pytest.skip(f"no PostgreSQL at {POSTGRES}")
+    require_postgres(POSTGRES)
     db.dispose_engine(POSTGRES)
     yield db.get_engine(POSTGRES)
     db.dispose_engine(POSTGRES)

@@ -14,6 +14,15 @@ from connectors.whatsapp.store import Base, ChannelStore
 POSTGRES = os.environ.get("CARDCARE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
+def require_postgres(url: str) -> None:
+    """Skip the test when no PostgreSQL answers at `url`."""
+    try:
+        with create_engine(url).connect():
+            pass
+    except OperationalError:
+        pytest.skip(f"no PostgreSQL at {url}")
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def url(request, tmp_path):
     """The embedded default and PostgreSQL (what several instances share in production)."""
@@ -21,11 +30,7 @@ def url(request, tmp_path):
         url = f"sqlite:///{tmp_path / 'channel.db'}"
     else:
         url = POSTGRES
-        try:
-            with create_engine(url).connect():
-                pass
-        except OperationalError:
-            pytest.skip(f"no PostgreSQL at {url}")
+        require_postgres(url)
         Base.metadata.drop_all(get_engine(url))
     yield url
     if request.param == "postgresql":

@@ -15,8 +15,6 @@ import psycopg2
 import pytest
 import pytest_asyncio
 from sanic import Sanic
-from sqlalchemy import create_engine
-from sqlalchemy.exc import OperationalError
 
 from cardsystem.db import dispose_engine, get_engine
 from connectors.whatsapp import channel as channel_module
@@ -29,18 +27,14 @@ from connectors.whatsapp.webhook import WebhookReceiver
 from tests.servers import free_port
 from tests.whatsapp.test_channel import PHONE_ID, SECRET, FakeGraph, serve_graph
 from tests.whatsapp.test_pieces import envelope, message
-from tests.whatsapp.test_store import POSTGRES
+from tests.whatsapp.test_store import POSTGRES, require_postgres
 
 _names = itertools.count()
 
 
 @pytest.fixture
 def pg_url():
-    try:
-        with create_engine(POSTGRES).connect():
-            pass
-    except OperationalError:
-        pytest.skip(f"no PostgreSQL at {POSTGRES}")
+    require_postgres(POSTGRES)
     Base.metadata.drop_all(get_engine(POSTGRES))
     yield POSTGRES
     Base.metadata.drop_all(get_engine(POSTGRES))
@@ -96,48 +90,47 @@ def test_every_listening_worker_hears_a_recorded_customer_once_per_commit(pg_url
             listener.stop()
 
 
-def test_a_batch_that_rolls_back_wakes_nobody(pg_url, monkeypatch):
-    store = ChannelStore(pg_url)
-    heard = Heard()
+@pytest.fixture
+def listened(pg_url):
+    """A channel store on PostgreSQL and one listener on it, listening: (store, what it heard)."""
+    store, heard = ChannelStore(pg_url), Heard()
     listener = InboundListener(store.engine, heard)
     listener.start()
     try:
         assert listening(listener)
+        yield store, heard, listener
+    finally:
+        listener.stop()
 
-        def broken(_session, _status):
+
+def test_a_batch_that_rolls_back_wakes_nobody(listened, monkeypatch):
+    store, heard, _ = listened
+
+    def broken(_session, _status):
             raise RuntimeError("the statuses spoil the batch")
 
-        monkeypatch.setattr(store, "_record_delivery", broken)
-        with pytest.raises(RuntimeError):
-            store.record_webhooks([inbound("wamid.9", "919800000009")], [object()])
-        assert heard.wait_for(1, seconds=1.0) == []
-        assert store.pending() == []
-    finally:
-        listener.stop()
+    monkeypatch.setattr(store, "_record_delivery", broken)
+    with pytest.raises(RuntimeError):
+        store.record_webhooks([inbound("wamid.9", "919800000009")], [object()])
+    assert heard.wait_for(1, seconds=1.0) == []
+    assert store.pending() == []
 
 
-def test_a_listener_whose_connection_is_cut_listens_again(pg_url):
-    store = ChannelStore(pg_url)
-    heard = Heard()
-    listener = InboundListener(store.engine, heard)
-    listener.start()
-    try:
-        assert listening(listener)
-        admin = psycopg2.connect(POSTGRES)
-        admin.autocommit = True
-        with admin.cursor() as cursor:  # the database drops the listener's connection
-            cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                           "WHERE query LIKE 'LISTEN%' AND pid <> pg_backend_pid()")
-        admin.close()
-        deadline = time.monotonic() + 5
-        while listener.listening and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert not listener.listening  # (the worker polls quickly meanwhile)
-        assert listening(listener)
-        store.record_inbound(inbound("wamid.5", "919800000005"))
-        assert heard.wait_for(1) == ["919800000005"]
-    finally:
-        listener.stop()
+def test_a_listener_whose_connection_is_cut_listens_again(listened):
+    store, heard, listener = listened
+    admin = psycopg2.connect(POSTGRES)
+    admin.autocommit = True
+    with admin.cursor() as cursor:  # the database drops the listener's connection
+        cursor.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                       "WHERE query LIKE 'LISTEN%' AND pid <> pg_backend_pid()")
+    admin.close()
+    deadline = time.monotonic() + 5
+    while listener.listening and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not listener.listening  # (the worker polls quickly meanwhile)
+    assert listening(listener)
+    store.record_inbound(inbound("wamid.5", "919800000005"))
+    assert heard.wait_for(1) == ["919800000005"]
 
 
 # -- two Rasa workers behind an ingress, woken by the database ---------------------------------
