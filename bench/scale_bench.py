@@ -38,6 +38,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -46,7 +47,7 @@ from bench.loadgen import (Block, GraphStandIn, RestTarget, WhatsAppTarget, clos
                            percentile)
 from cardsystem.config import SANDBOX_DEFAULTS
 from cardsystem.seed import FIRST_GENERATED_PHONE
-from deploy.serve import lower_priority
+from deploy.serve import lower_priority, wait_until_up
 from tests.servers import MODEL, RASA, ROOT, Servers, free_port, pg_admin, pg_url, postgres_stores
 
 OUT = ROOT / "bench" / "out"
@@ -105,6 +106,7 @@ class Stack:
         if graph_url:
             self.env["WHATSAPP_API_BASE"] = graph_url
         self.processes: Dict[str, subprocess.Popen] = {}
+        self.all_up = threading.Event()  # every worker answers (they start one after another)
         self.rasa_ports: List[int] = [free_port() for _ in range(workers)]
 
     def _spawn(self, name: str, args: List[str], env: Dict[str, str], priority=None) -> subprocess.Popen:
@@ -126,16 +128,26 @@ class Stack:
             endpoints = self.servers.endpoints  # the SQL tracker store (PostgreSQL + Redis locks, or SQLite)
             credentials = self.workdir / "credentials.bench.yml"
             credentials.write_text("connectors.whatsapp.WhatsAppInput:\n  ingress: true\n")
-            for number, port in enumerate(self.rasa_ports):
-                self._spawn(f"worker{number + 1}", [RASA, "run", "-i", "127.0.0.1", "--port", str(port), "-m",
-                                                    str(MODEL), "--endpoints", str(endpoints),
-                                                    "--credentials", str(credentials)], self.env,
-                            lower_priority)  # (as make serve starts them)
+            def spawn(number: int, port: int) -> subprocess.Popen:
+                return self._spawn(f"worker{number + 1}", [RASA, "run", "-i", "127.0.0.1", "--port", str(port), "-m",
+                                                           str(MODEL), "--endpoints", str(endpoints),
+                                                           "--credentials", str(credentials)], self.env,
+                                   lower_priority)
+
+            def one_after_another() -> None:  # (as make serve starts them: each when the one before answers)
+                for number, port in enumerate(self.rasa_ports):
+                    process = spawn(number, port)
+                    if not wait_until_up(f"http://127.0.0.1:{port}/webhooks/whatsapp/", process, 600):
+                        return
+                self.all_up.set()
+
+            threading.Thread(target=one_after_another, daemon=True).start()
         else:
             endpoints = self.workdir / "endpoints.stock.yml"
             endpoints.write_text(f'action_endpoint:\n  url: "http://127.0.0.1:{self.servers.action_port}/webhook"\n')
             credentials = self.workdir / "credentials.stock.yml"
             credentials.write_text("rest:\n")
+            self.all_up.set()
             self._spawn("stock", [RASA, "run", "-i", "127.0.0.1", "--port", str(self.rasa_ports[0]), "-m", str(STOCK_MODEL),
                                   "--endpoints", str(endpoints), "--credentials", str(credentials)], self.env)
 
@@ -145,13 +157,13 @@ class Stack:
 
     def cpu(self) -> Dict[str, float]:
         snapshot = processes()
-        used = {name: tree_cpu(snapshot, process.pid) for name, process in self.processes.items()}
+        used = {name: tree_cpu(snapshot, process.pid) for name, process in list(self.processes.items())}
         if self.postgres:
             used["postgres+redis"] = program_cpu(snapshot)
         return used
 
     def check_alive(self) -> None:
-        for name, process in self.processes.items():
+        for name, process in list(self.processes.items()):
             if process.poll() is not None:
                 log = self.workdir / f"{name}.log"
                 tail = log.read_text()[-3000:] if log.exists() else ""
@@ -205,6 +217,8 @@ async def exercise(stack: Stack, target, seconds: float, rates, users, turns: in
     stack.start_rasa()
     result["startup_s"] = round(await first_reply(stack, target, phones(CUSTOMERS - 1, 1)[0], started), 1)
     print(f"  [{label}] first reply {result['startup_s']} s after start", file=sys.stderr, flush=True)
+    await asyncio.to_thread(stack.all_up.wait, 600)
+    result["all_up_s"] = round(time.perf_counter() - started, 1)
     await closed_loop(target, phones(0, 10), min(seconds, 8), "warm-up")
     closed = []
     for count in users:
@@ -375,7 +389,8 @@ def print_report(report: Dict[str, object]) -> None:
     for s in report["systems"]:
         if not s:
             continue
-        print(f"\n== {s['system']} (started and first reply in {s['startup_s']} s)")
+        up = f", every worker up in {s['all_up_s']} s" if s.get('workers', 1) > 1 and s.get('all_up_s') else ""
+        print(f"\n== {s['system']} (started and first reply in {s['startup_s']} s{up})")
         print(f"{'load':>14} {'msg/s':>7} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'ack p99':>8} {'lost':>5} "
               f"{'dup':>4} {'CPU ms/msg':>10}")
         for b in s["closed"] + s["open"]:

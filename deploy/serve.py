@@ -256,18 +256,23 @@ def main(argv: Optional[List[str]] = None) -> int:
         processes["ingress"] = subprocess.Popen(planned["ingress"], cwd=ROOT, env=env)
         processes["actions"] = subprocess.Popen(planned["actions"], cwd=ROOT, env=env)
         workers = [name for name in planned if name.startswith("rasa")]
-        for name in workers:
-            # the turns run at a lower priority than the ingress: its acknowledgements never wait for a core
-            processes[name] = subprocess.Popen(planned[name], cwd=ROOT, env=env, preexec_fn=lower_priority)
         if "nginx" in planned:
             processes["nginx"] = subprocess.Popen(planned["nginx"], cwd=ROOT, env=env)
         ports = dict(zip(workers, worker_ports(conf)))
         deadline = time.monotonic() + STARTUP_SECONDS
-        for name in workers:  # (they load their models side by side)
+        for number, name in enumerate(workers, start=1):
+            # One after another: loading a model is CPU-bound, so side by side on few cores every
+            # worker is late, one by one the first answers (what the ingress recorded meanwhile)
+            # in the time of one load. The turns run at a lower priority than the ingress: its
+            # acknowledgements never wait for a core.
+            processes[name] = subprocess.Popen(planned[name], cwd=ROOT, env=env, preexec_fn=lower_priority)
             if not wait_until_up(f"http://127.0.0.1:{ports[name]}/webhooks/whatsapp/", processes[name],
                                  max(1.0, deadline - time.monotonic())):
                 print(f"make serve: Rasa ({name}, port {ports[name]}) did not come up; stopping.", file=sys.stderr)
                 return 1
+            if number < len(workers):
+                print(f"make serve: {name} is answering ({number} of {len(workers)} workers up)", file=sys.stderr,
+                      flush=True)
         door = f"http://{conf['PUBLIC_HOST']}:{conf['PUBLIC_PORT']}" if nginx else "http://127.0.0.1"
         hook = door if nginx else f"{door}:{conf['INGRESS_PORT']}"
         console = door if nginx else f"{door}:{conf['RASA_PORT']}"

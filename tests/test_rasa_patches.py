@@ -101,3 +101,51 @@ def test_the_patched_policies_decide_every_customer_turn_as_rasa_does(tmp_path, 
     finally:
         servers.stop()
     assert seen["searches"] > 100 and seen["ted_skipped"] > 50
+
+
+@pytest.mark.model
+def test_ted_loaded_without_a_training_step_is_the_model_rasa_loads(monkeypatch):
+    """The same variables with the same values, the same labels' embedding and the same
+    prediction for the example Rasa keeps, whichever way the trained TED is loaded."""
+    import numpy as np
+    from rasa.core.agent import Agent
+    from rasa.utils.tensorflow.models import RasaModel
+
+    loaded = []
+
+    def both(cls, model_file_name, model_data_example, predict_data_example=None, finetune_mode=False, *args, **kwargs):
+        fast = rasa_patches._load_model(cls, model_file_name, model_data_example, predict_data_example,
+                                        finetune_mode, *args, **kwargs)
+        stock = rasa_patches.STOCK["model_load"](cls, model_file_name, model_data_example, predict_data_example,
+                                                 finetune_mode, *args, **kwargs)
+        loaded.append((fast, stock, predict_data_example))
+        return fast
+
+    rasa_patches.apply()
+    monkeypatch.setattr(RasaModel, "load", classmethod(both))
+    Agent.load(str(MODEL))
+    assert loaded, "the model has no TensorFlow policy to load"
+    for fast, stock, example in loaded:
+        stock_weights = {w.name: w.numpy() for w in stock.weights}
+        fast_weights = {w.name: w.numpy() for w in fast.weights}
+        assert fast_weights.keys() == stock_weights.keys() and len(fast_weights) > 10
+        for name, value in stock_weights.items():
+            assert np.array_equal(fast_weights[name], value), name
+        assert np.array_equal(fast.all_labels_embed.numpy(), stock.all_labels_embed.numpy())
+        fast_out, stock_out = _arrays(fast.run_inference(example)), _arrays(stock.run_inference(example))
+        assert fast_out.keys() == stock_out.keys() and "similarities" in fast_out, sorted(fast_out)
+        for key, value in stock_out.items():
+            assert np.allclose(fast_out[key], value, atol=1e-6), key
+
+
+def _arrays(outputs, prefix=""):
+    """A prediction's numeric outputs by flat key (diagnostic data included)."""
+    import numpy as np
+
+    flat = {}
+    for key, value in outputs.items():
+        if isinstance(value, dict):
+            flat.update(_arrays(value, f"{prefix}{key}."))
+        elif value is not None:
+            flat[prefix + key] = np.asarray(value)
+    return flat

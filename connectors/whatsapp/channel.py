@@ -38,6 +38,7 @@ from connectors.whatsapp.graph import GraphClient, MediaError, OutsideServiceWin
 from connectors.handoff import wording
 from connectors.whatsapp.inbound import EVENT_KIND, Inbound
 from connectors.whatsapp.media import MediaStore
+from connectors.whatsapp.outage import Outage
 from connectors.whatsapp.store import (LEASE_TTL, OFFER_VALID, TEMPLATE_OFFER_VALID, ChannelStore, PendingMessage,
                                        QueuedReply, SenderQueue, utcnow)
 from connectors.whatsapp.webhook import WebhookReceiver, channel_settings
@@ -322,6 +323,7 @@ class WhatsAppInput(InputChannel):
         self._woken: Set[Text] = set()  # customers with a drain started by a wake-up, not yet running
         self.max_concurrent_turns = max(1, max_concurrent_turns)
         self._turn_slots: Optional[asyncio.Semaphore] = None  # made on the serving loop
+        self._notice_outage = Outage("looking for notices to customers", logger)
 
     def get_output_channel(self) -> OutputChannel:
         return WhatsAppOutput(self.client, upload_documents=self.upload_documents)
@@ -651,14 +653,16 @@ class WhatsAppInput(InputChannel):
 
     async def sweep(self, on_new_message: Callable[[UserMessage], Awaitable[Any]]) -> None:
         """Now and then, answer messages left waiting (e.g. an instance died holding a customer)."""
+        outage = Outage("the sweep for unanswered messages", logger)
         while True:
             await asyncio.sleep(self.sweep_seconds)
             try:
                 waiting = await asyncio.to_thread(self.store.senders_waiting,
                                                   dt.timedelta(seconds=self.sweep_seconds))
-            except Exception:  # the database may be briefly unavailable; try again next round
-                logger.exception("sweep for unanswered messages failed")
+            except Exception as exc:  # the database may be briefly unavailable; try again next round
+                outage.failed(exc)
                 continue
+            outage.worked()
             for sender in waiting:
                 self._spawn(self.drain(sender, on_new_message))
             if self.desk is not None:
@@ -672,13 +676,15 @@ class WhatsAppInput(InputChannel):
         """Every second: customers with a reply or a failed turn whose back-off is over, and behind
         an ingress customers with a new message (every INGRESS_POLL_SECONDS unless the database
         wakes us: then this only catches what a lost notification would leave)."""
-        while True:
-            await asyncio.sleep(self._poll_seconds())
+        outage = Outage("looking for new messages, replies and turns to retry", logger)
+        while True:  # (while the database is away, once a DUE_SECONDS: not ten times a second)
+            await asyncio.sleep(DUE_SECONDS if outage.ongoing else self._poll_seconds())
             try:
                 due = await asyncio.to_thread(self.store.senders_due, SENDING_GRACE, None, self.ingress)
-            except Exception:
-                logger.exception("looking for replies and turns to retry failed")
+            except Exception as exc:
+                outage.failed(exc)
                 continue
+            outage.worked()
             for sender in due:
                 lock = self._locks.get(sender)
                 if lock is None or not lock.locked():
@@ -696,9 +702,10 @@ class WhatsAppInput(InputChannel):
         held, and looked at again later: it goes when they next write."""
         try:
             taken = await asyncio.to_thread(self.notices.take, "whatsapp", 50)
-        except Exception:  # the card database may be briefly unavailable; next round
-            logger.exception("looking for notices to customers failed")
+        except Exception as exc:  # the card database may be briefly unavailable; next round
+            self._notice_outage.failed(exc)
             return 0
+        self._notice_outage.worked()
         queued = 0
         for notice in taken:
             try:

@@ -1,4 +1,4 @@
-"""Two costs Rasa 3.6 pays on every action call, removed without changing what it does.
+"""Costs Rasa 3.6 pays on every turn, and once at start, removed without changing what it does.
 
 Applied when the WhatsApp channel is imported (`make run`, `make serve`); stock behaviour
 otherwise.
@@ -25,6 +25,14 @@ otherwise.
   rejected (the ensemble then zeroes that action's confidence everywhere, and TED may win),
   and never for UnexpecTEDIntentPolicy. This model has no end-to-end (text) stories, so
   TED's prediction is never an end-to-end one that would outrank the others.
+* Loading TED: `RasaModel.load` builds the network's variables by training it for one step on
+  one example (`model.fit`), then overwrites them with the saved weights. Tracing that
+  training step (gradients, optimizer) was 11-14 s of a worker's 16 s start (cProfile), for
+  variables that a forward pass creates as well. Here one eager forward pass on the example
+  Rasa keeps for this builds them, the saved weights are read into them (the optimizer's
+  state, which only training reads, is left in the file), and the model is then prepared and
+  traced for prediction exactly as Rasa does. Not when fine-tuning (that trains) or when the
+  model runs eagerly by configuration: then Rasa's own load.
 * Reading events: `Event.resolve_by_type` walks every subclass of Event for every event of
   every tracker read (70,000 calls per 100 messages). The event classes are fixed once
   imported, so the answer for a type name is kept; unknown names still raise as before.
@@ -49,6 +57,8 @@ from rasa.shared.core.events import ActionExecuted, ActionExecutionRejected, Eve
 from rasa.core.policies.rule_policy import PREVIOUS_ACTION, SHOULD_NOT_BE_SET, RulePolicy
 from rasa.shared.nlu.constants import ACTION_NAME
 from rasa.shared.constants import DOCS_BASE_URL
+from rasa.utils.tensorflow.constants import LEARNING_RATE, RUN_EAGERLY
+from rasa.utils.tensorflow.models import RasaModel
 
 _validators: Dict[type, Any] = {}
 
@@ -202,6 +212,39 @@ def _resolve_by_type(type_name: Text, default: Any = None) -> Any:
     return found
 
 
+_stock_model_load = RasaModel.load.__func__
+
+
+def _load_model(cls: type, model_file_name: Text, model_data_example: Any, predict_data_example: Any = None,
+                finetune_mode: bool = False, *args: Any, **kwargs: Any) -> Any:
+    """RasaModel.load of Rasa 3.6.21 for prediction, with the variables built by a forward pass
+    instead of a training step."""
+    config = kwargs.get("config", {})
+    if finetune_mode or not predict_data_example or config.get(RUN_EAGERLY):
+        return _stock_model_load(cls, model_file_name, model_data_example, predict_data_example, finetune_mode,
+                                 *args, **kwargs)
+    import tensorflow as tf
+    from rasa.utils.train_utils import create_data_generators
+
+    model = cls(*args, **kwargs)
+    model.compile(optimizer=tf.keras.optimizers.Adam(config.get(LEARNING_RATE, 0.001)), run_eagerly=False)
+    generator, _ = create_data_generators(model_data=predict_data_example, batch_sizes=1, epochs=1, shuffle=False)
+    batch_in = next(iter(generator))[0]
+    model._training = False
+    model.prepare_for_predict()  # (eager: creates the variables the labels' side uses)
+    model.batch_predict(batch_in)  # (and the dialogue's)
+    status = model.load_weights(model_file_name)  # (checks that the saved weights matched)
+    if status is not None:
+        status.expect_partial()  # the optimizer's slots stay in the file: only training reads them
+    model.prepared_for_prediction = False  # prepared again below, with the loaded weights
+    model._tf_predict_step = None
+    model.run_inference(predict_data_example)  # (as Rasa: traces the prediction function once)
+    return model
+
+
+STOCK["model_load"] = _stock_model_load
+
+
 def apply() -> None:
     RemoteAction._validate_action_result = _validate_action_result
     RulePolicy._rule_key_to_state = staticmethod(_rule_key_to_state)
@@ -209,6 +252,7 @@ def apply() -> None:
     RulePolicy._get_possible_keys = _get_possible_keys
     DaskGraphRunner._build_dask_graph = _build_dask_graph
     Event.resolve_by_type = staticmethod(_resolve_by_type)
+    RasaModel.load = classmethod(_load_model)
 
 
 __all__ = ["apply", "ValidationError"]
