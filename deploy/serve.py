@@ -6,8 +6,9 @@
 2. Preflight: refuses to start, naming the variable, while a secret is missing or still a
    development or sandbox value (cardsystem.preflight), or a variable the endpoints file
    needs is unset.
-3. The WhatsApp ingress on 127.0.0.1:$INGRESS_PORT (connectors.whatsapp.ingress): takes and
-   records webhooks even while Rasa restarts; the action server on 127.0.0.1:$ACTION_PORT,
+3. The WhatsApp ingress on 127.0.0.1:$INGRESS_PORT (connectors.whatsapp.ingress): takes webhooks
+   into its journal on disk (var/ingress-journal) and answers, and its recorder (a child process)
+   records them in the channel database, even while Rasa restarts; the action server on 127.0.0.1:$ACTION_PORT,
    refusing calls without CARDCARE_ACTION_SECRET.
 4. $WORKERS Rasa workers (default 1) on 127.0.0.1:$RASA_PORT, $RASA_PORT+1, ... with
    credentials.production.yml (WhatsApp and statement files, no REST); their HTTP API off, or

@@ -81,6 +81,7 @@ class Servers:
             "CARDCARE_FILES_SECRET": "e2e-files-secret",
             "CARDCARE_FILES_BASE_URL": f"http://127.0.0.1:{self.rasa_port}/webhooks/files/statements",
             "CARDCARE_CHANNEL_DB_URL": f"sqlite:///{workdir / 'channel.db'}",
+            "CARDCARE_INGRESS_JOURNAL": str(workdir / "ingress-journal"),
             "CARDCARE_MEDIA_DIR": str(workdir / "media"),
             "CARDCARE_PROOF_DIR": str(workdir / "proofs"),
             "CARDCARE_SIGNING_KEY": str(workdir / "signing" / "dev-signing-key.pem"),

@@ -369,9 +369,18 @@ def default_url() -> str:
 class ChannelStore:
     """The WhatsApp channel's shared, durable state."""
 
-    def __init__(self, url: Optional[str] = None) -> None:
+    def __init__(self, url: Optional[str] = None, schema_now: bool = True) -> None:
+        """`schema_now=False` (the ingress): the tables are made by ensure_schema(), later, so
+        that a process can start while the database is away."""
         self.engine = get_engine(url or default_url())
-        create_schema(self.engine, Base.metadata)
+        self._schema_ready = False
+        if schema_now:
+            self.ensure_schema()
+
+    def ensure_schema(self) -> None:
+        if not self._schema_ready:
+            create_schema(self.engine, Base.metadata)
+            self._schema_ready = True
 
     def record_inbound(self, message: Inbound, received_at: Optional[dt.datetime] = None) -> bool:
         """Record a message once; False when this message id was already recorded (a redelivery).

@@ -12,6 +12,7 @@ so that Meta redelivers (the unique message id makes that harmless).
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import os
@@ -72,50 +73,84 @@ class WebhookReceiver:
     def receive(self, body: bytes, signature: Optional[str]) -> Receipt:
         receipt, parsed = self._read(body, signature)
         if parsed is not None:
-            self._store(parsed, receipt)
+            try:
+                self._store(parsed, receipt)
+            except DATABASE_DOWN as exc:  # what was recorded is still answered (receipt.senders)
+                self._database_down(receipt, exc)
         return receipt
 
     def receive_many(self, bodies: List["tuple[bytes, Optional[str]]"]) -> List[Receipt]:
-        """receive() for several webhooks, recorded in one transaction (in their order): the
-        ingress takes what arrived while it was writing, so a busy database is entered once per
-        batch, not once per webhook. If the batch cannot be written as a whole for another reason
-        than the database being down, each webhook is recorded on its own, as receive() does."""
+        """receive() for several webhooks, recorded in one transaction (in their order), so a
+        busy database is entered once per batch, not once per webhook. If the batch cannot be
+        written as a whole for another reason than the database being down, each webhook is
+        recorded on its own, as receive() does."""
         read = [self._read(body, signature) for body, signature in bodies]
+        try:
+            self._record_batch(read)
+        except DATABASE_DOWN as exc:
+            for receipt, parsed in read:
+                if parsed is not None:
+                    self._database_down(receipt, exc)
+        return [receipt for receipt, _ in read]
+
+    def record_journalled(self, bodies: List[bytes], received_at: Optional[dt.datetime] = None) -> List[Receipt]:
+        """(The ingress's recorder.) Webhooks whose signature was checked before they were
+        journalled, recorded as receive_many records them, as of `received_at` (when they
+        arrived, not when the database took them). A database that is down raises (one of
+        DATABASE_DOWN): the journal keeps the batch for the next try."""
+        read = [self._parse(body) for body in bodies]
+        self._record_batch(read, received_at)
+        return [receipt for receipt, _ in read]
+
+    def _record_batch(self, read: List["tuple[Receipt, Optional[Webhook]]"],
+                      received_at: Optional[dt.datetime] = None) -> None:
         batch = [(receipt, parsed) for receipt, parsed in read if parsed is not None]
         owners = [(receipt, m) for receipt, parsed in batch for m in self._answerable(parsed)]
         statuses = [st for _, parsed in batch for st in parsed.statuses]
         if not owners and not statuses:
-            return [receipt for receipt, _ in read]
+            return
         try:
-            added = self.store.record_webhooks([m for _, m in owners], statuses)
-        except DATABASE_DOWN as exc:
-            for receipt, _ in batch:
-                self._database_down(receipt, exc)
-            return [receipt for receipt, _ in read]
+            added = self.store.record_webhooks([m for _, m in owners], statuses, received_at)
+        except DATABASE_DOWN:
+            raise
         except Exception as exc:  # one bad item spoils a batch: each on its own, as receive() records them
             logger.warning("a batch of %d webhooks is recorded one by one (%s)", len(batch), type(exc).__name__)
             for receipt, parsed in batch:
-                self._store(parsed, receipt)
-            return [receipt for receipt, _ in read]
+                self._store(parsed, receipt, received_at)
+            return
         for (receipt, message), new in zip(owners, added):  # (a redelivery in the same batch is not new)
             if new and message.sender not in receipt.senders:
                 receipt.senders.append(message.sender)
         for receipt, parsed in batch:
             for status in parsed.statuses:
                 self._record(self._tell_notice, status)
-        return [receipt for receipt, _ in read]
+
+    def refusal(self, body: bytes, signature: Optional[str]) -> Optional[Receipt]:
+        """The answer to a webhook that is not to be recorded (a missing or wrong signature, a
+        signed body that is not a JSON object), else None."""
+        if not is_signed_by(body, signature, self.app_secrets):
+            logger.warning("webhook refused: missing or wrong X-Hub-Signature-256 (%d bytes)", len(body))
+            return Receipt(403, {"error": "invalid signature"})
+        if not isinstance(self._json(body), dict):
+            logger.warning("webhook ignored: signed body is not a JSON object (%d bytes)", len(body))
+            return Receipt(200, {"status": "ignored"})
+        return None
+
+    @staticmethod
+    def _json(body: bytes) -> Any:
+        try:
+            return json.loads(body)
+        except (ValueError, UnicodeDecodeError, RecursionError):  # (RecursionError: nested too deep)
+            return None
 
     def _read(self, body: bytes, signature: Optional[str]) -> "tuple[Receipt, Optional[Webhook]]":
         """Check and parse one webhook: its answer so far, and what it carries (None: nothing to record)."""
-        if not is_signed_by(body, signature, self.app_secrets):
-            logger.warning("webhook refused: missing or wrong X-Hub-Signature-256 (%d bytes)", len(body))
-            return Receipt(403, {"error": "invalid signature"}), None
-        try:
-            payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError, RecursionError):  # (RecursionError: nested too deep)
-            payload = None
-        if not isinstance(payload, dict):
-            logger.warning("webhook ignored: signed body is not a JSON object (%d bytes)", len(body))
+        refused = self.refusal(body, signature)
+        return (refused, None) if refused is not None else self._parse(body)
+
+    def _parse(self, body: bytes) -> "tuple[Receipt, Optional[Webhook]]":
+        payload = self._json(body)
+        if not isinstance(payload, dict):  # (refused before it was journalled; kept for safety)
             return Receipt(200, {"status": "ignored"}), None
         parsed = parse_webhook(payload, self.phone_number_id)
         self._template_updates(parsed.template_updates)
@@ -127,16 +162,15 @@ class WebhookReceiver:
     def _answerable(parsed: Webhook) -> List[Inbound]:
         return [m for m in parsed.messages if not (m.kind == "reaction" and not m.text)]  # (a reaction taken back)
 
-    def _store(self, parsed: Webhook, receipt: Receipt) -> None:
-        """Record one webhook's messages and statuses, each in a transaction of its own."""
-        try:
-            for message in self._answerable(parsed):
-                if self._record(self.store.record_inbound, message) and message.sender not in receipt.senders:
-                    receipt.senders.append(message.sender)
-            for status in parsed.statuses:
-                self._record(self._record_status, status)
-        except DATABASE_DOWN as exc:  # what was recorded is still answered (receipt.senders)
-            self._database_down(receipt, exc)
+    def _store(self, parsed: Webhook, receipt: Receipt, received_at: Optional[dt.datetime] = None) -> None:
+        """Record one webhook's messages and statuses, each in a transaction of its own (a
+        database that is down raises: the caller answers 503 or keeps the webhook journalled)."""
+        for message in self._answerable(parsed):
+            if (self._record(lambda m: self.store.record_inbound(m, received_at), message)
+                    and message.sender not in receipt.senders):
+                receipt.senders.append(message.sender)
+        for status in parsed.statuses:
+            self._record(self._record_status, status)
 
     @staticmethod
     def _database_down(receipt: Receipt, exc: Exception) -> None:

@@ -1,7 +1,11 @@
-"""The ingress records webhooks in batches (connectors.whatsapp.ingress.Recorder and
-WebhookReceiver.receive_many): each webhook answered as receive() would answer it alone, in
-arrival order, once; a database that is down gets every webhook of the batch a 503 and keeps
-nothing of it; an item that spoils a batch makes the rest be recorded one by one."""
+"""Webhooks recorded in batches (WebhookReceiver.receive_many, the channel's own route): each
+webhook answered as receive() would answer it alone, in arrival order, once; a database that is
+down gets every webhook of the batch a 503 and keeps nothing of it; an item that spoils a batch
+makes the rest be recorded one by one.
+
+The ingress (connectors.whatsapp.ingress.Ingress) answers once a webhook is in its journal on
+disk; its recorder (connectors.whatsapp.recorder.JournalRecorder, here in the test's process)
+records the journal after: in order, in batches, through an absent database and a restart."""
 from __future__ import annotations
 
 import asyncio
@@ -12,7 +16,10 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
 from cardsystem.db import dispose_engine, session_scope
-from connectors.whatsapp.ingress import Recorder
+from connectors.whatsapp import ingress as ingress_module
+from connectors.whatsapp.ingress import Ingress
+from connectors.whatsapp.journal import Journal, JournalReader
+from connectors.whatsapp.recorder import JournalRecorder
 from connectors.whatsapp.signature import sign
 from connectors.whatsapp.store import ChannelStore, InboundRecord, OutboxRecord
 from connectors.whatsapp.webhook import WebhookReceiver
@@ -69,7 +76,7 @@ def test_statuses_in_a_batch_settle_the_replies_they_echo(receiver):
 
 
 def test_a_database_that_is_down_gets_the_whole_batch_a_503_and_keeps_nothing(receiver, monkeypatch):
-    def down(messages, statuses):
+    def down(messages, statuses, received_at=None):
         raise OperationalError("INSERT", {}, Exception("database is locked"))
 
     monkeypatch.setattr(receiver.store, "record_webhooks", down)
@@ -83,12 +90,12 @@ def test_an_item_that_spoils_the_batch_leaves_the_others_recorded_one_by_one(rec
     store = receiver.store
     real = store.record_inbound
 
-    def record_inbound(item):
+    def record_inbound(item, received_at=None):
         if item.message_id == "wamid.bad":
             raise ValueError("cannot be stored")
-        return real(item)
+        return real(item, received_at)
 
-    def batch(messages, statuses):
+    def batch(messages, statuses, received_at=None):
         raise ValueError("cannot be stored")
 
     monkeypatch.setattr(store, "record_webhooks", batch)
@@ -99,27 +106,6 @@ def test_an_item_that_spoils_the_batch_leaves_the_others_recorded_one_by_one(rec
     assert recorded(store) == [("wamid.f", "kept"), ("wamid.g", "kept too")]
 
 
-def test_webhooks_arriving_together_are_written_in_few_batches_in_arrival_order(receiver, monkeypatch):
-    batches = []
-    real = receiver.receive_many
-
-    def counting(bodies):
-        batches.append(len(bodies))
-        return real(bodies)
-
-    monkeypatch.setattr(receiver, "receive_many", counting)
-
-    async def burst():
-        recorder = Recorder(receiver)
-        return await asyncio.gather(*(recorder.record(*signed(text(f"wamid.{n}", f"message {n}")))
-                                      for n in range(40)))
-
-    receipts = asyncio.run(burst())
-    assert all(r.status == 200 for r in receipts)
-    assert recorded(receiver.store) == [(f"wamid.{n}", f"message {n}") for n in range(40)]
-    assert sum(batches) == 40 and len(batches) < 40
-
-
 def test_a_status_of_the_banks_own_message_reaches_its_ledger(receiver):
     told = []
     receiver.notice_status = lambda *args: told.append(args)
@@ -127,3 +113,184 @@ def test_a_status_of_the_banks_own_message_reaches_its_ledger(receiver):
               "biz_opaque_callback_data": "notice.7-1", "errors": [{"code": 131047, "title": "Re-engagement"}]}
     receiver.receive_many([signed(envelope(statuses=[status]))])
     assert told == [("notice.7-1", "failed", "wamid.n", 131047, "Re-engagement")]
+
+
+# -- the ingress: journal first, database after -------------------------------------------------
+
+def database_down(receiver, monkeypatch):
+    """The channel database refuses every transaction until the returned callable is called."""
+    real = receiver.store.record_webhooks
+    state = {"down": True}
+
+    def record_webhooks(*args, **kwargs):
+        if state["down"]:
+            raise OperationalError("INSERT", {}, Exception("could not connect to server"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(receiver.store, "record_webhooks", record_webhooks)
+    return lambda: state.update(down=False)
+
+
+LOOPS = {}  # an ingress lives in one event loop, as in its process
+
+
+def started(receiver, directory, **kwargs) -> Ingress:
+    ingress = Ingress(receiver, Journal(directory), recorder=None, **kwargs)
+    LOOPS[id(ingress)] = asyncio.new_event_loop()
+    LOOPS[id(ingress)].run_until_complete(ingress.start())
+    return ingress
+
+
+def take_all(ingress: Ingress, *webhooks, together: bool = False):
+    async def go():
+        if together:
+            return await asyncio.gather(*(ingress.take(*w) for w in webhooks))
+        return [await ingress.take(*w) for w in webhooks]
+    return LOOPS[id(ingress)].run_until_complete(go())
+
+
+def stopped(ingress: Ingress) -> None:
+    loop = LOOPS.pop(id(ingress))
+    loop.run_until_complete(ingress.stop())
+    loop.close()
+
+
+def recorder_of(receiver, directory, **kwargs) -> JournalRecorder:
+    return JournalRecorder(receiver, JournalReader(directory), retry_seconds=0, **kwargs)
+
+
+def test_webhooks_arriving_together_are_journalled_then_recorded_in_few_batches_in_arrival_order(receiver, tmp_path,
+                                                                                              monkeypatch):
+    ingress = started(receiver, tmp_path / "journal")
+    appends, batches = [], []
+    real_append, real_record = ingress.journal.append, receiver.record_journalled
+    monkeypatch.setattr(ingress.journal, "append", lambda items: appends.append(len(items)) or real_append(items))
+    monkeypatch.setattr(receiver, "record_journalled",
+                        lambda bodies, at=None: batches.append(len(bodies)) or real_record(bodies, at))
+    receipts = take_all(ingress, *(signed(text(f"wamid.{n}", f"message {n}")) for n in range(40)), together=True)
+    assert [r.status for r in receipts] == [200] * 40
+    assert sum(appends) == 40 and len(appends) < 40  # one disk flush for what arrived together
+    assert recorded(receiver.store) == []  # (answered before any database work)
+    assert ingress.health()["backlog"] == 40
+
+    recorder = recorder_of(receiver, tmp_path / "journal", max_batch=16)
+    assert recorder.drain() == 40
+    assert recorded(receiver.store) == [(f"wamid.{n}", f"message {n}") for n in range(40)]
+    assert batches == [16, 16, 8]
+    assert ingress.health()["backlog"] == 0
+    stopped(ingress)
+
+
+def test_refused_webhooks_are_answered_at_once_and_never_journalled(receiver, tmp_path):
+    ingress = started(receiver, tmp_path / "journal")
+    forged, unsigned, not_json = take_all(ingress, (b'{"entry": []}', "sha256=" + "0" * 64), (b'{"entry": []}', None),
+                                          (b"\xff\xfe garbage", sign(b"\xff\xfe garbage", SECRET)))
+    assert (forged.status, unsigned.status, not_json.status) == (403, 403, 200)
+    assert not_json.answer == {"status": "ignored"}
+    assert JournalReader(tmp_path / "journal").read() == []  # nothing of them on disk
+    stopped(ingress)
+
+
+def test_a_database_that_is_down_does_not_hold_the_answers_and_loses_nothing(receiver, tmp_path, monkeypatch):
+    come_back = database_down(receiver, monkeypatch)
+    monkeypatch.setattr(ingress_module, "STALLED_SECONDS", 0.0)
+    ingress = started(receiver, tmp_path / "journal")
+    recorder = recorder_of(receiver, tmp_path / "journal")
+    receipts = take_all(ingress, *(signed(text(f"wamid.{n}", f"message {n}")) for n in range(5)))
+    assert [r.status for r in receipts] == [200] * 5
+    assert recorder.step() is False and recorder.step() is False  # tried, the database refused, tried again
+    assert recorder.outage.ongoing and recorded(receiver.store) == []
+    assert ingress.health()["backlog"] == 5 and ingress.health()["recording"].startswith("stalled")
+    come_back()
+    assert recorder.drain() == 5
+    assert not recorder.outage.ongoing
+    assert ingress.health() == {"status": "ok", "backlog": 0, "recorder": "none", "recording": "ok"}
+    assert recorded(receiver.store) == [(f"wamid.{n}", f"message {n}") for n in range(5)]
+    stopped(ingress)
+
+
+def test_what_was_acknowledged_but_not_recorded_is_recorded_after_a_restart(receiver, tmp_path, monkeypatch):
+    """A stop (or a crash) while the database is away: the journal keeps the webhooks, and the
+    next ingress's recorder records them, in order, once."""
+    come_back = database_down(receiver, monkeypatch)
+    first = started(receiver, tmp_path / "journal")
+    assert [r.status for r in take_all(first, *(signed(text(f"wamid.{n}", f"message {n}")) for n in range(3)))] == [200] * 3
+    recorder_of(receiver, tmp_path / "journal").drain()
+    stopped(first)
+    assert recorded(receiver.store) == []
+    come_back()
+
+    second = started(receiver, tmp_path / "journal")
+    assert second.health()["backlog"] == 3  # (counted from the journal at the start)
+    take_all(second, signed(text("wamid.3", "message 3")))
+    assert recorder_of(receiver, tmp_path / "journal").drain() == 4
+    assert recorded(receiver.store) == [(f"wamid.{n}", f"message {n}") for n in range(4)]
+    assert second.health()["backlog"] == 0
+    assert len(list((tmp_path / "journal").glob("*.wal"))) == 1  # the recorded segment is deleted
+    stopped(second)
+
+
+def test_the_arrival_time_is_recorded_not_the_time_the_database_took_it(receiver, tmp_path, monkeypatch):
+    import datetime as dt
+    import time as clock
+
+    ingress = started(receiver, tmp_path / "journal")
+    arrived = clock.time()
+    take_all(ingress, signed(text("wamid.t", "hello")))
+    clock.sleep(1.2)
+    recorder_of(receiver, tmp_path / "journal").drain()
+    stopped(ingress)
+    with session_scope(receiver.store.engine) as s:
+        received_at = s.execute(select(InboundRecord.received_at)).scalar_one()
+    assert abs(received_at.replace(tzinfo=dt.timezone.utc).timestamp() - arrived) < 0.5
+
+
+def test_a_full_backlog_is_answered_503_so_that_meta_redelivers(receiver, tmp_path):
+    ingress = started(receiver, tmp_path / "journal", max_backlog=3)
+    receipts = take_all(ingress, *(signed(text(f"wamid.{n}", "hi")) for n in range(5)))
+    assert [r.status for r in receipts] == [200, 200, 200, 503, 503]
+    recorder_of(receiver, tmp_path / "journal").drain()
+    import time
+
+    time.sleep(0.06)  # (the ingress reads the recorder's note at most every 50 ms)
+    assert take_all(ingress, signed(text("wamid.3", "hi")))[0].status == 200  # room again
+    stopped(ingress)
+
+
+def test_a_journal_that_cannot_be_written_answers_503_and_keeps_going(receiver, tmp_path, monkeypatch):
+    import os
+
+    ingress = started(receiver, tmp_path / "journal")
+    real = os.fdatasync
+    failures = {"left": 1}
+
+    def fdatasync(fd):
+        if failures["left"]:
+            failures["left"] -= 1
+            raise OSError(28, "No space left on device")
+        return real(fd)
+
+    monkeypatch.setattr(os, "fdatasync", fdatasync)
+    first, second = take_all(ingress, signed(text("wamid.x", "lost to a full disk")), signed(text("wamid.y", "kept")))
+    assert (first.status, second.status) == (503, 200)
+    recorder_of(receiver, tmp_path / "journal").drain()
+    assert recorded(receiver.store) == [("wamid.y", "kept")]  # (the refused one is Meta's to redeliver)
+    stopped(ingress)
+
+
+def test_a_webhook_that_cannot_be_recorded_is_set_aside_and_holds_back_nothing(receiver, tmp_path, monkeypatch):
+    real = receiver.record_journalled
+
+    def record_journalled(bodies, at=None):
+        if any(b"poison" in body for body in bodies):
+            raise RuntimeError("a bug")
+        return real(bodies, at)
+
+    monkeypatch.setattr(receiver, "record_journalled", record_journalled)
+    ingress = started(receiver, tmp_path / "journal")
+    take_all(ingress, *(signed(text(f"wamid.{n}", "poison" if n == 1 else f"m{n}")) for n in range(3)), together=True)
+    recorder_of(receiver, tmp_path / "journal").drain()
+    stopped(ingress)
+    assert recorded(receiver.store) == [("wamid.0", "m0"), ("wamid.2", "m2")]
+    [aside] = (tmp_path / "journal" / "set-aside").iterdir()
+    assert b"poison" in aside.read_bytes()  # kept for the operator, not lost
