@@ -24,6 +24,7 @@ import random
 import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp import web
@@ -94,7 +95,8 @@ class GraphStandIn:
         self._ids = itertools.count(1)
         self._tasks: set = set()
         self._runner: Optional[web.AppRunner] = None
-        self._session: Optional[aiohttp.ClientSession] = None
+        self._poster: Optional[WebhookPoster] = None
+        self._poster_url = ""
         self.url = ""
 
     async def start(self) -> str:
@@ -106,15 +108,14 @@ class GraphStandIn:
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]
-        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64))
         self.url = f"http://127.0.0.1:{port}"
         return self.url
 
     async def stop(self) -> None:
         for task in list(self._tasks):
             task.cancel()
-        if self._session is not None:
-            await self._session.close()
+        if self._poster is not None:
+            await self._poster.close()
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -151,14 +152,73 @@ class GraphStandIn:
         for status in ("sent", "delivered"):
             await asyncio.sleep(0.02)
             raw = json.dumps(webhook_body(self.phone_number_id, status_value(wamid, recipient, status, None, key))).encode()
+            if self._poster is None or self._poster_url != self.webhook_url:
+                self._poster, self._poster_url = WebhookPoster(self.webhook_url, self.app_secret), self.webhook_url
+            request = self._poster.request(raw)
             started = time.perf_counter()
-            try:
-                async with self._session.post(self.webhook_url, data=raw, headers={
-                        "Content-Type": "application/json", "X-Hub-Signature-256": sign(raw, self.app_secret)}) as answer:
-                    await answer.read()
+            if await self._poster.post(request) == 200:
                 self.status_ack_ms.append((time.perf_counter() - started) * 1000)
-            except aiohttp.ClientError:
-                pass
+
+
+class WebhookPoster:
+    """Signed webhooks posted as Meta's servers post them: each request written whole, in one
+    write, on kept-alive connections; returns the answer's status (None: no answer).
+
+    (aiohttp 3.9's client writes a request's headers at once and its body from a task of its
+    own, a turn of the event loop later: on a busy load generator the ingress sat waiting for
+    the body, and that wait, the load generator's own, was counted in the acknowledgement:
+    20-30 ms at p99 at 30 customers on a 2-core box.)"""
+
+    def __init__(self, url: str, app_secret: str) -> None:
+        parts = urlsplit(url)
+        self.host, self.port, self.path = parts.hostname or "127.0.0.1", parts.port or 80, parts.path or "/"
+        self.app_secret = app_secret
+        self._idle: List["tuple[asyncio.StreamReader, asyncio.StreamWriter]"] = []
+
+    def request(self, raw: bytes) -> bytes:
+        return (f"POST {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: application/json\r\n"
+                f"X-Hub-Signature-256: {sign(raw, self.app_secret)}\r\nContent-Length: {len(raw)}\r\n\r\n"
+                ).encode() + raw
+
+    async def post(self, request: bytes) -> Optional[int]:
+        """`request` from request(); a kept-alive connection the server had closed is replaced once."""
+        for attempt in (1, 2):
+            reused = bool(self._idle)
+            try:
+                reader, writer = self._idle.pop() if reused else await asyncio.open_connection(self.host, self.port)
+            except OSError:
+                return None
+            try:
+                writer.write(request)
+                status_line = await reader.readline()
+                if not status_line:
+                    raise ConnectionResetError("closed before an answer")
+                status, length, close = int(status_line.split()[1]), 0, False
+                while True:
+                    line = await reader.readline()
+                    if line in (b"\r\n", b""):
+                        break
+                    name, _, value = line.decode("latin-1").partition(":")
+                    if name.strip().lower() == "content-length":
+                        length = int(value)
+                    elif name.strip().lower() == "connection" and "close" in value.lower():
+                        close = True
+                await reader.readexactly(length)
+            except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
+                writer.close()
+                if reused and attempt == 1:
+                    continue
+                return None
+            if close:
+                writer.close()
+            else:
+                self._idle.append((reader, writer))
+            return status
+        return None
+
+    async def close(self) -> None:
+        while self._idle:
+            self._idle.pop()[1].close()
 
 
 class WhatsAppTarget:
@@ -171,12 +231,12 @@ class WhatsAppTarget:
         self.graph = graph
         self.app_secret = app_secret
         self.phone_number_id = phone_number_id
-        self.session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
+        self.poster = WebhookPoster(webhook_url, app_secret)
         self.run = f"{time.time_ns():x}"
         self._ids = itertools.count(1)
 
     async def close(self) -> None:
-        await self.session.close()
+        await self.poster.close()
 
     async def send(self, sender: str, text: str) -> "tuple[Optional[float], asyncio.Future]":
         """Post the message; (acknowledgement ms or None when refused, future of the reply's arrival)."""
@@ -185,14 +245,9 @@ class WhatsAppTarget:
         value["messages"][0]["id"] = message_id
         raw = json.dumps(webhook_body(self.phone_number_id, value)).encode()
         reply = self.graph.expect(message_id)
+        request = self.poster.request(raw)
         started = time.perf_counter()
-        try:
-            async with self.session.post(self.webhook_url, data=raw, headers={
-                    "Content-Type": "application/json", "X-Hub-Signature-256": sign(raw, self.app_secret)}) as answer:
-                await answer.read()
-                ok = answer.status == 200
-        except aiohttp.ClientError:
-            ok = False
+        ok = await self.poster.post(request) == 200
         return ((time.perf_counter() - started) * 1000 if ok else None), reply
 
     def duplicates(self) -> int:
@@ -211,7 +266,7 @@ class RestTarget:
         self._tasks: set = set()
 
     async def close(self) -> None:
-        await self.session.close()
+        await self.poster.close()
 
     async def send(self, sender: str, text: str) -> "tuple[Optional[float], asyncio.Future]":
         reply = asyncio.get_running_loop().create_future()
