@@ -39,6 +39,7 @@ SCRIPT = (
     "what is the interest rate", "mera bill kab due hai", "thanks",
 )
 REPLY_TIMEOUT = 60.0
+IDLE_SECONDS = 20.0  # a kept-alive webhook connection idle longer is not reused (aiohttp's server closes at 75 s)
 
 
 def percentile(values: Sequence[float], q: float) -> Optional[float]:
@@ -173,7 +174,7 @@ class WebhookPoster:
         parts = urlsplit(url)
         self.host, self.port, self.path = parts.hostname or "127.0.0.1", parts.port or 80, parts.path or "/"
         self.app_secret = app_secret
-        self._idle: List["tuple[asyncio.StreamReader, asyncio.StreamWriter]"] = []
+        self._idle: List["tuple[asyncio.StreamReader, asyncio.StreamWriter, float]"] = []
 
     def request(self, raw: bytes) -> bytes:
         return (f"POST {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\nContent-Type: application/json\r\n"
@@ -181,40 +182,54 @@ class WebhookPoster:
                 ).encode() + raw
 
     async def post(self, request: bytes) -> Optional[int]:
-        """`request` from request(); a kept-alive connection the server had closed is replaced once."""
-        for attempt in (1, 2):
-            reused = bool(self._idle)
-            try:
-                reader, writer = self._idle.pop() if reused else await asyncio.open_connection(self.host, self.port)
-            except OSError:
-                return None
-            try:
-                writer.write(request)
-                status_line = await reader.readline()
-                if not status_line:
-                    raise ConnectionResetError("closed before an answer")
-                status, length, close = int(status_line.split()[1]), 0, False
-                while True:
-                    line = await reader.readline()
-                    if line in (b"\r\n", b""):
-                        break
-                    name, _, value = line.decode("latin-1").partition(":")
-                    if name.strip().lower() == "content-length":
-                        length = int(value)
-                    elif name.strip().lower() == "connection" and "close" in value.lower():
-                        close = True
-                await reader.readexactly(length)
-            except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
-                writer.close()
-                if reused and attempt == 1:
-                    continue
-                return None
-            if close:
-                writer.close()
-            else:
-                self._idle.append((reader, writer))
-            return status
+        """`request` from request(); sent on a kept-alive connection, and again on a new one if
+        that connection turns out to have been closed by the server meanwhile."""
+        connection = self._reusable()
+        if connection is not None:
+            status = await self._exchange(connection, request)
+            if status is not None:
+                return status
+        try:
+            connection = await asyncio.open_connection(self.host, self.port)
+        except OSError:
+            return None
+        return await self._exchange(connection, request)
+
+    def _reusable(self) -> "Optional[tuple[asyncio.StreamReader, asyncio.StreamWriter]]":
+        now = time.monotonic()
+        while self._idle:
+            reader, writer, since = self._idle.pop()
+            if now - since < IDLE_SECONDS and not reader.at_eof() and not writer.is_closing():
+                return reader, writer
+            writer.close()
         return None
+
+    async def _exchange(self, connection, request: bytes) -> Optional[int]:
+        reader, writer = connection
+        try:
+            writer.write(request)
+            status_line = await reader.readline()
+            if not status_line:
+                raise ConnectionResetError("closed before an answer")
+            status, length, close = int(status_line.split()[1]), 0, False
+            while True:
+                line = await reader.readline()
+                if line in (b"\r\n", b""):
+                    break
+                name, _, value = line.decode("latin-1").partition(":")
+                if name.strip().lower() == "content-length":
+                    length = int(value)
+                elif name.strip().lower() == "connection" and "close" in value.lower():
+                    close = True
+            await reader.readexactly(length)
+        except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
+            writer.close()
+            return None
+        if close:
+            writer.close()
+        else:
+            self._idle.append((reader, writer, time.monotonic()))
+        return status
 
     async def close(self) -> None:
         while self._idle:

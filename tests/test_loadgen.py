@@ -33,15 +33,18 @@ def test_webhooks_are_posted_signed_whole_and_on_kept_alive_connections():
             kept_alive = len(peers)
             await asyncio.sleep(0.6)  # the server closes the idle connection
             after_close = await poster.post(poster.request(b'{"n": 5}'))
+            together = await asyncio.gather(*(poster.post(poster.request(b'{"n": 6}')) for _ in range(4)))
+            await asyncio.sleep(0.6)  # ... and then four idle ones at once
+            again = await asyncio.gather(*(poster.post(poster.request(b'{"n": 7}')) for _ in range(4)))
         finally:
             await poster.close()
             await runner.cleanup()
-        return statuses, kept_alive, after_close, seen
+        return statuses, kept_alive, [after_close] + together + again, seen
 
-    statuses, kept_alive, after_close, seen = asyncio.run(go())
+    statuses, kept_alive, later, seen = asyncio.run(go())
     assert statuses == [200, 200, 200, 503, 200] and kept_alive == 1
-    assert after_close == 200
-    assert [body for body, _ in seen] == [f'{{"n": {n}}}'.encode() for n in range(6)]
+    assert later == [200] * 9
+    assert [body for body, _ in seen] == [f'{{"n": {n}}}'.encode() for n in range(6)] + [b'{"n": 6}'] * 4 + [b'{"n": 7}'] * 4
     assert all(signed for _, signed in seen)
 
 
