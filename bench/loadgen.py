@@ -281,7 +281,7 @@ class RestTarget:
         self._tasks: set = set()
 
     async def close(self) -> None:
-        await self.poster.close()
+        await self.session.close()
 
     async def send(self, sender: str, text: str) -> "tuple[Optional[float], asyncio.Future]":
         reply = asyncio.get_running_loop().create_future()

@@ -54,3 +54,18 @@ def test_no_server_is_no_answer():
         return await poster.post(poster.request(b"{}"))
 
     assert asyncio.run(go()) is None
+
+
+def test_both_targets_close_cleanly():
+    from bench.loadgen import GraphStandIn, RestTarget, WhatsAppTarget
+
+    async def go():
+        rest = RestTarget("http://127.0.0.1:1/webhooks/rest/webhook")
+        await rest.close()
+        graph = GraphStandIn("secret", "1111")
+        await graph.start()
+        whatsapp = WhatsAppTarget("http://127.0.0.1:1/webhooks/whatsapp/webhook", graph, "secret", "1111")
+        await whatsapp.close()
+        await graph.stop()
+
+    asyncio.run(go())
