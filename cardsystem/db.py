@@ -6,7 +6,7 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, Iterator
+from typing import Any, Dict, Iterator
 
 from sqlalchemy import MetaData, create_engine, event, inspect
 from sqlalchemy.engine import Engine
@@ -17,6 +17,7 @@ from sqlalchemy.pool import QueuePool
 _engines: Dict[str, Engine] = {}
 _sessions: Dict[int, sessionmaker] = {}
 _lock = threading.Lock()
+SCHEMA_LOCK = 7_301_200  # PostgreSQL advisory lock held while a process creates or extends tables
 
 
 def _owner_only(path: str) -> None:
@@ -104,18 +105,31 @@ def create_schema(engine: Engine, metadata: MetaData) -> None:
     Enough for additive changes to an embedded database made by an earlier version; a
     change that is not additive needs a real migration.
     """
+    if engine.dialect.name == "postgresql":
+        # several processes start at once (the workers, the ingress's recorder, the action
+        # server): one at a time, or two CREATE TABLEs race and one dies on a duplicate key
+        with engine.begin() as connection:
+            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK})")
+            metadata.create_all(connection)
+            _add_what_is_missing(connection, metadata, inspect(connection))
+        return
     metadata.create_all(engine)
     existing = inspect(engine)
     with engine.begin() as connection:
-        for table in metadata.sorted_tables:
-            have = {c["name"] for c in existing.get_columns(table.name)}
-            for column in table.columns:
-                if column.name not in have and column.nullable:
-                    kind = column.type.compile(dialect=engine.dialect)
-                    connection.exec_driver_sql(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}')
-        for table in metadata.sorted_tables:  # and the indexes later versions added to older tables
-            for index in table.indexes:
-                index.create(connection, checkfirst=True)
+        _add_what_is_missing(connection, metadata, existing)
+
+
+def _add_what_is_missing(connection: Any, metadata: MetaData, existing: Any) -> None:
+    """Columns (nullable ones) and indexes that later versions added to older tables."""
+    for table in metadata.sorted_tables:
+        have = {c["name"] for c in existing.get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in have and column.nullable:
+                kind = column.type.compile(dialect=connection.dialect)
+                connection.exec_driver_sql(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}')
+    for table in metadata.sorted_tables:
+        for index in table.indexes:
+            index.create(connection, checkfirst=True)
 
 
 @contextmanager

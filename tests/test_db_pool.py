@@ -62,3 +62,21 @@ def test_a_connection_that_broke_in_use_fails_one_transaction_and_the_next_runs(
     with pytest.raises(DBAPIError):
         backend_pid(engine)  # (not idle: not pinged; the caller's retry takes it from here)
     assert backend_pid(engine) != first
+
+
+def test_processes_starting_together_create_a_postgresql_schema_once_without_racing():
+    """The workers, the ingress's recorder and the action server all create the tables they
+    need when they start; on PostgreSQL two CREATE TABLEs at once make one fail on a duplicate
+    key (seen in CI: a worker died at start). create_schema takes an advisory lock."""
+    import subprocess
+    import sys
+
+    from tests.servers import ROOT, pg_url, postgres_database
+
+    script = ("import sys; from cardsystem.db import get_engine, create_schema; "
+              "from connectors.whatsapp.store import Base; create_schema(get_engine(sys.argv[1]), Base.metadata)")
+    with postgres_database("cardcare_schema") as name:
+        starts = [subprocess.Popen([sys.executable, "-c", script, pg_url(name)], cwd=ROOT, stderr=subprocess.PIPE,
+                                   text=True) for _ in range(6)]
+        failures = [p.communicate(timeout=120)[1] for p in starts if p.wait(timeout=120) != 0]
+        assert failures == []
