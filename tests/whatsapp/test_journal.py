@@ -69,12 +69,18 @@ def test_the_reader_follows_the_writer_as_it_writes_and_rolls_over(tmp_path):
     writer.close()
 
 
-def test_a_record_cut_short_by_a_crash_is_cut_off_and_the_rest_kept(tmp_path):
-    writer = Journal(tmp_path)
+def written(directory, *payloads: bytes):
+    """A journal holding these records, its writer gone; the segment's path."""
+    writer = Journal(directory)
     writer.open()
-    writer.append([(1.0, b"whole"), (2.0, b"also whole")])
+    writer.append([(float(n), body) for n, body in enumerate(payloads, 1)])
     writer.close()
-    [segment] = tmp_path.glob("*.wal")
+    [segment] = directory.glob("*.wal")
+    return segment
+
+
+def test_a_record_cut_short_by_a_crash_is_cut_off_and_the_rest_kept(tmp_path):
+    segment = written(tmp_path, b"whole", b"also whole")
     size = segment.stat().st_size
     with segment.open("ab") as f:  # a crash in the middle of the next write
         f.write(HEADER.pack(100, 0) + b"half of it")
@@ -87,11 +93,7 @@ def test_a_record_cut_short_by_a_crash_is_cut_off_and_the_rest_kept(tmp_path):
 
 
 def test_a_record_whose_checksum_fails_is_cut_off_at_the_next_start(tmp_path):
-    writer = Journal(tmp_path)
-    writer.open()
-    writer.append([(1.0, b"good"), (2.0, b"flipped")])
-    writer.close()
-    [segment] = tmp_path.glob("*.wal")
+    segment = written(tmp_path, b"good", b"flipped")
     data = bytearray(segment.read_bytes())
     data[-1] ^= 0xFF
     segment.write_bytes(bytes(data))
