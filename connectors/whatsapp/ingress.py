@@ -62,8 +62,8 @@ class Ingress:
     The flush runs on the event loop itself: it holds the loop for the fdatasync (about 1 ms,
     7 ms at p99 on a busy box), which costs less than handing it to a thread and back (the
     two wake-ups cost 2-3 ms on a busy box, acknowledgement p50 3.0 -> 2.3 ms, p99 13 -> 9.5 ms
-    inside the ingress); answers cannot be sent before the flush anyway. `recorder` is the command of the recorder
-    process (None: the caller records, as the tests do).
+    inside the ingress); answers cannot be sent before the flush anyway. `recorder` is the
+    command of the recorder process (None: the caller records, as the tests do).
     """
 
     def __init__(self, receiver: WebhookReceiver, journal: Journal, max_backlog: int = MAX_BACKLOG,
@@ -71,7 +71,6 @@ class Ingress:
         self.receiver, self.journal, self.max_backlog = receiver, journal, max_backlog
         self.recorder_command = recorder
         self.recorder: Optional[subprocess.Popen] = None
-        self.recorder_starts = 0
         self._arriving: List[Tuple[float, bytes, asyncio.Future]] = []
         self._flusher: Optional[asyncio.Task] = None
         self._watcher: Optional[asyncio.Task] = None
@@ -162,17 +161,14 @@ class Ingress:
     def _start_recorder(self) -> None:
         self.recorder = subprocess.Popen(self.recorder_command, stdin=subprocess.PIPE, env=os.environ.copy())
         os.set_blocking(self.recorder.stdin.fileno(), False)
-        self.recorder_starts += 1
 
     def _wake(self) -> None:
         if self.recorder is None or self.recorder.stdin is None:
             return
         try:
             os.write(self.recorder.stdin.fileno(), b"\n")
-        except BlockingIOError:
-            pass  # (its pipe is full of wake-ups already)
-        except OSError:
-            pass  # (it died: the watcher starts another)
+        except OSError:  # BlockingIOError: its pipe is full of wake-ups already; otherwise it died,
+            pass  # and the watcher starts another
 
     async def _watch_recorder(self) -> None:
         started = time.monotonic()

@@ -80,9 +80,9 @@ def read_note(directory: Path) -> Position:
         return 0, 0
 
 
-def parse(data: bytes, start: int, sequence: int) -> "tuple[List[Entry], int, bool]":
-    """The whole records in `data` from `start`: (entries, offset after the last, whether a
-    record whose checksum fails stopped the reading)."""
+def parse(data: bytes, start: int, sequence: int, base: int = 0) -> "tuple[List[Entry], int, bool]":
+    """The whole records in `data` from `start` (`data` begins at offset `base` of the segment):
+    (entries, offset in `data` after the last, whether a record whose checksum fails stopped the reading)."""
     entries, offset = [], start
     while offset + HEADER.size <= len(data):
         length, crc = HEADER.unpack_from(data, offset)
@@ -92,7 +92,7 @@ def parse(data: bytes, start: int, sequence: int) -> "tuple[List[Entry], int, bo
         payload = data[offset + HEADER.size:end]
         if length < ARRIVAL.size or zlib.crc32(payload) != crc:
             return entries, offset, True
-        entries.append(Entry(ARRIVAL.unpack_from(payload)[0], payload[ARRIVAL.size:], (sequence, end)))
+        entries.append(Entry(ARRIVAL.unpack_from(payload)[0], payload[ARRIVAL.size:], (sequence, base + end)))
         offset = end
     return entries, offset, False
 
@@ -232,45 +232,39 @@ class JournalReader:
                 if not later:
                     return []
                 self._sequence, self._offset = later[0], 0
-            path = segment_path(self.directory, self._sequence)
             try:
-                with open(path, "rb") as f:
-                    f.seek(self._offset)
-                    data = f.read(max(limit, 1) * 4096)
+                data = self._tail(max(limit, 1) * 4096)
+                entries, _, bad = parse(data, 0, self._sequence, self._offset)
+                if not entries and not bad and len(data) >= HEADER.size:  # one record longer than the read
+                    data = self._tail(HEADER.size + HEADER.unpack_from(data)[0])
+                    entries, _, bad = parse(data, 0, self._sequence, self._offset)
+                if entries:
+                    entries = entries[:limit]
+                    self._offset = entries[-1].position[1]
+                    return entries
+                newer = [s for s in segments(self.directory) if s > self._sequence]
+                if not newer:
+                    if bad and self._bad_logged != (self._sequence, self._offset):
+                        self._bad_logged = (self._sequence, self._offset)
+                        logger.error("journal: the record at %s fails its checksum; waiting for the writer to move on",
+                                     (self._sequence, self._offset))
+                    return []  # (the writer is still on this segment: more may come)
+                # the writer has moved on, so this segment is complete: read its end once more, then go on
+                rest = self._tail()
             except FileNotFoundError:
                 continue
-            entries, end, bad = parse(data, 0, self._sequence)
-            entries = [Entry(e.arrived, e.body, (self._sequence, self._offset + e.position[1])) for e in entries[:limit]]
-            if entries:
-                self._offset = entries[-1].position[1]
-                return entries
-            if end == 0 and len(data) == max(limit, 1) * 4096 and not bad:  # one record larger than the read
-                with open(path, "rb") as f:
-                    f.seek(self._offset)
-                    data = f.read()
-                entries, end, bad = parse(data, 0, self._sequence)
-                if entries:
-                    entry = entries[0]
-                    self._offset += entry.position[1]
-                    return [Entry(entry.arrived, entry.body, (self._sequence, self._offset))]
-            newer = [s for s in segments(self.directory) if s > self._sequence]
-            if not newer:
-                if bad and self._bad_logged != (self._sequence, self._offset):
-                    self._bad_logged = (self._sequence, self._offset)
-                    logger.error("journal: the record at %s fails its checksum; waiting for the writer to move on",
-                                 (self._sequence, self._offset))
-                return []  # (the writer is still on this segment: more may come)
-            # the writer has moved on, so this segment is complete: read its end once more, then go on
-            with open(path, "rb") as f:
-                f.seek(self._offset)
-                rest = f.read()
-            entries, end, bad = parse(rest, 0, self._sequence)
-            if entries:
+            if parse(rest, 0, self._sequence)[0]:
                 continue
             if rest:
                 logger.error("journal: segment %d ends in %d bytes that are not a whole record: skipped",
                              self._sequence, len(rest))
             self._sequence, self._offset = newer[0], 0
+
+    def _tail(self, size: int = -1) -> bytes:
+        """Up to `size` bytes (-1: all) of the current segment from the current offset."""
+        with open(segment_path(self.directory, self._sequence), "rb") as f:
+            f.seek(self._offset)
+            return f.read(size)
 
     def recorded(self, position: Position) -> None:
         """Everything up to `position` is in the database: note it, and delete the segments

@@ -128,30 +128,40 @@ class WebhookReceiver:
     def refusal(self, body: bytes, signature: Optional[str]) -> Optional[Receipt]:
         """The answer to a webhook that is not to be recorded (a missing or wrong signature, a
         signed body that is not a JSON object), else None."""
+        return self._check(body, signature)[0]
+
+    def _check(self, body: bytes, signature: Optional[str]) -> "tuple[Optional[Receipt], Any]":
+        """(refusal or None, the body's JSON object)."""
         if not is_signed_by(body, signature, self.app_secrets):
             logger.warning("webhook refused: missing or wrong X-Hub-Signature-256 (%d bytes)", len(body))
-            return Receipt(403, {"error": "invalid signature"})
-        if not isinstance(self._json(body), dict):
+            return Receipt(403, {"error": "invalid signature"}), None
+        payload = self._json_object(body)
+        if payload is None:
             logger.warning("webhook ignored: signed body is not a JSON object (%d bytes)", len(body))
-            return Receipt(200, {"status": "ignored"})
-        return None
-
-    @staticmethod
-    def _json(body: bytes) -> Any:
-        try:
-            return json.loads(body)
-        except (ValueError, UnicodeDecodeError, RecursionError):  # (RecursionError: nested too deep)
-            return None
+            return Receipt(200, {"status": "ignored"}), None
+        return None, payload
 
     def _read(self, body: bytes, signature: Optional[str]) -> "tuple[Receipt, Optional[Webhook]]":
         """Check and parse one webhook: its answer so far, and what it carries (None: nothing to record)."""
-        refused = self.refusal(body, signature)
-        return (refused, None) if refused is not None else self._parse(body)
+        refused, payload = self._check(body, signature)
+        return (refused, None) if refused is not None else self._parsed(payload)
 
     def _parse(self, body: bytes) -> "tuple[Receipt, Optional[Webhook]]":
-        payload = self._json(body)
-        if not isinstance(payload, dict):  # (refused before it was journalled; kept for safety)
+        """A journalled webhook (its signature and shape were checked before it was journalled)."""
+        payload = self._json_object(body)
+        if payload is None:  # (cannot be journalled; kept for safety)
             return Receipt(200, {"status": "ignored"}), None
+        return self._parsed(payload)
+
+    @staticmethod
+    def _json_object(body: bytes) -> Optional[Dict[str, Any]]:
+        try:
+            payload = json.loads(body)
+        except (ValueError, UnicodeDecodeError, RecursionError):  # (RecursionError: nested too deep)
+            return None
+        return payload if isinstance(payload, dict) else None
+
+    def _parsed(self, payload: Dict[str, Any]) -> "tuple[Receipt, Optional[Webhook]]":
         parsed = parse_webhook(payload, self.phone_number_id)
         self._template_updates(parsed.template_updates)
         for problem in parsed.problems:
