@@ -103,7 +103,7 @@ class Servers:
         if postgres:  # (as endpoints.production.yml keeps them)
             tracker = ("tracker_store:\n  type: components.tracker_store.RecentTurnsSQLTrackerStore\n"
                        f"  dialect: postgresql\n  url: 127.0.0.1\n  port: 5432\n  username: postgres\n"
-                       f"  db: {postgres['tracker']}\nlock_store:\n  type: redis\n  url: 127.0.0.1\n  port: 6379\n"
+                       f"  db: {postgres['tracker']}\nlock_store:\n  type: components.lock_store.AtomicRedisLockStore\n  url: 127.0.0.1\n  port: 6379\n"
                        f"  db: 1\n  key_prefix: {postgres['tracker'].replace('_', '')}\n")
         self.endpoints.write_text(f'action_endpoint:\n  url: "http://127.0.0.1:{self.action_port}/webhook"\n'
                                   f"  enable_selective_domain: true\n{tracker}")  # (as endpoints.yml)
