@@ -2,8 +2,8 @@
 
 Every customer conversation of tests/conversations/customer_scripts.yml is run through the
 trained model in process, with the action server; at every prediction the patched rule search
-is compared with Rasa's own, and wherever TED was skipped, the ensemble's winner is computed
-with TED's real prediction as well and must be the same.
+is compared with Rasa's own, so are the featurized states, and wherever TED was skipped, the
+ensemble's winner is computed with TED's real prediction as well and must be the same.
 """
 from __future__ import annotations
 
@@ -51,11 +51,13 @@ def test_the_patched_policies_decide_every_customer_turn_as_rasa_does(tmp_path, 
     from rasa.core.channels.channel import CollectingOutputChannel, UserMessage
     from rasa.core.policies.ensemble import DefaultPolicyPredictionEnsemble
     from rasa.core.policies.rule_policy import RulePolicy
+    from rasa.shared.core.domain import Domain
+    from rasa.shared.core.trackers import DialogueStateTracker
     from rasa.utils.endpoints import EndpointConfig
 
     rasa_patches.apply()
     servers = Servers(tmp_path)
-    seen = {"searches": 0, "ted_skipped": 0, "ted_ran": 0}
+    seen = {"searches": 0, "ted_skipped": 0, "ted_ran": 0, "states": 0, "states_resumed": 0}
 
     def compared_search(self, lookup, states):
         patched = rasa_patches._get_possible_keys(self, lookup, states)
@@ -82,6 +84,21 @@ def test_the_patched_policies_decide_every_customer_turn_as_rasa_does(tmp_path, 
         assert (skipped.policy_name, skipped.max_confidence_index) == (ran.policy_name, ran.max_confidence_index)
         return answer
 
+    def compared_states(self, tracker, *args, **kwargs):
+        replays = tracker.__dict__.get(rasa_patches._REPLAYS) or {}
+        resumed = any(replay.events for replay in replays.values())
+        patched = rasa_patches._states_for_tracker_history(self, tracker, *args, **kwargs)
+        stock_events = rasa_patches.STOCK["applied_events"](tracker)
+        assert [id(e) for e in tracker.applied_events()] == [id(e) for e in stock_events]
+        with monkeypatch.context() as stock_tracker:
+            stock_tracker.setattr(DialogueStateTracker, "applied_events", rasa_patches.STOCK["applied_events"])
+            stock = rasa_patches.STOCK["states_for_tracker_history"](self, tracker, *args, **kwargs)
+        assert patched == stock
+        seen["states"] += 1
+        seen["states_resumed"] += resumed
+        return patched
+
+    monkeypatch.setattr(Domain, "states_for_tracker_history", compared_states)
     monkeypatch.setattr(RulePolicy, "_get_possible_keys", compared_search)
     monkeypatch.setattr(rasa_patches._TEDWhenUndecided, "__call__", compared_gate)
     scripts = yaml.safe_load(SCRIPTS.read_text())
@@ -101,6 +118,7 @@ def test_the_patched_policies_decide_every_customer_turn_as_rasa_does(tmp_path, 
     finally:
         servers.stop()
     assert seen["searches"] > 100 and seen["ted_skipped"] > 50
+    assert seen["states_resumed"] > 100 and seen["states"] > seen["states_resumed"], seen
 
 
 @pytest.mark.model
@@ -149,3 +167,53 @@ def _arrays(outputs, prefix=""):
         elif value is not None:
             flat[prefix + key] = np.asarray(value)
     return flat
+
+
+def test_featurized_history_follows_every_kind_of_rewrite():
+    """The states kept on a tracker between predictions are taken up again only while its
+    applied events start with the ones they were made from: after an undo, a restart or a
+    form's happy path folding its steps, they are made again, as Rasa makes them."""
+    from rasa.shared.core.domain import Domain
+    from rasa.shared.core.events import (ActionExecuted, ActionReverted, ActiveLoop, Restarted, SessionStarted,
+                                         SlotSet, UserUttered, UserUtteranceReverted)
+    from rasa.shared.core.trackers import DialogueStateTracker
+
+    rasa_patches.apply()  # (the cached applied events too)
+    domain = Domain.load(str(ROOT / "domain.yml"))
+    stock_states = rasa_patches.STOCK["states_for_tracker_history"]
+    stock_applied = rasa_patches.STOCK["applied_events"]
+    options = [{}, {"ignore_rule_only_turns": True, "rule_only_data": {"slots": ["card_last4"], "active_loops": []}}]
+
+    def said(intent):
+        return [UserUttered(intent, {"name": intent, "confidence": 1.0})]
+
+    steps = [
+        [ActionExecuted("action_session_start"), SessionStarted(), ActionExecuted("action_listen")],
+        said("greet") + [ActionExecuted("utter_greet", hide_rule_turn=True), ActionExecuted("action_listen")],
+        said("inform") + [ActionExecuted("statement_form"), ActiveLoop("statement_form"), SlotSet("card_last4", "1234")],
+        [ActionExecuted("action_listen")] + said("inform"),
+        [ActionExecuted("statement_form")],  # the loop's happy path: applied events fold
+        [ActionExecuted("action_listen")] + said("deny"),
+        [UserUtteranceReverted()],
+        [ActionExecuted("action_listen")] + said("help") + [ActionExecuted("utter_help")],
+        [ActionReverted()],
+        [Restarted(), ActionExecuted("action_listen")] + said("goodbye"),
+    ]
+    tracker = DialogueStateTracker("919800000010", domain.slots)
+    compared = 0
+    for step in steps:
+        for event in step:
+            tracker.update(event, domain)
+            for option in options:
+                for _ in range(2):  # made, then taken up again
+                    patched = rasa_patches._states_for_tracker_history(domain, tracker, **option)
+                    original = DialogueStateTracker.applied_events
+                    DialogueStateTracker.applied_events = stock_applied
+                    try:
+                        stock = stock_states(domain, tracker, **option)
+                    finally:
+                        DialogueStateTracker.applied_events = original
+                    assert patched == stock, (event, option)
+                    compared += 1
+    assert compared > 40
+    assert [id(e) for e in rasa_patches._applied_events(tracker)] == [id(e) for e in stock_applied(tracker)]

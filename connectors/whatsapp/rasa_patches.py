@@ -33,6 +33,17 @@ otherwise.
   state, which only training reads, is left in the file), and the model is then prepared and
   traced for prediction exactly as Rasa does. Not when fine-tuning (that trains) or when the
   model runs eagerly by configuration: then Rasa's own load.
+* Featurizing the history: each policy turns the whole tracker into states on each
+  prediction (`Domain.states_for_tracker_history`: the tracker replayed from its first event,
+  a state made at every action), rules and memoization with different options, and a turn
+  predicts two or three times while its tracker only grows at the end: a message's history
+  was made into states about five times over (37 % of Rasa's own time per message with 20
+  turns kept, in cProfile; 10-15 % of its CPU without the profiler). Here the replay, its states and the two variables Rasa's loop carries are
+  kept on the tracker object per set of options and taken up where they stopped, as long as
+  the applied events still begin with the very events (by identity) they were made from;
+  after an undo, a restart or a form's folded happy path they are made again from the start.
+  Callers get their own copies (sub-states shared where Rasa's list shares them), and
+  `applied_events()` is kept while the tracker's events are unchanged.
 * Reading events: `Event.resolve_by_type` walks every subclass of Event for every event of
   every tracker read (70,000 calls per 100 messages). The event classes are fixed once
   imported, so the answer for a type name is kept; unknown names still raise as before.
@@ -57,6 +68,8 @@ from rasa.shared.core.events import ActionExecuted, ActionExecutionRejected, Eve
 from rasa.core.policies.rule_policy import PREVIOUS_ACTION, SHOULD_NOT_BE_SET, RulePolicy
 from rasa.shared.nlu.constants import ACTION_NAME
 from rasa.shared.constants import DOCS_BASE_URL
+from rasa.shared.core.domain import Domain
+from rasa.shared.core.trackers import DialogueStateTracker
 from rasa.utils.tensorflow.constants import LEARNING_RATE, RUN_EAGERLY
 from rasa.utils.tensorflow.models import RasaModel
 
@@ -152,6 +165,8 @@ def _get_possible_keys(self: RulePolicy, lookup: Dict[Text, Text], states: List[
 STOCK = {  # Rasa's own, for the tests that compare (tests/test_rasa_patches.py)
     "get_possible_keys": RulePolicy._get_possible_keys, "is_rule_applicable": RulePolicy._is_rule_applicable,
     "validate_action_result": RemoteAction._validate_action_result,
+    "states_for_tracker_history": Domain.states_for_tracker_history,
+    "applied_events": DialogueStateTracker.applied_events,
 }
 PREDICT = "predict_action_probabilities"
 _stock_build_dask_graph = DaskGraphRunner._build_dask_graph
@@ -212,6 +227,106 @@ def _resolve_by_type(type_name: Text, default: Any = None) -> Any:
     return found
 
 
+class _Replay:
+    """How far one tracker's history was featurized for one set of options: the applied events
+    replayed (by identity), the replaying tracker after them, the states of the actions among
+    them, and the two variables Rasa's loop carries from one step to the next."""
+
+    __slots__ = ("events", "tracker", "states", "last_ml_action", "hidden")
+
+    def __init__(self, tracker: Any) -> None:
+        self.events: List[Any] = []
+        self.tracker = tracker.init_copy()
+        self.states: List[Dict] = []
+        self.last_ml_action: Any = None
+        self.hidden = False
+
+
+_REPLAYS = "_cardcare_replays"  # set on a tracker: its _Replay by options
+
+
+def _history_state(domain: Domain, replay: _Replay, hide_rule_turn: bool, omit_unset_slots: bool,
+                   ignore_rule_only_turns: bool, rule_only_data: Any, states: List[Dict], keep: bool) -> Any:
+    """The body of Rasa's loop in `states_for_tracker_history` for the tracker of one step
+    (`replay.tracker`); its carried variables are kept in `replay` only when `keep`."""
+    tracker, last_ml_action, hidden = replay.tracker, replay.last_ml_action, replay.hidden
+    if ignore_rule_only_turns:
+        if not hidden:
+            last_ml_action = domain._get_prev_action_sub_state(tracker)
+        if not tracker.followup_action and not tracker.latest_action_name == tracker.active_loop_name:
+            hidden = hide_rule_turn
+        if keep:
+            replay.last_ml_action, replay.hidden = last_ml_action, hidden
+        if hidden:
+            return None
+    state = domain.get_active_state(tracker, omit_unset_slots=omit_unset_slots)
+    if ignore_rule_only_turns:
+        domain._remove_rule_only_features(state, rule_only_data)
+        if states:
+            domain._substitute_rule_only_user_input(state, states[-1])
+        if last_ml_action:
+            state[PREVIOUS_ACTION] = last_ml_action
+    return domain._clean_state(state)
+
+
+def _copied(states: List[Dict]) -> List[Dict]:
+    """The states with their sub-states copied, shared ones shared as in Rasa's (a caller that
+    changes a state then changes the one it is shared with, as it would in Rasa's own list)."""
+    copies: Dict[int, Dict] = {}
+    out = []
+    for state in states:
+        fresh = {}
+        for name, sub in state.items():
+            copy_ = copies.get(id(sub))
+            if copy_ is None:
+                copy_ = copies[id(sub)] = dict(sub)
+            fresh[name] = copy_
+        out.append(fresh)
+    return out
+
+
+_APPLIED = "_cardcare_applied"  # set on a tracker: its events as last read and their applied events
+_stock_applied_events = DialogueStateTracker.applied_events
+
+
+def _applied_events(self: DialogueStateTracker) -> List[Any]:
+    events = self.events
+    last = events[-1] if events else None
+    cached = self.__dict__.get(_APPLIED)
+    if cached is None or cached[0] is not events or cached[1] != len(events) or cached[2] is not last:
+        cached = self.__dict__[_APPLIED] = (events, len(events), last, _stock_applied_events(self))
+    return list(cached[3])
+
+
+def _states_for_tracker_history(self: Domain, tracker: Any, omit_unset_slots: bool = False,
+                                ignore_rule_only_turns: bool = False, rule_only_data: Any = None) -> List[Dict]:
+    applied = tracker.applied_events()
+    key = (id(self), omit_unset_slots, ignore_rule_only_turns,
+           None if rule_only_data is None else json.dumps(rule_only_data, sort_keys=True, default=str))
+    replays = tracker.__dict__.get(_REPLAYS)
+    if replays is None:
+        replays = tracker.__dict__[_REPLAYS] = {}
+    replay = replays.get(key)
+    done = len(replay.events) if replay is not None else 0
+    if replay is None or done > len(applied) or any(a is not b for a, b in zip(replay.events, applied)):
+        replay = replays[key] = _Replay(tracker)  # first time, or the history was rewritten: from the start
+        done = 0
+    for event in applied[done:]:
+        if isinstance(event, ActionExecuted):
+            state = _history_state(self, replay, event.hide_rule_turn, omit_unset_slots, ignore_rule_only_turns,
+                                   rule_only_data, replay.states, keep=True)
+            if state is not None:
+                replay.states.append(state)
+        replay.tracker.update(event)
+        replay.events.append(event)
+    states = list(replay.states)
+    last = _history_state(self, replay, False, omit_unset_slots, ignore_rule_only_turns, rule_only_data, states,
+                          keep=False)
+    if last is not None:
+        states.append(last)
+    return _copied(states)
+
+
 _stock_model_load = RasaModel.load.__func__
 
 
@@ -253,6 +368,8 @@ def apply() -> None:
     DaskGraphRunner._build_dask_graph = _build_dask_graph
     Event.resolve_by_type = staticmethod(_resolve_by_type)
     RasaModel.load = classmethod(_load_model)
+    Domain.states_for_tracker_history = _states_for_tracker_history
+    DialogueStateTracker.applied_events = _applied_events
 
 
 __all__ = ["apply", "ValidationError"]
