@@ -21,7 +21,8 @@ def main() -> None:
           flush=True)
     web.run_app(make_app(args.bot_url, settings["app_secret"], settings["phone_number_id"],
                          approve_templates=args.approve_templates),
-                host=args.host, port=args.port, print=None)
+                host=args.host, port=args.port, print=None,
+                shutdown_timeout=3)  # (aiohttp's 60 s: a handler still redelivering to a stopped bot held the exit)
 
 
 if __name__ == "__main__":
