@@ -98,7 +98,7 @@ return left
 
 
 class AtomicRedisLockStore(LockStore):
-    """Redis ticket locks: one atomic script per step, on the asyncio client (see the module)."""
+    """Redis ticket locks: one atomic script per step (see the module)."""
 
     def __init__(self, endpoint_config: Any = None, host: Text = "localhost", port: int = 6379, db: int = 1,
                  username: Optional[Text] = None, password: Optional[Text] = None, use_ssl: bool = False,
@@ -117,8 +117,8 @@ class AtomicRedisLockStore(LockStore):
         import redis
 
         self.red = redis.Redis(host=host, port=int(port), db=int(db), username=username, password=password,
-                                       ssl=bool(use_ssl), socket_timeout=float(socket_timeout),
-                                       socket_connect_timeout=float(socket_timeout))
+                               ssl=bool(use_ssl), socket_timeout=float(socket_timeout),
+                               socket_connect_timeout=float(socket_timeout))
         self.key_prefix = DEFAULT_REDIS_LOCK_STORE_KEY_PREFIX
         if key_prefix:
             if str(key_prefix).isalnum():

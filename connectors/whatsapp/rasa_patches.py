@@ -38,9 +38,10 @@ otherwise.
   a state made at every action), rules and memoization with different options, and a turn
   predicts two or three times while its tracker only grows at the end: a message's history
   was made into states about five times over (37 % of Rasa's own time per message with 20
-  turns kept, in cProfile; 10-15 % of its CPU without the profiler). Here the replay, its states and the two variables Rasa's loop carries are
-  kept on the tracker object per set of options and taken up where they stopped, as long as
-  the applied events still begin with the very events (by identity) they were made from;
+  turns kept, in cProfile; 10-15 % of its CPU without the profiler). Here the replay, its
+  states and the two variables Rasa's loop carries are kept on the tracker object per set of
+  options and taken up where they stopped, as long as the applied events still begin with
+  the very events (by identity) they were made from;
   after an undo, a restart or a form's folded happy path they are made again from the start.
   Callers get their own copies (sub-states shared where Rasa's list shares them), and
   `applied_events()` is kept while the tracker's events are unchanged.
