@@ -60,6 +60,7 @@ from cardsystem.reminders.report import as_text, report
 from cardsystem.reminders.templates import Registry
 from cardsystem.requests.notices import NoticeBox
 from cardsystem.service import CardSystem
+from tests.servers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "bench" / "out"
@@ -149,12 +150,6 @@ def build(system: CardSystem, customers: int, due: dt.date, rng: random.Random) 
 
 
 # -- 2. the sandbox and the channel ----------------------------------------------------------------------
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def start_sandbox(workdir: Path, bot_url: str) -> Tuple[subprocess.Popen, str]:

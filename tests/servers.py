@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -18,10 +19,42 @@ MODEL = ROOT / "models" / "cardcare.tar.gz"
 RASA = str(Path(sys.executable).parent / "rasa")
 
 
+_HANDED_OUT: set = set()
+
+
+def _ephemeral_range() -> tuple:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
 def free_port() -> int:
+    """A loopback port nothing listens on, outside the kernel's ephemeral range. A port taken with
+    bind(0) comes from that range, so any outgoing connection made before the server binds it
+    (PostgreSQL, Redis, HTTP: hundreds in a load test) may be given the same number, and the server
+    then fails with "address already in use" (CI saw this once). Ports below the range are only
+    ever taken by listeners; each is handed out once per process."""
+    low, _ = _ephemeral_range()
+    rng = random.Random()
+    if low > 12000:
+        for _ in range(200):
+            port = rng.randrange(10000, low)
+            if port in _HANDED_OUT:
+                continue
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            _HANDED_OUT.add(port)
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port = s.getsockname()[1]
+    _HANDED_OUT.add(port)
+    return port
 
 
 def wait_for(url: str, timeout: float, process: subprocess.Popen, log: Path) -> None:

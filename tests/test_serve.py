@@ -28,7 +28,7 @@ import pytest
 import requests
 
 from connectors.whatsapp.signature import sign
-from tests.servers import MODEL, ROOT, free_port, postgres_database, start_sandbox
+from tests.servers import _HANDED_OUT, MODEL, ROOT, free_port, postgres_database, start_sandbox
 
 pytestmark = pytest.mark.model
 CUSTOMER = "919800000001"   # a seeded customer with one card
@@ -67,6 +67,7 @@ def free_port_pair() -> int:
         try:
             with socket.socket() as probe:
                 probe.bind(("127.0.0.1", port + 1))
+            _HANDED_OUT.add(port + 1)
             return port
         except OSError:
             continue
@@ -235,6 +236,15 @@ def test_workers_each_get_a_port_and_the_door_spreads_over_them(tmp_path):
         bad = {**env, "WORKERS": workers, "ACTION_PORT": "6101"}
         assert said in refusal(bad)
     assert "rest:" not in (ROOT / "credentials.production.yml").read_text()
+
+
+def test_workers_run_one_thread_pools_unless_the_operator_says_otherwise():
+    from deploy.serve import TURN_THREADS, production_env
+
+    env = production_env({"PATH": os.environ.get("PATH", "")})
+    assert {name: env[name] for name in TURN_THREADS} == TURN_THREADS
+    assert set(TURN_THREADS) >= {"TF_INTRA_OP_PARALLELISM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"}
+    assert production_env({"OMP_NUM_THREADS": "4"})["OMP_NUM_THREADS"] == "4"
 
 
 # -- the doors, tried from outside -------------------------------------------------------------
