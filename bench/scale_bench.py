@@ -47,7 +47,7 @@ from bench.loadgen import (Block, GraphStandIn, RestTarget, WhatsAppTarget, clos
                            percentile)
 from cardsystem.config import SANDBOX_DEFAULTS
 from cardsystem.seed import FIRST_GENERATED_PHONE
-from deploy.serve import lower_priority, wait_until_up
+from deploy.serve import TURN_THREADS, lower_priority, wait_until_up
 from tests.servers import MODEL, RASA, ROOT, Servers, free_port, pg_admin, pg_url, postgres_stores
 
 OUT = ROOT / "bench" / "out"
@@ -58,20 +58,22 @@ USERS = (1, 10, 30, 60)
 RATES = (5, 10, 15, 20, 27, 30, 35, 40)
 TURNS = 200
 TICK = os.sysconf("SC_CLK_TCK")
-WORKER_ENV = {"TF_INTRA_OP_PARALLELISM_THREADS": "1", "TF_INTER_OP_PARALLELISM_THREADS": "1",
-              "OMP_NUM_THREADS": "1"}
+WORKER_ENV = TURN_THREADS  # as make serve runs its workers
 
 
 def processes() -> Dict[int, "tuple[str, int, float]"]:
-    """Every process now, from /proc: pid -> (program name, parent pid, CPU seconds used)."""
+    """Every process now, from /proc: pid -> (program name, parent pid, CPU seconds used by it and
+    its children that have ended)."""
     found = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 head, tail = (entry / "stat").read_text().rsplit(")", 1)
                 fields = tail.split()
+                # its own CPU and its reaped children's: a PostgreSQL backend that exits (a pool
+                # closing a connection) leaves its CPU in the postmaster's, not lost from the sum
                 found[int(entry.name)] = (head.split("(", 1)[1], int(fields[1]),
-                                          (int(fields[11]) + int(fields[12])) / TICK)
+                                          sum(int(f) for f in fields[11:15]) / TICK)
             except (OSError, IndexError, ValueError):
                 continue
     return found

@@ -48,6 +48,11 @@ NGINX_CANDIDATES = ("nginx", "/usr/sbin/nginx")
 TURN_NICENESS = 19  # the turns take what CPU the ingress, nginx and the databases leave (acks: p50 20 -> 11 ms against 5)
 STARTUP_SECONDS = 600  # loading the model on a busy box
 MAX_WORKERS = 16
+# One thread each for TensorFlow's and the BLAS's pools in a worker: a turn is a string of tiny
+# matrix products, too small to split, and idle pool threads spin between them, taking CPU from
+# the ingress and the other workers (the benchmark measures with these; an operator may override)
+TURN_THREADS = {"TF_INTRA_OP_PARALLELISM_THREADS": "1", "TF_INTER_OP_PARALLELISM_THREADS": "1",
+                "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 RESTARTS_ALLOWED = 5     # a Rasa worker started again this often within RESTART_WINDOW ...
 RESTART_WINDOW = 600.0   # ... seconds keeps dying: stop the set, for the process manager to see
 # Who reaches the agents' console by default: this box and private networks (the bank's own);
@@ -92,6 +97,8 @@ def production_env(base: Mapping[str, str]) -> Dict[str, str]:
     # the bot fetches a statement itself and uploads it to WhatsApp: the link need not be public
     env.setdefault("CARDCARE_FILES_BASE_URL", f"http://127.0.0.1:{conf['RASA_PORT']}/webhooks/files/statements")
     env.setdefault("PYTHONPATH", str(ROOT))
+    for name, value in TURN_THREADS.items():
+        env.setdefault(name, value)
     return env
 
 
