@@ -4,6 +4,8 @@ meanwhile costs nothing; one that broke while in use fails one statement, and th
 transaction runs on a new connection."""
 from __future__ import annotations
 
+import os
+
 import psycopg2
 import pytest
 from sqlalchemy import event, text
@@ -80,3 +82,34 @@ def test_processes_starting_together_create_a_postgresql_schema_once_without_rac
                                    text=True) for _ in range(6)]
         failures = [p.communicate(timeout=120)[1] for p in starts if p.wait(timeout=120) != 0]
         assert failures == []
+
+
+def test_as_many_threads_as_asyncio_runs_keep_their_connections_between_bursts(engine):
+    """asyncio.to_thread's pool (min(32, cores + 4) threads) plus the loop may all be in a
+    transaction at once: those connections stay open for the next burst instead of being closed
+    and opened again (SQLAlchemy's default pool of 5 churned one PostgreSQL backend after another)."""
+    import threading
+
+    workers = min(32, (os.cpu_count() or 1) + 4) + 1
+    assert db.SERVER_POOL_SIZE >= workers
+
+    def burst() -> set:
+        barrier, seen, lock = threading.Barrier(workers), set(), threading.Lock()
+
+        def one() -> None:
+            with db.session_scope(engine) as s:
+                pid = s.execute(text("SELECT pg_backend_pid()")).scalar()
+                barrier.wait(timeout=10)  # every thread holds its connection at the same time
+            with lock:
+                seen.add(pid)
+
+        threads = [threading.Thread(target=one) for _ in range(workers)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return seen
+
+    first, second = burst(), burst()
+    assert len(first) == workers
+    assert second == first  # the same backends: nothing closed and reopened
