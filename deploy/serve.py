@@ -48,9 +48,10 @@ NGINX_CANDIDATES = ("nginx", "/usr/sbin/nginx")
 TURN_NICENESS = 19  # the turns take what CPU the ingress, nginx and the databases leave (acks: p50 20 -> 11 ms against 5)
 STARTUP_SECONDS = 600  # loading the model on a busy box
 MAX_WORKERS = 16
-# One thread each for TensorFlow's and the BLAS's pools in a worker: a turn is a string of tiny
-# matrix products, too small to split, and idle pool threads spin between them, taking CPU from
-# the ingress and the other workers (the benchmark measures with these; an operator may override)
+# One thread each for TensorFlow's and the BLAS's pools in a worker, as the benchmark measures the
+# workers (they were set only there): a worker's turns run one at a time on its event loop, and
+# pool threads per core per worker would compete with the ingress, the other workers and
+# PostgreSQL for a small box's cores. An operator's own values win.
 TURN_THREADS = {"TF_INTRA_OP_PARALLELISM_THREADS": "1", "TF_INTER_OP_PARALLELISM_THREADS": "1",
                 "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
 RESTARTS_ALLOWED = 5     # a Rasa worker started again this often within RESTART_WINDOW ...
