@@ -150,8 +150,6 @@ def build(system: CardSystem, customers: int, due: dt.date, rng: random.Random) 
 
 
 # -- 2. the sandbox and the channel ----------------------------------------------------------------------
-
-
 async def start_sandbox(workdir: Path, bot_url: str) -> Tuple[subprocess.Popen, str]:
     port, log = free_port(), workdir / "sandbox.log"
     env = {**os.environ, "WHATSAPP_APP_SECRET": APP_SECRET, "WHATSAPP_PHONE_NUMBER_ID": PHONE_ID,

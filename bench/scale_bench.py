@@ -58,7 +58,6 @@ USERS = (1, 10, 30, 60)
 RATES = (5, 10, 15, 20, 27, 30, 35, 40)
 TURNS = 200
 TICK = os.sysconf("SC_CLK_TCK")
-WORKER_ENV = TURN_THREADS  # as make serve runs its workers
 
 
 def processes() -> Dict[int, "tuple[str, int, float]"]:
@@ -104,7 +103,7 @@ class Stack:
                  graph_url: Optional[str] = None, postgres: Optional[Dict[str, str]] = None) -> None:
         self.workdir, self.servers, self.kind, self.workers = workdir, servers, kind, workers
         self.postgres = postgres  # database names (tracker, ...) when the stores are PostgreSQL
-        self.env = {**servers.env, **WORKER_ENV} if kind == "whatsapp" else dict(servers.env)
+        self.env = {**servers.env, **TURN_THREADS} if kind == "whatsapp" else dict(servers.env)
         if graph_url:
             self.env["WHATSAPP_API_BASE"] = graph_url
         self.processes: Dict[str, subprocess.Popen] = {}

@@ -22,12 +22,12 @@ RASA = str(Path(sys.executable).parent / "rasa")
 _HANDED_OUT: set = set()
 
 
-def _ephemeral_range() -> tuple:
+def _ephemeral_low() -> int:
+    """The first port of the kernel's range for outgoing connections."""
     try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(low), int(high)
-    except (OSError, ValueError):
-        return 32768, 60999
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def free_port() -> int:
@@ -36,7 +36,7 @@ def free_port() -> int:
     (PostgreSQL, Redis, HTTP: hundreds in a load test) may be given the same number, and the server
     then fails with "address already in use" (CI saw this once). Ports below the range are only
     ever taken by listeners; each is handed out once per process."""
-    low, _ = _ephemeral_range()
+    low = _ephemeral_low()
     rng = random.Random()
     if low > 12000:
         for _ in range(200):
@@ -55,6 +55,22 @@ def free_port() -> int:
         port = s.getsockname()[1]
     _HANDED_OUT.add(port)
     return port
+
+
+def free_port_pair() -> int:
+    """A port p with p+1 free too (make serve's workers take RASA_PORT and RASA_PORT+1)."""
+    for _ in range(50):
+        port = free_port()
+        if port + 1 in _HANDED_OUT:
+            continue
+        try:
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", port + 1))
+        except OSError:
+            continue
+        _HANDED_OUT.add(port + 1)
+        return port
+    raise RuntimeError("no two free ports in a row")
 
 
 def wait_for(url: str, timeout: float, process: subprocess.Popen, log: Path) -> None:

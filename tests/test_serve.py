@@ -28,7 +28,7 @@ import pytest
 import requests
 
 from connectors.whatsapp.signature import sign
-from tests.servers import _HANDED_OUT, MODEL, ROOT, free_port, postgres_database, start_sandbox
+from tests.servers import MODEL, ROOT, free_port, free_port_pair, postgres_database, start_sandbox
 
 pytestmark = pytest.mark.model
 CUSTOMER = "919800000001"   # a seeded customer with one card
@@ -58,20 +58,6 @@ def production_secrets() -> dict:
         "CARDCARE_PAYMENT_LINK_SECRET": secrets.token_hex(16), "CARDCARE_FILES_SECRET": secrets.token_hex(16),
         "CARDCARE_ACTION_SECRET": secrets.token_hex(16), "RASA_AUTH_TOKEN": secrets.token_hex(16),
     }
-
-
-def free_port_pair() -> int:
-    """A port p with p+1 free too (the workers take RASA_PORT and RASA_PORT+1)."""
-    for _ in range(50):
-        port = free_port()
-        try:
-            with socket.socket() as probe:
-                probe.bind(("127.0.0.1", port + 1))
-            _HANDED_OUT.add(port + 1)
-            return port
-        except OSError:
-            continue
-    raise RuntimeError("no two free ports in a row")
 
 
 def make_serve(env: dict, **kwargs) -> subprocess.Popen:
