@@ -33,7 +33,6 @@ from rasa.engine.storage.resource import Resource
 from rasa.engine.storage.storage import ModelStorage
 from rasa.nlu.classifiers.classifier import IntentClassifier
 from rasa.nlu.constants import (
-    RESPONSE_SELECTOR_DEFAULT_INTENT,
     RESPONSE_SELECTOR_PREDICTION_KEY,
     RESPONSE_SELECTOR_PROPERTY_NAME,
     RESPONSE_SELECTOR_RANKING_KEY,
@@ -260,7 +259,10 @@ class SentenceIntentClassifier(GraphComponent, IntentClassifier):
             self._select_response(message, retrieval)
 
     def _select_response(self, message: Message, retrieval: Dict[Text, List[Tuple[Text, float]]]) -> None:
-        """The same output a ResponseSelector gives, for every retrieval intent."""
+        """The same output a ResponseSelector gives, for every retrieval intent, under the
+        intent's own name only: Rasa's `utter_<intent>` looks there first and at "default" only
+        when it is missing, so a copy under "default" (as a single ResponseSelector writes) would
+        only double what every stored message, tracker read and action call carries."""
         properties = message.get(RESPONSE_SELECTOR_PROPERTY_NAME) or {}
         properties[RESPONSE_SELECTOR_RETRIEVAL_INTENTS] = sorted(retrieval)
         for intent, options in retrieval.items():
@@ -280,8 +282,6 @@ class SentenceIntentClassifier(GraphComponent, IntentClassifier):
                     for n, p in options[:int(self.config["ranking_length"])]
                 ],
             }
-            if len(retrieval) == 1:
-                properties[RESPONSE_SELECTOR_DEFAULT_INTENT] = properties[intent]
         message.set(RESPONSE_SELECTOR_PROPERTY_NAME, properties, add_to_output=True)
 
     # -- storage ---------------------------------------------------------------------------------
