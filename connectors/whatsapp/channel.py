@@ -40,7 +40,7 @@ from connectors.whatsapp.inbound import EVENT_KIND, Inbound
 from connectors.whatsapp.media import MediaStore
 from connectors.whatsapp.outage import Outage
 from connectors.whatsapp.store import (LEASE_TTL, OFFER_VALID, TEMPLATE_OFFER_VALID, ChannelStore, PendingMessage,
-                                       QueuedReply, SenderQueue, utcnow)
+                                       QueuedReply, SenderQueue, TurnChoice, utcnow)
 from connectors.whatsapp.webhook import WebhookReceiver, channel_settings
 from connectors.whatsapp import rasa_patches
 
@@ -205,8 +205,7 @@ class WhatsAppOutput(OutputChannel):
                                      **kwargs: Any) -> None:
         messages, menu = outbound.buttons_message(text, buttons)
         # a numbered menu (more than 10 choices) is remembered so that a typed "7" means its payload
-        await asyncio.to_thread(self.client.store.save_menu, recipient_id, menu)
-        await asyncio.to_thread(self.client.store.save_offered, recipient_id,
+        await asyncio.to_thread(self.client.store.save_choices, recipient_id, menu,
                                 [str(b.get("payload") or "") for b in buttons])
         for message in messages:
             await self._send(recipient_id, message)
@@ -341,7 +340,8 @@ class WhatsAppInput(InputChannel):
             logger.warning("could not fetch media of a %s message: %s", attachment.get("kind"), exc)
 
     async def _answer(self, pending: PendingMessage, on_new_message: Callable[[UserMessage], Awaitable[Any]],
-                      output: WhatsAppOutput) -> None:
+                      output: WhatsAppOutput, choice: Optional[TurnChoice] = None) -> None:
+        """`choice`: the message's menu and offer, read with the queue (else read here)."""
         kind = pending.metadata.get("whatsapp", {})
         text, metadata = pending.text, pending.metadata
         if kind.get("type") == EVENT_KIND:  # the channel's own event for the bot (e.g. an agent closed the chat)
@@ -362,8 +362,12 @@ class WhatsAppInput(InputChannel):
                                                  metadata=metadata), on_new_message)
                 return
         tapped = kind.get("type") in ("interactive", "button")
-        menu, offered = await asyncio.to_thread(self.store.turn_choice, pending.sender, text if tapped else None,
-                                                TEMPLATE_OFFER_VALID if kind.get("type") == "button" else OFFER_VALID)
+        if choice is not None and choice.message_id == pending.message_id:
+            menu, offered = choice.menu, choice.offered
+        else:
+            menu, offered = await asyncio.to_thread(
+                self.store.turn_choice, pending.sender, text if tapped else None,
+                TEMPLATE_OFFER_VALID if kind.get("type") == "button" else OFFER_VALID)
         if not kind.get("supported", True):
             reply = POLITE_REPLIES.get(kind.get("type"), UNSUPPORTED_REPLY)
             await output.send_text_message(pending.sender, reply.format(text=text))
@@ -461,9 +465,8 @@ class WhatsAppInput(InputChannel):
         customer's 24-hour window is closed."""
         if buttons:
             bodies, menu = outbound.buttons_message(text, buttons)
-            await asyncio.to_thread(self.store.save_offered, sender, [str(b.get("payload") or "") for b in buttons])
-            if menu:
-                await asyncio.to_thread(self.store.save_menu, sender, menu)
+            await asyncio.to_thread(self.store.save_choices, sender, menu or None,
+                                    [str(b.get("payload") or "") for b in buttons])
         else:
             bodies = [outbound.text_message(part) for part in outbound.split_text(text)]
         if document and document.get("link"):
@@ -549,31 +552,33 @@ class WhatsAppInput(InputChannel):
             head = pending[0]
             if head.next_attempt_at is not None and head.next_attempt_at > utcnow():
                 return True
-            after = await self._answer_one(head, on_new_message)
+            after = await self._answer_one(head, on_new_message, queue.choice)
             if after is None:
                 return True
             sent = await self.flush(sender, after.replies, after.window_open)
-            pending = after.pending
+            pending, queue = after.pending, after
 
-    async def _answer_one(self, message: PendingMessage,
-                          on_new_message: Callable[[UserMessage], Awaitable[Any]]) -> Optional[SenderQueue]:
+    async def _answer_one(self, message: PendingMessage, on_new_message: Callable[[UserMessage], Awaitable[Any]],
+                          choice: Optional[TurnChoice] = None) -> Optional[SenderQueue]:
         """One turn: run (or recover) it, then its replies and the message's new state in one
         transaction. What is left for the customer then, or None when the turn failed and waits
-        for a retry (or, past the limit, became a dead letter: then an empty queue, to move on)."""
+        for a retry (or, past the limit, became a dead letter: then an empty queue, to move on).
+        `choice`: read with the queue for this message, which that read marked started."""
         if self._turn_slots is None:
             self._turn_slots = asyncio.Semaphore(self.max_concurrent_turns)
         output = WhatsAppOutput(self.client, message.reply_by, self.upload_documents, buffer=[])
         try:
             async with self._turn_slots:
                 if not (message.started and await self._replies_in_tracker(message, output)):
-                    await asyncio.to_thread(self.store.begin_turn, message.message_id)
-                    await self._answer(message, on_new_message, output)
+                    if choice is None or choice.message_id != message.message_id:
+                        await asyncio.to_thread(self.store.begin_turn, message.message_id)
+                    await self._answer(message, on_new_message, output, choice)
         except asyncio.CancelledError:
             raise  # shutting down: the message stays pending and is answered after the restart
         except (TurnAborted, Exception) as failure:  # noqa: B902 (TurnAborted is a BaseException on purpose)
             if not await self._turn_failed(message, failure):
                 return None
-            return await asyncio.to_thread(self.store.queue, message.sender)
+            return await asyncio.to_thread(self.store.queue, message.sender, True)
         return await asyncio.to_thread(self.store.finish_turn, message.message_id, message.sender, message.reply_by,
                                        output.buffer)
 
@@ -606,7 +611,7 @@ class WhatsAppInput(InputChannel):
             replies = await asyncio.to_thread(self.store.queued_replies, sender)
         for reply in replies:
             now = utcnow()
-            if reply.state == "sending" and now - reply.updated_at < SENDING_GRACE:
+            if reply.state == "sending" and not reply.claimed and now - reply.updated_at < SENDING_GRACE:
                 return False  # sent just before a crash? its status webhook will tell (reply_accepted)
             if reply.state == "queued" and reply.next_attempt_at > now:
                 return False
@@ -634,7 +639,8 @@ class WhatsAppInput(InputChannel):
                 del document["link"]
                 document["id"] = media_id
             body["document"] = document
-        await asyncio.to_thread(self.store.reply_sending, reply.id)
+        if not reply.claimed:  # (a claimed one was marked by the read that returned it)
+            await asyncio.to_thread(self.store.reply_sending, reply.id)
         outcome = await self.client.attempt(reply.recipient, reply.reply_by, body, reply.attempts + 1,
                                             callback_data=reply.key, max_attempts=None, record_sent=False)
         if outcome.wamid:

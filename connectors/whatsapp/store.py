@@ -7,6 +7,7 @@ harmless across restarts and instances.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -179,6 +180,17 @@ class QueuedReply:
     attempts: int
     next_attempt_at: dt.datetime
     updated_at: dt.datetime
+    claimed: bool = False  # marked in flight by the read that returned it: send it now
+
+
+@dataclass(frozen=True)
+class TurnChoice:
+    """For the message answered next: the numbered menu it may answer (taken) and whether its
+    button payload is one the bot showed the customer."""
+
+    message_id: str
+    menu: Dict[str, str]
+    offered: bool
 
 
 @dataclass(frozen=True)
@@ -189,6 +201,8 @@ class SenderQueue:
     pending: List[PendingMessage]
     replies: List[QueuedReply]
     window_open: bool
+    # with `claim`: the message due next, marked started, and its menu and offer (None: nothing due)
+    choice: Optional[TurnChoice] = None
 
 
 @dataclass(frozen=True)
@@ -289,6 +303,10 @@ _WINDOW_MOVE = update(_WINDOWS).where(_WINDOWS.c.sender == bindparam("window_sen
 _MENUS, _OFFERED = NumberedMenu.__table__, OfferedPayload.__table__
 _MENU_OF = select(_MENUS.c.options, _MENUS.c.sent_at).where(_MENUS.c.sender == bindparam("sender"))
 _MENU_TAKEN = delete(_MENUS).where(_MENUS.c.sender == bindparam("sender"))
+_MENU_NEW = _MENUS.insert()
+_OFFERED_FORGET = delete(_OFFERED).where(_OFFERED.c.sender == bindparam("sender"),
+                                         _OFFERED.c.payload.in_(bindparam("payloads", expanding=True)))
+_OFFERED_NEW = _OFFERED.insert()
 _OFFERED_AT = select(_OFFERED.c.offered_at).where(_OFFERED.c.sender == bindparam("sender"),
                                                   _OFFERED.c.payload == bindparam("payload"))
 _BEGIN_TURN = update(_INBOUND).where(_INBOUND.c.message_id == bindparam("mid")).values(started_at=bindparam("now"))
@@ -329,8 +347,29 @@ def _unsent_of(s: Any, recipient: str) -> List[QueuedReply]:
     return [_reply(r) for r in s.execute(_UNSENT_OF, {"recipient": recipient})]
 
 
-def _queue_of(s: Any, sender: str, now: dt.datetime) -> SenderQueue:
-    return SenderQueue(_pending_of(s, sender), _unsent_of(s, sender), _is_window_open(s, sender, now))
+def _queue_of(s: Any, sender: str, now: dt.datetime, claim: bool = False) -> SenderQueue:
+    """What there is to do for a customer. With `claim` (the lease is ours and the work starts
+    now), in the same transaction: the first reply, when due, is marked in flight, and the message
+    due next is marked started, its menu taken and its button payload checked (begin_turn,
+    reply_sending and turn_choice without transactions of their own)."""
+    pending, replies = _pending_of(s, sender), _unsent_of(s, sender)
+    choice = None
+    if claim and replies and replies[0].state == "queued" and replies[0].next_attempt_at <= now:
+        s.execute(_REPLY_SENDING, {"reply_id": replies[0].id, "now": now})
+        replies[0] = dataclasses.replace(replies[0], claimed=True)
+    if claim and pending and (pending[0].next_attempt_at is None or pending[0].next_attempt_at <= now):
+        head = pending[0]
+        if not head.started:
+            s.execute(_BEGIN_TURN, {"mid": head.message_id, "now": now})
+        kind = head.metadata.get("whatsapp", {})
+        if kind.get("type") == EVENT_KIND:  # the channel's own event: no menu or button to answer
+            choice = TurnChoice(head.message_id, {}, False)
+        else:
+            tapped = kind.get("type") in ("interactive", "button")
+            valid = TEMPLATE_OFFER_VALID if kind.get("type") == "button" else OFFER_VALID
+            choice = TurnChoice(head.message_id, _take_menu(s, sender, now),
+                                bool(tapped and head.text) and _was_offered(s, sender, head.text, now, valid))
+    return SenderQueue(pending, replies, _is_window_open(s, sender, now), choice)
 
 
 def _take_lease(s: Any, sender: str, owner: str, until: dt.datetime, now: dt.datetime) -> bool:
@@ -347,6 +386,13 @@ def _take_menu(s: Any, sender: str, now: dt.datetime) -> Dict[str, str]:
         return {}
     s.execute(_MENU_TAKEN, {"sender": sender})
     return json.loads(menu.options) if now - menu.sent_at < SERVICE_WINDOW else {}
+
+
+def _save_menu(s: Any, sender: str, options: Dict[str, str], now: dt.datetime) -> None:
+    """The customer's numbered menu is now `options` (empty: they have none)."""
+    s.execute(_MENU_TAKEN, {"sender": sender})
+    if options:
+        s.execute(_MENU_NEW, {"sender": sender, "options": json.dumps(options), "sent_at": now})
 
 
 def _was_offered(s: Any, sender: str, payload: str, now: dt.datetime, valid: dt.timedelta) -> bool:
@@ -530,12 +576,12 @@ class ChannelStore:
         transaction; None while another live instance holds them."""
         now = utcnow()
         with session_scope(self.engine) as s:
-            return _queue_of(s, sender, now) if _take_lease(s, sender, owner, now + ttl, now) else None
+            return _queue_of(s, sender, now, claim=True) if _take_lease(s, sender, owner, now + ttl, now) else None
 
-    def queue(self, sender: str) -> SenderQueue:
-        """What there is to do for a customer whose lease this instance holds."""
+    def queue(self, sender: str, claim: bool = False) -> SenderQueue:
+        """What there is to do for a customer whose lease this instance holds (`claim`: see _queue_of)."""
         with session_scope(self.engine) as s:
-            return _queue_of(s, sender, utcnow())
+            return _queue_of(s, sender, utcnow(), claim)
 
     def turn_choice(self, sender: str, payload: Optional[str] = None,
                     valid: dt.timedelta = OFFER_VALID) -> "tuple[Dict[str, str], bool]":
@@ -547,11 +593,12 @@ class ChannelStore:
 
     def finish_turn(self, message_id: str, recipient: str, reply_by: str,
                     bodies: List[Dict[str, Any]]) -> SenderQueue:
-        """commit_turn, and in the same transaction what is left to do for the customer."""
+        """commit_turn, and in the same transaction what is left to do for the customer, claimed
+        (the first reply in flight, the next message started: see _queue_of)."""
         now = utcnow()
         with session_scope(self.engine) as s:
             self._commit_turn(s, message_id, recipient, reply_by, bodies, now)
-            return _queue_of(s, recipient, now)
+            return _queue_of(s, recipient, now, claim=True)
 
     def reply_sent(self, reply_id: int, recipient: str, body: Dict[str, Any], wamid: str, attempts: int) -> None:
         """WhatsApp accepted a queued reply: the send recorded (for its statuses) and the reply
@@ -575,14 +622,19 @@ class ChannelStore:
     # -- button payloads offered -------------------------------------------------------------
 
     def save_offered(self, sender: str, payloads: List[str]) -> None:
+        self.save_choices(sender, None, payloads)
+
+    def save_choices(self, sender: str, menu: Optional[Dict[str, str]], payloads: List[str]) -> None:
+        """A message with choices went out: its buttons' payloads offered, and (unless `menu` is
+        None) its numbered menu kept in place of the last one (an empty one: none), in one transaction."""
         now = utcnow()
         with session_scope(self.engine) as s:
-            for payload in dict.fromkeys(p for p in payloads if p):
-                row = s.get(OfferedPayload, (sender, payload[:256]))
-                if row is None:
-                    s.add(OfferedPayload(sender=sender, payload=payload[:256], offered_at=now))
-                else:
-                    row.offered_at = now
+            if menu is not None:
+                _save_menu(s, sender, menu, now)
+            fresh = list(dict.fromkeys(p[:256] for p in payloads if p))
+            if fresh:
+                s.execute(_OFFERED_FORGET, {"sender": sender, "payloads": fresh})
+                s.execute(_OFFERED_NEW, [{"sender": sender, "payload": p, "offered_at": now} for p in fresh])
 
     def was_offered(self, sender: str, payload: str, now: Optional[dt.datetime] = None,
                     valid: dt.timedelta = OFFER_VALID) -> bool:
@@ -723,15 +775,7 @@ class ChannelStore:
 
     def save_menu(self, sender: str, options: Dict[str, str]) -> None:
         with session_scope(self.engine) as s:
-            menu = s.get(NumberedMenu, sender)
-            if not options:
-                if menu is not None:
-                    s.delete(menu)
-                return
-            if menu is None:
-                s.add(NumberedMenu(sender=sender, options=json.dumps(options), sent_at=utcnow()))
-            else:
-                menu.options, menu.sent_at = json.dumps(options), utcnow()
+            _save_menu(s, sender, options, utcnow())
 
     def take_menu(self, sender: str) -> Dict[str, str]:
         """The menu the customer may be answering (valid for their next message only)."""

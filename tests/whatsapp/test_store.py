@@ -8,7 +8,7 @@ from sqlalchemy.exc import OperationalError
 
 from cardsystem.db import dispose_engine, get_engine
 from connectors.whatsapp.inbound import Inbound, Status
-from connectors.whatsapp.store import Base, ChannelStore
+from connectors.whatsapp.store import Base, ChannelStore, TurnChoice
 
 
 POSTGRES = os.environ.get("CARDCARE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -120,3 +120,43 @@ def test_a_numbered_menu_is_valid_for_the_next_message_only(url):
     store.save_menu("919800000001", {"1": "/a"})
     store.save_menu("919800000001", {})                # a later message without a menu replaces it
     assert store.take_menu("919800000001") == {}
+
+
+def test_taking_a_customer_claims_in_the_same_read_what_starts_now(url):
+    """take() reads the queue and, in that one transaction, marks the message due next started,
+    takes its numbered menu, checks its button, and marks the first due reply in flight."""
+    store, sender = ChannelStore(url), "919800000001"
+    store.record_inbound(inbound("wamid.1", text="2"))
+    store.record_inbound(Inbound(message_id="wamid.2", sender=sender, reply_by="to", kind="button", text="/a",
+                                 timestamp=1))
+    store.save_choices(sender, {"1": "/a", "2": "/b"}, ["/a", "/b"])
+    queue = store.take(sender, "a")
+    assert queue.choice == TurnChoice("wamid.1", {"1": "/a", "2": "/b"}, False)
+    assert not queue.pending[0].started                          # as it was before this read ...
+    assert store.pending(sender)[0].started                      # ... and marked now
+    assert store.take_menu(sender) == {}                         # the menu was for this message only
+    after = store.finish_turn("wamid.1", sender, "to", [{"type": "text", "text": {"body": f"r{n}"}} for n in range(2)])
+    assert [r.claimed for r in after.replies] == [True, False]   # the first reply goes now, in order
+    assert [(r.state, r.attempts) for r in store.queued_replies(sender)] == [("sending", 1), ("queued", 0)]
+    assert after.choice == TurnChoice("wamid.2", {}, True)       # a button the bot showed: an intent
+
+
+def test_a_message_waiting_out_its_back_off_is_not_claimed(url):
+    store, sender = ChannelStore(url), "919800000001"
+    store.record_inbound(inbound("wamid.1", text="1"))
+    store.save_menu(sender, {"1": "/a"})
+    store.turn_failed("wamid.1", "TurnAborted: no model loaded", dt.timedelta(minutes=5))
+    queue = store.take(sender, "a")
+    assert queue.choice is None and not store.pending(sender)[0].started
+    assert store.take_menu(sender) == {"1": "/a"}                 # left for when the message is answered
+
+
+def test_choices_sent_are_kept_in_one_transaction(url):
+    store, sender = ChannelStore(url), "919800000001"
+    store.save_choices(sender, {"1": "/a", "2": "/b"}, ["/a", "/b", "/a", ""])
+    store.save_choices(sender, None, ["/b", "/c"])               # a template's quick replies: the menu stays
+    assert all(store.was_offered(sender, p) for p in ("/a", "/b", "/c")) and not store.was_offered(sender, "/d")
+    assert store.take_menu(sender) == {"1": "/a", "2": "/b"}
+    store.save_choices(sender, {"1": "/x"}, ["/x"])
+    store.save_choices(sender, {}, ["/y"])                       # buttons without a menu: the old menu goes
+    assert store.take_menu(sender) == {}
