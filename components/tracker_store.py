@@ -65,28 +65,43 @@ class RecentTurnsSQLTrackerStore(SQLTrackerStore):
     def _statements(self, in_session: bool) -> Dict[Text, Any]:
         """The reads of `retrieve`, built once per store (SQLAlchemy then skips building them and
         computing their cache keys on every turn): `in_session` limits them to events from the
-        session's start (:start) on."""
+        session's start (:start) on. Three round trips for a long session, two for a short one."""
         key = "_cardcare_statements_in_session" if in_session else "_cardcare_statements"
         built = getattr(self, key, None)
         if built is not None:
             return built
         t = self.SQLEvent.__table__
-        of = [t.c.sender_id == sa.bindparam("sid")] + ([t.c.timestamp >= sa.bindparam("start")] if in_session else [])
-        before = of + [t.c.id < sa.bindparam("cut"), t.c.id > sa.bindparam("after")]
+        sid = t.c.sender_id == sa.bindparam("sid")
+        of = [sid] + ([t.c.timestamp >= sa.bindparam("start")] if in_session else [])
+        before = of + [t.c.id < sa.bindparam("cut")]
+        # where the session starts, and where its last `keep_turns` customer messages start
+        start = sa.select(sa.func.max(t.c.timestamp)).where(sid, t.c.type_name == SessionStarted.type_name) \
+            .scalar_subquery()
+        cut = sa.select(t.c.id).where(sid, sa.or_(start.is_(None), t.c.timestamp >= start),
+                                      t.c.type_name == UserUttered.type_name) \
+            .order_by(t.c.id.desc()).offset(self.keep_turns - 1).limit(1).scalar_subquery()
+        # before the cut, what still holds: the last restart, each slot's last setting after it, the
+        # last form activation (and an interruption of it), and the session's opening events
+        reset = sa.select(sa.func.max(t.c.id)).where(*before, t.c.type_name.in_(("restart", "reset_slots"))) \
+            .scalar_subquery()
+        after = sa.func.coalesce(reset, -1)
+        loop = sa.select(sa.func.max(t.c.id)).where(*before, t.c.id > after, t.c.type_name == "active_loop") \
+            .scalar_subquery()
+        state, none = sa.literal_column("'state'"), sa.literal_column("NULL")
+        head = sa.select(t.c.id, t.c.type_name, t.c.action_name).where(*before).order_by(t.c.id).limit(8).subquery()
         built = {
-            "start": sa.select(sa.func.max(t.c.timestamp)).where(
-                t.c.sender_id == sa.bindparam("sid"), t.c.type_name == SessionStarted.type_name),
-            "cut": sa.select(t.c.id).where(*of, t.c.type_name == UserUttered.type_name)
-            .order_by(t.c.id.desc()).offset(self.keep_turns - 1).limit(1),
+            "where": sa.select(start, cut),
             "all": sa.select(t.c.data).where(*of).order_by(t.c.id),
-            "reset": sa.select(sa.func.max(t.c.id)).where(*before, t.c.type_name.in_(("restart", "reset_slots"))),
-            "slots": sa.select(sa.func.max(t.c.id)).where(*before, t.c.type_name == "slot").group_by(t.c.action_name),
-            "loop": sa.select(sa.func.max(t.c.id)).where(*before, t.c.type_name == "active_loop"),
-            "interrupted": sa.select(t.c.id).where(*before, t.c.type_name == "loop_interrupted"),
-            "head": sa.select(t.c.id, t.c.type_name, t.c.action_name).where(*of, t.c.id < sa.bindparam("cut"))
-            .order_by(t.c.id).limit(8),
-            "earlier": sa.select(t.c.data).where(t.c.id.in_(sa.bindparam("ids", expanding=True))).order_by(t.c.id),
-            "recent": sa.select(t.c.data).where(*of, t.c.id >= sa.bindparam("cut")).order_by(t.c.id),
+            "kept": sa.union_all(
+                sa.select(reset, state, none),
+                sa.select(sa.func.max(t.c.id), state, none).where(*before, t.c.id > after, t.c.type_name == "slot")
+                .group_by(t.c.action_name),
+                sa.select(loop, state, none),
+                sa.select(t.c.id, state, none).where(*before, t.c.id > loop, t.c.type_name == "loop_interrupted"),
+                sa.select(head.c.id, head.c.type_name, head.c.action_name)),
+            "events": sa.union_all(sa.select(t.c.id, t.c.data).where(t.c.id.in_(sa.bindparam("ids", expanding=True))),
+                                   sa.select(t.c.id, t.c.data).where(*of, t.c.id >= sa.bindparam("cut")))
+            .order_by("id"),
         }
         setattr(self, key, built)
         return built
@@ -101,37 +116,25 @@ class RecentTurnsSQLTrackerStore(SQLTrackerStore):
         return tracker
 
     def _recent_events(self, session: Any, sender_id: Text) -> List[Dict[Text, Any]]:
-        start = session.execute(self._statements(False)["start"], {"sid": sender_id}).scalar()
+        start, cut = session.execute(self._statements(False)["where"], {"sid": sender_id}).one()
         q = self._statements(start is not None)
         at = {"sid": sender_id, "start": start} if start is not None else {"sid": sender_id}
-        cut = session.execute(q["cut"], at).scalar()
         if cut is None:  # a short session: all of it, as the stock store reads it
             return [json.loads(data) for data in session.execute(q["all"], at).scalars()]
-        kept = set(self._state_before(session, q, at, cut))
-        for row_id, type_name, action_name in session.execute(q["head"], {**at, "cut": cut}):
+        kept, opening = set(), []
+        for row_id, type_name, action_name in session.execute(q["kept"], {**at, "cut": cut}):
+            if type_name == "state":
+                if row_id is not None:
+                    kept.add(row_id)
+            else:
+                opening.append((row_id, type_name, action_name))
+        for row_id, type_name, action_name in sorted(opening):
             if type_name == UserUttered.type_name:  # the session's opening, to its first action_listen
                 break
             kept.add(row_id)
             if type_name == ActionExecuted.type_name and action_name == "action_listen":
                 break
-        earlier = list(session.execute(q["earlier"], {"ids": sorted(kept)}).scalars()) if kept else []
-        recent = list(session.execute(q["recent"], {**at, "cut": cut}).scalars())
-        return [json.loads(data) for data in earlier + recent]
-
-    @staticmethod
-    def _state_before(session: Any, q: Dict[Text, Any], at: Dict[Text, Any], cut: int) -> Iterator[int]:
-        """Ids of the events before `cut` whose effect still holds: each slot's last setting,
-        the last form activation (and an interruption of it), after the last restart."""
-        before = {**at, "cut": cut, "after": -1}
-        reset = session.execute(q["reset"], before).scalar()
-        if reset is not None:
-            before["after"] = reset
-            yield reset
-        yield from session.execute(q["slots"], before).scalars()
-        loop = session.execute(q["loop"], before).scalar()
-        if loop is not None:
-            yield loop
-            yield from session.execute(q["interrupted"], {**before, "after": loop}).scalars()
+        return [json.loads(data) for _, data in session.execute(q["events"], {**at, "cut": cut, "ids": sorted(kept)})]
 
     async def save(self, tracker: DialogueStateTracker) -> None:
         """As the stock store saves (the events the turn added, one row each), in one statement."""

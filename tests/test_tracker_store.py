@@ -172,3 +172,24 @@ def test_the_events_table_gets_an_index_for_the_state_queries(tmp_path):
 def test_keep_turns_is_at_least_one(tmp_path, keep_turns):
     _, recent = stores(tmp_path, keep_turns=int(keep_turns))
     assert recent.keep_turns == 1
+
+
+def test_a_read_takes_three_round_trips_however_long_the_session(where):
+    """Where the session and its window start; what holds from before the window; the events:
+    a turn's read does not wait for the database once per kind of state."""
+    _, recent = stores(where)
+    statements = []
+    sa.event.listen(recent.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    start(recent, "c1")
+    rng = random.Random(5)
+    for number in range(3):
+        turn(recent, "c1", number, rng)
+    statements.clear()
+    run(recent.retrieve("c1"))
+    assert len(statements) == 2  # a short session: where it starts, then all of it
+    for number in range(3, 20):
+        turn(recent, "c1", number, rng, [SlotSet(SLOTS[0], f"value {number}"), ActiveLoop(FORM)])
+    statements.clear()
+    tracker = run(recent.retrieve("c1"))
+    assert len(statements) == 3
+    assert tracker.get_slot(SLOTS[0]) == "value 19" and tracker.active_loop_name == FORM
