@@ -40,6 +40,8 @@ from rasa.shared.core.trackers import DialogueStateTracker
 logger = logging.getLogger(__name__)
 DEFAULT_KEEP_TURNS = 20
 STATE_TYPES = ("slot", "active_loop", "loop_interrupted", "restart", "reset_slots")
+# what a row of the state read is (never an event's type name: those are the opening's rows)
+_RESET, _SLOT, _LOOP, _INTERRUPTED = "(reset)", "(slot)", "(loop)", "(interrupted)"
 _STORED = "_cardcare_stored_events"  # set on a retrieved tracker: how many of its events are in the table
 
 
@@ -80,24 +82,24 @@ class RecentTurnsSQLTrackerStore(SQLTrackerStore):
         cut = sa.select(t.c.id).where(sid, sa.or_(start.is_(None), t.c.timestamp >= start),
                                       t.c.type_name == UserUttered.type_name) \
             .order_by(t.c.id.desc()).offset(self.keep_turns - 1).limit(1).scalar_subquery()
-        # before the cut, what still holds: the last restart, each slot's last setting after it, the
-        # last form activation (and an interruption of it), and the session's opening events
-        reset = sa.select(sa.func.max(t.c.id)).where(*before, t.c.type_name.in_(("restart", "reset_slots"))) \
-            .scalar_subquery()
-        after = sa.func.coalesce(reset, -1)
-        loop = sa.select(sa.func.max(t.c.id)).where(*before, t.c.id > after, t.c.type_name == "active_loop") \
-            .scalar_subquery()
-        state, none = sa.literal_column("'state'"), sa.literal_column("NULL")
+        # before the cut, what may still hold: the last restart, each slot's last setting, the last
+        # form activation and the form's interruptions (`_recent_events` keeps those after the restart
+        # and the activation: a bound that comes from a subquery would lead PostgreSQL's planner to
+        # scan the primary key's index over every conversation), and the session's opening events
+        def tagged(tag: Text) -> Any:
+            return sa.literal_column(f"'{tag}'")
+
         head = sa.select(t.c.id, t.c.type_name, t.c.action_name).where(*before).order_by(t.c.id).limit(8).subquery()
         built = {
             "where": sa.select(start, cut),
             "all": sa.select(t.c.data).where(*of).order_by(t.c.id),
             "kept": sa.union_all(
-                sa.select(reset, state, none),
-                sa.select(sa.func.max(t.c.id), state, none).where(*before, t.c.id > after, t.c.type_name == "slot")
+                sa.select(sa.func.max(t.c.id), tagged(_RESET), tagged("")).where(
+                    *before, t.c.type_name.in_(("restart", "reset_slots"))),
+                sa.select(sa.func.max(t.c.id), tagged(_SLOT), tagged("")).where(*before, t.c.type_name == "slot")
                 .group_by(t.c.action_name),
-                sa.select(loop, state, none),
-                sa.select(t.c.id, state, none).where(*before, t.c.id > loop, t.c.type_name == "loop_interrupted"),
+                sa.select(sa.func.max(t.c.id), tagged(_LOOP), tagged("")).where(*before, t.c.type_name == "active_loop"),
+                sa.select(t.c.id, tagged(_INTERRUPTED), tagged("")).where(*before, t.c.type_name == "loop_interrupted"),
                 sa.select(head.c.id, head.c.type_name, head.c.action_name)),
             "events": sa.union_all(sa.select(t.c.id, t.c.data).where(t.c.id.in_(sa.bindparam("ids", expanding=True))),
                                    sa.select(t.c.id, t.c.data).where(*of, t.c.id >= sa.bindparam("cut")))
@@ -121,13 +123,18 @@ class RecentTurnsSQLTrackerStore(SQLTrackerStore):
         at = {"sid": sender_id, "start": start} if start is not None else {"sid": sender_id}
         if cut is None:  # a short session: all of it, as the stock store reads it
             return [json.loads(data) for data in session.execute(q["all"], at).scalars()]
-        kept, opening = set(), []
-        for row_id, type_name, action_name in session.execute(q["kept"], {**at, "cut": cut}):
-            if type_name == "state":
+        found: Dict[Text, List[int]] = {_RESET: [], _SLOT: [], _LOOP: [], _INTERRUPTED: []}
+        opening = []
+        for row_id, tag, action_name in session.execute(q["kept"], {**at, "cut": cut}):
+            if tag in found:
                 if row_id is not None:
-                    kept.add(row_id)
+                    found[tag].append(row_id)
             else:
-                opening.append((row_id, type_name, action_name))
+                opening.append((row_id, tag, action_name))
+        reset = found[_RESET][0] if found[_RESET] else -1
+        kept = set(found[_RESET]) | {i for i in found[_SLOT] + found[_LOOP] if i > reset}
+        if found[_LOOP] and found[_LOOP][0] > reset:
+            kept.update(i for i in found[_INTERRUPTED] if i > found[_LOOP][0])
         for row_id, type_name, action_name in sorted(opening):
             if type_name == UserUttered.type_name:  # the session's opening, to its first action_listen
                 break
