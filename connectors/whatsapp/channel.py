@@ -611,7 +611,7 @@ class WhatsAppInput(InputChannel):
             replies = await asyncio.to_thread(self.store.queued_replies, sender)
         for reply in replies:
             now = utcnow()
-            if reply.state == "sending" and not reply.claimed and now - reply.updated_at < SENDING_GRACE:
+            if reply.state == "sending" and now - reply.updated_at < SENDING_GRACE:
                 return False  # sent just before a crash? its status webhook will tell (reply_accepted)
             if reply.state == "queued" and reply.next_attempt_at > now:
                 return False
@@ -639,8 +639,7 @@ class WhatsAppInput(InputChannel):
                 del document["link"]
                 document["id"] = media_id
             body["document"] = document
-        if not reply.claimed:  # (a claimed one was marked by the read that returned it)
-            await asyncio.to_thread(self.store.reply_sending, reply.id)
+        await asyncio.to_thread(self.store.reply_sending, reply.id)
         outcome = await self.client.attempt(reply.recipient, reply.reply_by, body, reply.attempts + 1,
                                             callback_data=reply.key, max_attempts=None, record_sent=False)
         if outcome.wamid:

@@ -7,7 +7,6 @@ harmless across restarts and instances.
 """
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import json
 import os
@@ -180,7 +179,6 @@ class QueuedReply:
     attempts: int
     next_attempt_at: dt.datetime
     updated_at: dt.datetime
-    claimed: bool = False  # marked in flight by the read that returned it: send it now
 
 
 @dataclass(frozen=True)
@@ -349,14 +347,12 @@ def _unsent_of(s: Any, recipient: str) -> List[QueuedReply]:
 
 def _queue_of(s: Any, sender: str, now: dt.datetime, claim: bool = False) -> SenderQueue:
     """What there is to do for a customer. With `claim` (the lease is ours and the work starts
-    now), in the same transaction: the first reply, when due, is marked in flight, and the message
-    due next is marked started, its menu taken and its button payload checked (begin_turn,
-    reply_sending and turn_choice without transactions of their own)."""
+    now), in the same transaction: the message due next is marked started, its menu taken and its
+    button payload checked (begin_turn and turn_choice without transactions of their own). (A
+    reply is marked in flight only just before its request: one marked here, with a turn's
+    replies, and left so by a crash would wait SENDING_GRACE for a status that never comes.)"""
     pending, replies = _pending_of(s, sender), _unsent_of(s, sender)
     choice = None
-    if claim and replies and replies[0].state == "queued" and replies[0].next_attempt_at <= now:
-        s.execute(_REPLY_SENDING, {"reply_id": replies[0].id, "now": now})
-        replies[0] = dataclasses.replace(replies[0], claimed=True)
     if claim and pending and (pending[0].next_attempt_at is None or pending[0].next_attempt_at <= now):
         head = pending[0]
         if not head.started:
@@ -594,7 +590,7 @@ class ChannelStore:
     def finish_turn(self, message_id: str, recipient: str, reply_by: str,
                     bodies: List[Dict[str, Any]]) -> SenderQueue:
         """commit_turn, and in the same transaction what is left to do for the customer, claimed
-        (the first reply in flight, the next message started: see _queue_of)."""
+        (the next message started, its menu and button read: see _queue_of)."""
         now = utcnow()
         with session_scope(self.engine) as s:
             self._commit_turn(s, message_id, recipient, reply_by, bodies, now)

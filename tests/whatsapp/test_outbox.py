@@ -255,9 +255,9 @@ async def test_typed_slash_commands_are_text_and_only_offered_buttons_are_intent
     assert typed_text("  //greet") == "greet" and typed_text("pay 1/2 now") == "pay 1/2 now"
 
 
-async def test_a_turn_costs_the_channel_store_four_transactions(world, monkeypatch):
-    """Take the customer (lease, queue, the turn started, its menu and button, the first reply in
-    flight), commit the turn (its replies, what is next), the reply sent, the lease given back."""
+async def test_a_turn_costs_the_channel_store_five_transactions(world, monkeypatch):
+    """Take the customer (lease, queue, the turn started, its menu and button), commit the turn (its
+    replies, what is next), the reply in flight, then sent, the lease given back."""
     from connectors.whatsapp import store as store_module
 
     opened, turn_work = [], {"take", "begin_turn", "turn_choice", "finish_turn", "queue", "reply_sending",
@@ -274,5 +274,6 @@ async def test_a_turn_costs_the_channel_store_four_transactions(world, monkeypat
     assert (await post(url, envelope(message("text", {"body": "balance"}, "wamid.in0"))))[0] == 200
     await until(lambda: states(channel)[0] == {"wamid.in0": "done"})
     await until(lambda: "release_if_done" in opened)
-    assert [name for name in opened if name in turn_work] == ["take", "finish_turn", "reply_sent", "release_if_done"]
+    assert [name for name in opened if name in turn_work] == ["take", "finish_turn", "reply_sending", "reply_sent",
+                                                                "release_if_done"]
     assert graph.texts() == ["balance #0"]
