@@ -47,7 +47,7 @@ from bench.loadgen import (Block, GraphStandIn, RestTarget, WhatsAppTarget, clos
                            percentile)
 from cardsystem.config import SANDBOX_DEFAULTS
 from cardsystem.seed import FIRST_GENERATED_PHONE
-from deploy.serve import TURN_THREADS, lower_priority, wait_until_up
+from deploy.serve import TURN_THREADS, lower_priority, wait_until_up, worker_env
 from tests.servers import MODEL, RASA, ROOT, Servers, free_port, pg_admin, pg_url, postgres_stores
 
 OUT = ROOT / "bench" / "out"
@@ -132,8 +132,8 @@ class Stack:
             def spawn(number: int, port: int) -> subprocess.Popen:
                 return self._spawn(f"worker{number + 1}", [RASA, "run", "-i", "127.0.0.1", "--port", str(port), "-m",
                                                            str(MODEL), "--endpoints", str(endpoints),
-                                                           "--credentials", str(credentials)], self.env,
-                                   lower_priority)
+                                                           "--credentials", str(credentials)],
+                                   worker_env(self.env, number, len(self.rasa_ports)), lower_priority)
 
             def one_after_another() -> None:  # (as make serve starts them: each when the one before answers)
                 for number, port in enumerate(self.rasa_ports):

@@ -14,7 +14,8 @@
    credentials.production.yml (WhatsApp and statement files, no REST); their HTTP API off, or
    on with RASA_AUTH_TOKEN when RASA_ENABLE_API=1. They share the conversations (PostgreSQL
    tracker store), the locks (Redis) and the channel database, and take the customers the
-   ingress recorded by lease: any worker answers any customer, one at a time, in order.
+   ingress recorded by lease: any worker answers any customer, one at a time, in order; each
+   first its own share (CARDCARE_WORKER_SLOT), the others' when they have waited 5 s.
 5. nginx (when installed) on $PUBLIC_HOST:$PUBLIC_PORT as the only public door
    (deploy/nginx.conf.template), spreading the console, statement and feedback routes over
    the workers.
@@ -189,6 +190,12 @@ def commands(env: Mapping[str, str], nginx: Optional[str]) -> Dict[str, List[str
     return planned
 
 
+def worker_env(env: Mapping[str, str], number: int, count: int) -> Dict[str, str]:
+    """A Rasa worker's environment: its share of the customers (CARDCARE_WORKER_SLOT, 0-based
+    "index/count"), so that each customer is answered by the same worker while it is up."""
+    return {**env, "CARDCARE_WORKER_SLOT": f"{number}/{count}"}
+
+
 def lower_priority() -> None:
     """(In the child before exec.) Turns are CPU-bound; webhooks must be acknowledged in milliseconds."""
     os.nice(TURN_NICENESS)
@@ -274,7 +281,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             # worker is late, one by one the first answers (what the ingress recorded meanwhile)
             # in the time of one load. The turns run at a lower priority than the ingress: its
             # acknowledgements never wait for a core.
-            processes[name] = subprocess.Popen(planned[name], cwd=ROOT, env=env, preexec_fn=lower_priority)
+            processes[name] = subprocess.Popen(planned[name], cwd=ROOT, env=worker_env(env, number - 1, len(workers)),
+                                               preexec_fn=lower_priority)
             if not wait_until_up(f"http://127.0.0.1:{ports[name]}/webhooks/whatsapp/", processes[name],
                                  max(1.0, deadline - time.monotonic())):
                 print(f"make serve: Rasa ({name}, port {ports[name]}) did not come up; stopping.", file=sys.stderr)
@@ -311,7 +319,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                 # the ingress keeps recording and the other workers keep answering meanwhile
                 print(f"make serve: {name} (port {ports[name]}) exited with {processes[name].returncode}; "
                       "starting it again.", file=sys.stderr, flush=True)
-                processes[name] = subprocess.Popen(planned[name], cwd=ROOT, env=env, preexec_fn=lower_priority)
+                processes[name] = subprocess.Popen(planned[name], cwd=ROOT,
+                                                   env=worker_env(env, workers.index(name), len(workers)),
+                                                   preexec_fn=lower_priority)
     except KeyboardInterrupt:
         return 0
     finally:

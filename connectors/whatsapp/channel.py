@@ -19,7 +19,8 @@ import re
 import socket
 import time
 import uuid
-from typing import Any, Awaitable, Callable, Dict, List, Optional, Set, Text
+import zlib
+from typing import Any, Awaitable, Callable, Dict, List, Optional, Set, Text, Tuple
 
 import aiohttp
 
@@ -69,6 +70,11 @@ GIVE_UP_AFTER = dt.timedelta(minutes=float(os.environ.get("WHATSAPP_GIVE_UP_MINU
 SENDING_GRACE = dt.timedelta(seconds=30)  # a reply left "sending" by a crash: wait this long for its status
 ACTION_TIMEOUT_SECONDS = 30.0
 TURN_RETRY_MAX = dt.timedelta(seconds=30)
+# With several workers (CARDCARE_WORKER_SLOT "index/count", set by make serve), each answers its
+# own share of the customers, by a hash of their number: a worker then keeps answering the same
+# customers instead of racing the others for every message. Another worker's customer whose
+# message has waited this long (that worker may be down or behind) is answered by whoever sees it.
+AFFINITY_GRACE = dt.timedelta(seconds=5)
 MAX_CONCURRENT_TURNS = 4  # turns are CPU-bound: more at once only slows the webhook's acknowledgements
 
 
@@ -153,6 +159,19 @@ class GuardedActionEndpoint(EndpointConfig):
     def wrapping(cls, endpoint: EndpointConfig) -> "GuardedActionEndpoint":
         return cls(endpoint.url, endpoint.params, endpoint.headers, endpoint.basic_auth, endpoint.token,
                    endpoint.token_name, endpoint.cafile, **endpoint.kwargs)
+
+
+def worker_slot(value: Optional[Text]) -> Optional[Tuple[int, int]]:
+    """CARDCARE_WORKER_SLOT "index/count" (0-based): this worker's share of the customers; None
+    (every customer alike) when unset, one worker, or not of that form (which is logged)."""
+    if not value:
+        return None
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", value)
+    if not match or not int(match.group(1)) < int(match.group(2)):
+        logger.warning("CARDCARE_WORKER_SLOT=%r is not \"index/count\" with index < count: ignored", value)
+        return None
+    index, count = int(match.group(1)), int(match.group(2))
+    return (index, count) if count > 1 else None
 
 
 def typed_text(text: Text) -> Text:
@@ -292,8 +311,10 @@ class WhatsAppInput(InputChannel):
                  api_base: Text, api_version: Text, store_url: Optional[Text] = None, media_dir: Optional[Text] = None,
                  upload_documents: bool = True, sweep_seconds: float = SWEEP_SECONDS,
                  max_concurrent_turns: int = MAX_CONCURRENT_TURNS, desk: Optional[AgentDesk] = None,
-                 ingress: bool = False, notices: Optional[BankNotices] = None, service_desk: Any = None) -> None:
+                 ingress: bool = False, notices: Optional[BankNotices] = None, service_desk: Any = None,
+                 slot: Optional[Text] = None) -> None:
         self.store = ChannelStore(store_url)
+        self.slot = worker_slot(slot if slot is not None else os.environ.get("CARDCARE_WORKER_SLOT"))
         self.receiver = WebhookReceiver(self.store, app_secrets, phone_number_id, verify_token)
         self.media = MediaStore(media_dir)
         self.client = GraphClient(api_base, api_version, phone_number_id, access_token, self.store)
@@ -491,9 +512,23 @@ class WhatsAppInput(InputChannel):
         """(On the serving loop.) The ingress recorded a message of this customer: start on them,
         unless a drain started by an earlier wake-up is still waiting for its turn (it will read
         this message too: it reads the queue after the notification)."""
+        if not self.mine(sender):
+            return  # another worker's customer (retry_due answers them here should they wait AFFINITY_GRACE)
         if sender not in self._woken:
             self._woken.add(sender)
             self._spawn(self.drain(sender, on_new_message, woken=True))
+
+    def mine(self, sender: Text) -> bool:
+        """Whether this worker answers `sender` first (always, without a slot)."""
+        return self.slot is None or zlib.crc32(sender.encode()) % self.slot[1] == self.slot[0]
+
+    async def _ours_or_kept_waiting(self, senders: List[Text]) -> List[Text]:
+        """Of these customers, this worker's share, and the others' whose message has waited
+        AFFINITY_GRACE (their worker may be down)."""
+        if all(self.mine(sender) for sender in senders):
+            return senders
+        waiting = set(await asyncio.to_thread(self.store.senders_waiting, AFFINITY_GRACE))
+        return [sender for sender in senders if self.mine(sender) or sender in waiting]
 
     def _start_listening(self, on_new_message: Callable[[UserMessage], Awaitable[Any]]) -> None:
         from connectors.whatsapp.wakeup import InboundListener, can_listen
@@ -518,6 +553,7 @@ class WhatsAppInput(InputChannel):
         if sender is None:
             senders = list(dict.fromkeys(p.sender for p in await asyncio.to_thread(self.store.pending, None)))
             senders += await asyncio.to_thread(self.store.senders_due, SENDING_GRACE)
+            senders = await self._ours_or_kept_waiting(senders)
             await asyncio.gather(*(self.drain(s, on_new_message) for s in dict.fromkeys(senders)),
                                  return_exceptions=True)
             return
@@ -685,7 +721,8 @@ class WhatsAppInput(InputChannel):
         while True:  # (while the database is away, once a DUE_SECONDS: not ten times a second)
             await asyncio.sleep(DUE_SECONDS if outage.ongoing else self._poll_seconds())
             try:
-                due = await asyncio.to_thread(self.store.senders_due, SENDING_GRACE, None, self.ingress)
+                due = await self._ours_or_kept_waiting(
+                    await asyncio.to_thread(self.store.senders_due, SENDING_GRACE, None, self.ingress))
             except Exception as exc:
                 outage.failed(exc)
                 continue

@@ -166,3 +166,13 @@ async def test_unanswered_message_is_answered_after_a_restart(setup):
     assert [t.text for t in turns] == ["statement please"]
     assert channel2.store.pending() == []
     await shutdown(channel2, server2)
+
+
+def test_a_workers_share_of_the_customers_is_read_from_its_slot(caplog):
+    from connectors.whatsapp.channel import worker_slot
+
+    assert worker_slot("1/3") == (1, 3) and worker_slot(" 0 / 2 ") == (0, 2)
+    assert worker_slot(None) is None and worker_slot("") is None and worker_slot("0/1") is None  # one worker: all
+    for wrong in ("2/2", "a/b", "1", "-1/2"):
+        assert worker_slot(wrong) is None
+    assert "CARDCARE_WORKER_SLOT" in caplog.text

@@ -6,6 +6,7 @@ A listener whose connection is cut polls meanwhile and listens again."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import itertools
 import json
 import threading
@@ -145,12 +146,12 @@ async def workers(pg_url, monkeypatch):
     runner, graph_port = await serve_graph(graph.handle)
     turns, started = [], []
 
-    async def start_worker(name: str):
+    async def start_worker(name: str, slot: str = ""):
         channel = WhatsAppInput("verify-me", [SECRET], "token", PHONE_ID, f"http://127.0.0.1:{graph_port}", "v21.0",
-                                store_url=pg_url, ingress=True)
+                                store_url=pg_url, ingress=True, slot=slot)
 
         async def on_new_message(user_message):  # stands in for Rasa's agent
-            turns.append((name, user_message.text))
+            turns.append((name, user_message.text, user_message.sender_id))
             await user_message.output_channel.send_response(user_message.sender_id,
                                                             {"text": f"echo {user_message.text}"})
 
@@ -197,4 +198,51 @@ async def test_two_workers_woken_together_answer_each_message_once_in_order(work
     for customer in customers:  # each message answered once, in the customer's order
         assert [r["text"]["body"] for r in replies if r["to"] == customer] == ["echo msg 0", "echo msg 1", "echo msg 2"]
     assert ChannelStore(pg_url).pending() == []
-    assert {name for name, _ in turns} <= {"first", "second"} and len(turns) == 18
+    assert {name for name, _, _ in turns} <= {"first", "second"} and len(turns) == 18
+
+
+async def until_answered(graph, count: int, seconds: float) -> list:
+    deadline = time.monotonic() + seconds
+    while len(graph.sent()) < count and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    return graph.sent()
+
+
+@pytest.mark.asyncio
+async def test_each_worker_answers_its_own_share_of_the_customers(workers, pg_url):
+    start_worker, graph, turns = workers
+    first, second = await start_worker("first", "0/2"), await start_worker("second", "1/2")
+    for _ in range(200):
+        if first._listener.listening and second._listener.listening:
+            break
+        await asyncio.sleep(0.05)
+    ingress = WebhookReceiver(ChannelStore(pg_url), [SECRET], PHONE_ID, "verify-me")
+    customers = [f"91980000{n:04d}" for n in range(8)]
+    assert {first.mine(c) for c in customers} == {True, False}  # both have a share ...
+    assert all(first.mine(c) != second.mine(c) for c in customers)  # ... and no customer is in both
+    for round_ in range(3):
+        batch = [webhook(f"wamid.{c}.{round_}", f"msg {round_}", c) for c in customers]
+        assert [r.status for r in await asyncio.to_thread(ingress.receive_many, batch)] == [200] * len(batch)
+    replies = await until_answered(graph, 24, 10)
+    assert len(replies) == 24
+    for customer in customers:
+        assert [r["text"]["body"] for r in replies if r["to"] == customer] == ["echo msg 0", "echo msg 1", "echo msg 2"]
+        owner = "first" if first.mine(customer) else "second"
+        assert {name for name, _, sender in turns if sender == customer} == {owner}
+
+
+@pytest.mark.asyncio
+async def test_another_workers_customer_is_answered_once_they_have_waited(workers, pg_url, monkeypatch):
+    """Their worker is down (or far behind): whoever sees them waiting past AFFINITY_GRACE answers."""
+    monkeypatch.setattr(channel_module, "DUE_SECONDS", 0.2)
+    monkeypatch.setattr(channel_module, "AFFINITY_GRACE", dt.timedelta(seconds=1.5))
+    start_worker, graph, turns = workers
+    second = await start_worker("second", "1/2")  # the worker "0/2" never came up
+    customer = next(f"91980000{n:04d}" for n in range(20) if not second.mine(f"91980000{n:04d}"))
+    ingress = WebhookReceiver(ChannelStore(pg_url), [SECRET], PHONE_ID, "verify-me")
+    sent = time.monotonic()
+    assert [r.status for r in await asyncio.to_thread(ingress.receive_many, [webhook("wamid.x", "hello", customer)])] \
+        == [200]
+    replies = await until_answered(graph, 1, 10)
+    assert [r["text"]["body"] for r in replies] == ["echo hello"] and turns == [("second", "hello", customer)]
+    assert time.monotonic() - sent >= 1.5  # not before: its own worker would have answered by then
