@@ -39,7 +39,6 @@ from rasa.shared.core.trackers import DialogueStateTracker
 
 logger = logging.getLogger(__name__)
 DEFAULT_KEEP_TURNS = 20
-STATE_TYPES = ("slot", "active_loop", "loop_interrupted", "restart", "reset_slots")
 # what a row of the state read is (never an event's type name: those are the opening's rows)
 _RESET, _SLOT, _LOOP, _INTERRUPTED = "(reset)", "(slot)", "(loop)", "(interrupted)"
 _STORED = "_cardcare_stored_events"  # set on a retrieved tracker: how many of its events are in the table

@@ -199,8 +199,8 @@ class Servers:
             self.workers[number] = subprocess.Popen(
                 [RASA, "run", "--enable-api", "--port", str(self.worker_ports[number]), "-i", "127.0.0.1", "-m",
                  str(MODEL), "--endpoints", str(self.endpoints), "--credentials", str(ROOT / "credentials.yml")],
-                cwd=ROOT, env=worker_env(self.env, number, len(self.workers)) if len(self.workers) > 1 else self.env,
-                stdout=log.open("a"), stderr=subprocess.STDOUT)
+                cwd=ROOT, env=worker_env(self.env, number, len(self.workers)), stdout=log.open("a"),
+                stderr=subprocess.STDOUT)
         for number in numbers if wait else []:
             log = self.rasa_log if number == 0 else self.workdir / f"rasa{number + 1}.log"
             wait_for(f"http://127.0.0.1:{self.worker_ports[number]}/status", 300, self.workers[number], log)

@@ -40,8 +40,8 @@ from connectors.handoff import wording
 from connectors.whatsapp.inbound import EVENT_KIND, Inbound
 from connectors.whatsapp.media import MediaStore
 from connectors.whatsapp.outage import Outage
-from connectors.whatsapp.store import (LEASE_TTL, OFFER_VALID, TEMPLATE_OFFER_VALID, ChannelStore, PendingMessage,
-                                       QueuedReply, SenderQueue, TurnChoice, utcnow)
+from connectors.whatsapp.store import (LEASE_TTL, ChannelStore, PendingMessage, QueuedReply, SenderQueue,
+                                       TurnChoice, utcnow)
 from connectors.whatsapp.webhook import WebhookReceiver, channel_settings
 from connectors.whatsapp import rasa_patches
 
@@ -172,6 +172,11 @@ def worker_slot(value: Optional[Text]) -> Optional[Tuple[int, int]]:
         return None
     index, count = int(match.group(1)), int(match.group(2))
     return (index, count) if count > 1 else None
+
+
+def customer_share(sender: Text, count: int) -> int:
+    """Which of `count` workers' shares a customer is in (stable across processes and restarts)."""
+    return zlib.crc32(sender.encode()) % count
 
 
 def typed_text(text: Text) -> Text:
@@ -362,7 +367,7 @@ class WhatsAppInput(InputChannel):
 
     async def _answer(self, pending: PendingMessage, on_new_message: Callable[[UserMessage], Awaitable[Any]],
                       output: WhatsAppOutput, choice: Optional[TurnChoice] = None) -> None:
-        """`choice`: the message's menu and offer, read with the queue (else read here)."""
+        """`choice`: the message's menu and offer, read with the queue (None: read here)."""
         kind = pending.metadata.get("whatsapp", {})
         text, metadata = pending.text, pending.metadata
         if kind.get("type") == EVENT_KIND:  # the channel's own event for the bot (e.g. an agent closed the chat)
@@ -383,12 +388,9 @@ class WhatsAppInput(InputChannel):
                                                  metadata=metadata), on_new_message)
                 return
         tapped = kind.get("type") in ("interactive", "button")
-        if choice is not None and choice.message_id == pending.message_id:
-            menu, offered = choice.menu, choice.offered
-        else:
-            menu, offered = await asyncio.to_thread(
-                self.store.turn_choice, pending.sender, text if tapped else None,
-                TEMPLATE_OFFER_VALID if kind.get("type") == "button" else OFFER_VALID)
+        if choice is None:
+            choice = await asyncio.to_thread(self.store.turn_choice, pending)
+        menu, offered = choice.menu, choice.offered
         if not kind.get("supported", True):
             reply = POLITE_REPLIES.get(kind.get("type"), UNSUPPORTED_REPLY)
             await output.send_text_message(pending.sender, reply.format(text=text))
@@ -520,7 +522,7 @@ class WhatsAppInput(InputChannel):
 
     def mine(self, sender: Text) -> bool:
         """Whether this worker answers `sender` first (always, without a slot)."""
-        return self.slot is None or zlib.crc32(sender.encode()) % self.slot[1] == self.slot[0]
+        return self.slot is None or customer_share(sender, self.slot[1]) == self.slot[0]
 
     async def _ours_or_kept_waiting(self, senders: List[Text]) -> List[Text]:
         """Of these customers, this worker's share, and the others' whose message has waited
@@ -599,14 +601,16 @@ class WhatsAppInput(InputChannel):
         """One turn: run (or recover) it, then its replies and the message's new state in one
         transaction. What is left for the customer then, or None when the turn failed and waits
         for a retry (or, past the limit, became a dead letter: then an empty queue, to move on).
-        `choice`: read with the queue for this message, which that read marked started."""
+        `choice`: read with the queue, which marked its message started (used for that message only)."""
+        if choice is not None and choice.message_id != message.message_id:
+            choice = None
         if self._turn_slots is None:
             self._turn_slots = asyncio.Semaphore(self.max_concurrent_turns)
         output = WhatsAppOutput(self.client, message.reply_by, self.upload_documents, buffer=[])
         try:
             async with self._turn_slots:
                 if not (message.started and await self._replies_in_tracker(message, output)):
-                    if choice is None or choice.message_id != message.message_id:
+                    if choice is None:
                         await asyncio.to_thread(self.store.begin_turn, message.message_id)
                     await self._answer(message, on_new_message, output, choice)
         except asyncio.CancelledError:

@@ -354,18 +354,22 @@ def _queue_of(s: Any, sender: str, now: dt.datetime, claim: bool = False) -> Sen
     pending, replies = _pending_of(s, sender), _unsent_of(s, sender)
     choice = None
     if claim and pending and (pending[0].next_attempt_at is None or pending[0].next_attempt_at <= now):
-        head = pending[0]
-        if not head.started:
-            s.execute(_BEGIN_TURN, {"mid": head.message_id, "now": now})
-        kind = head.metadata.get("whatsapp", {})
-        if kind.get("type") == EVENT_KIND:  # the channel's own event: no menu or button to answer
-            choice = TurnChoice(head.message_id, {}, False)
-        else:
-            tapped = kind.get("type") in ("interactive", "button")
-            valid = TEMPLATE_OFFER_VALID if kind.get("type") == "button" else OFFER_VALID
-            choice = TurnChoice(head.message_id, _take_menu(s, sender, now),
-                                bool(tapped and head.text) and _was_offered(s, sender, head.text, now, valid))
+        if not pending[0].started:
+            s.execute(_BEGIN_TURN, {"mid": pending[0].message_id, "now": now})
+        choice = _choice_of(s, pending[0], now)
     return SenderQueue(pending, replies, _is_window_open(s, sender, now), choice)
+
+
+def _choice_of(s: Any, message: PendingMessage, now: dt.datetime) -> TurnChoice:
+    """The numbered menu `message` may answer (taken), and whether it is a tap on a button the bot
+    showed (a template's quick reply stays valid longer than a reply's button)."""
+    kind = message.metadata.get("whatsapp", {})
+    if kind.get("type") == EVENT_KIND:  # the channel's own event: no menu or button to answer
+        return TurnChoice(message.message_id, {}, False)
+    tapped = kind.get("type") in ("interactive", "button")
+    valid = TEMPLATE_OFFER_VALID if kind.get("type") == "button" else OFFER_VALID
+    return TurnChoice(message.message_id, _take_menu(s, message.sender, now),
+                      bool(tapped and message.text) and _was_offered(s, message.sender, message.text, now, valid))
 
 
 def _take_lease(s: Any, sender: str, owner: str, until: dt.datetime, now: dt.datetime) -> bool:
@@ -579,13 +583,10 @@ class ChannelStore:
         with session_scope(self.engine) as s:
             return _queue_of(s, sender, utcnow(), claim)
 
-    def turn_choice(self, sender: str, payload: Optional[str] = None,
-                    valid: dt.timedelta = OFFER_VALID) -> "tuple[Dict[str, str], bool]":
-        """take_menu and was_offered(payload) in one transaction: the numbered menu the customer
-        may be answering (taken), and whether `payload` is a button the bot showed them."""
-        now = utcnow()
+    def turn_choice(self, message: PendingMessage) -> TurnChoice:
+        """take_menu and was_offered in one transaction, for a message no claiming read covered."""
         with session_scope(self.engine) as s:
-            return _take_menu(s, sender, now), bool(payload) and _was_offered(s, sender, payload, now, valid)
+            return _choice_of(s, message, utcnow())
 
     def finish_turn(self, message_id: str, recipient: str, reply_by: str,
                     bodies: List[Dict[str, Any]]) -> SenderQueue:
