@@ -13,7 +13,9 @@ strikes a few seconds in:
   rasa_kill     Rasa (with several workers, the first) is killed with SIGKILL mid-burst while
                 it holds a customer with a message in flight, and started again (the ingress
                 keeps taking webhooks and the other workers keep answering meanwhile);
-  actions_down  the action server is stopped for 10 s, then started again;
+  actions_down  the action server is killed (SIGKILL) and kept down for 10 s, then started
+                again (a SIGTERM would let it serve its kept-alive connections for up to 15 s
+                of graceful shutdown first, and the outage could miss the burst);
   graph_outage  the Graph API answers HTTP 503 to every send for 20 s.
 Every reply carries its key ("<inbound message id>:<reply index>") as biz_opaque_callback_data,
 so each reply the sandbox accepted is traced to the message it answers. Printed per fault:
@@ -202,7 +204,7 @@ def _run_fault(fault: str, servers: Servers, customers: int, messages: int, work
             servers.rasa.wait()
             servers.start_rasa(wait=False, worker=0)
         elif fault == "actions_down":
-            servers.actions.terminate()
+            servers.actions.kill()
             servers.actions.wait()
             time.sleep(ACTIONS_DOWN_SECONDS)
             servers.start_actions()
