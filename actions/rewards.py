@@ -107,7 +107,7 @@ class ActionAskRewardItem(CustomerAction):
         lines = [f"\u2022 {i.name}: {points(i.points_cost)} points ({i.description})" for i in items]
         dispatcher.utter_message(
             text=f"What would you like to redeem? You have {points(summary.balance)} points.\n" + "\n".join(lines),
-            buttons=[{"title": i.name[:20], "payload": f'/inform{{"reward_item":"{i.code}"}}'} for i in items],
+            buttons=[{"title": i.name, "payload": f'/inform{{"reward_item":"{i.code}"}}'} for i in items],
         )
         return []
 

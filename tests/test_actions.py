@@ -182,6 +182,8 @@ async def test_redeem_flow_checks_the_catalogue_and_deducts(system, domain):
     customer = system.find_customer(EXPIRING)
     _, messages = await run_action(ActionAskRewardItem(), make_tracker(EXPIRING, slots={"requested_slot": "reward_item"}), domain)
     assert any(b["payload"] == '/inform{"reward_item":"AMZN500"}' for b in buttons_of(messages, domain))
+    # whole names: a title cut at 20 characters had shown "Statement credit ₹25" for the ₹250 credit
+    assert "Statement credit ₹250" in [b["title"] for b in buttons_of(messages, domain)]
     tracker = make_tracker(EXPIRING, "inform", [("reward_item", "NOPE")], slots={"requested_slot": "reward_item"})
     events, _ = await run_action(ValidateRedeemForm(), tracker, domain)
     assert slots_of(events)["reward_item"] is None
