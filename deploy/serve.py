@@ -33,6 +33,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -134,6 +135,28 @@ def preflight(env: Mapping[str, str], need_model: bool = True) -> List[str]:
         if clash:
             found.append(f"the Rasa workers take ports {conf['RASA_PORT']}..{worker_ports(conf)[-1]}, "
                          f"which includes another process's port {', '.join(clash)}")
+    return found
+
+
+def ports_in_use(conf: Mapping[str, str], nginx: bool) -> List[str]:
+    """The ports make serve is about to listen on that another process holds already (say, the
+    sandbox on 5006 while a second worker would take RASA_PORT+1): refused before anything
+    starts, instead of a worker that cannot bind and is restarted until the set gives up."""
+    wanted = [("127.0.0.1", int(conf["INGRESS_PORT"]), "the ingress (INGRESS_PORT)"),
+              ("127.0.0.1", int(conf["ACTION_PORT"]), "the action server (ACTION_PORT)")]
+    wanted += [("127.0.0.1", port, f"Rasa worker {n + 1} (RASA_PORT{'+' + str(n) if n else ''})")
+               for n, port in enumerate(worker_ports(conf))]
+    if nginx:
+        wanted.append((conf["PUBLIC_HOST"], int(conf["PUBLIC_PORT"]), "nginx (PUBLIC_HOST:PUBLIC_PORT)"))
+    found = []
+    for host, port, who in wanted:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind (TIME_WAIT is no clash)
+            try:
+                probe.bind((host, port))
+            except OSError:
+                found.append(f"port {port}, for {who}, is in use by another process: stop it or choose another port")
     return found
 
 
@@ -255,6 +278,12 @@ def main(argv: Optional[List[str]] = None) -> int:
               f"only; put the bank's own reverse proxy in front (webhook -> 127.0.0.1:{conf['INGRESS_PORT']}, "
               f"statement links and console -> 127.0.0.1:{conf['RASA_PORT']}).", file=sys.stderr)
     planned = commands(env, nginx)
+    busy = [] if args.dry_run else ports_in_use(conf, bool(nginx))
+    if busy:
+        print("make serve: refusing to start:", file=sys.stderr)
+        for line in busy:
+            print(f"  - {line}", file=sys.stderr)
+        return 2
     if args.dry_run:
         for name, command in planned.items():
             print(f"{name}: {' '.join(command)}")

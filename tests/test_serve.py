@@ -472,3 +472,20 @@ def test_each_worker_is_told_its_share_of_the_customers():
     customers = [str(919810000000 + n) for n in range(300)]
     shares = [sum(customer_share(c, 3) == n for c in customers) for n in range(3)]
     assert sum(shares) == 300 and min(shares) > 60  # every customer in one share, the shares alike
+
+
+def test_make_serve_refuses_a_port_another_process_holds():
+    """The README's sandbox on 5006 beside `make serve WORKERS=2` (whose second worker takes
+    RASA_PORT+1 = 5006) is refused up front, naming the port and what wanted it."""
+    from deploy.serve import ports_in_use, settings
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        taken = holder.getsockname()[1]
+        conf = settings({"RASA_PORT": str(taken - 1), "WORKERS": "2", "ACTION_PORT": str(free_port()),
+                         "INGRESS_PORT": str(free_port()), "PUBLIC_HOST": "127.0.0.1", "PUBLIC_PORT": str(free_port())})
+        found = ports_in_use(conf, nginx=True)
+        assert f"port {taken}, for Rasa worker 2 (RASA_PORT+1), is in use by another process: stop it or choose " \
+               "another port" in found
+    assert not [line for line in ports_in_use(conf, nginx=True) if f"port {taken}," in line]  # free again
