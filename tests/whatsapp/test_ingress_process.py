@@ -65,6 +65,7 @@ def test_acknowledged_webhooks_survive_a_killed_ingress_and_are_recorded_by_the_
         assert rows == [(f"wamid.k{n}", f"message {n}") for n in range(5)]
         log = (tmp_path / "ingress.log").read_text()
         assert "5 webhooks taken before the last stop wait to be recorded" in log
+        assert "uvloop)" in log  # (installed with Rasa's Sanic: the ingress's loop)
         assert SECRET not in log and "message 0" not in log  # no secret, no customer's words in the log
     finally:
         second.terminate()
