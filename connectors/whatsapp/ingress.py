@@ -47,6 +47,7 @@ MAX_BODY = 1024 * 1024  # nginx allows 64 KB from outside; this is the ingress's
 DEFAULT_JOURNAL = Path("var") / "ingress-journal"
 MAX_BACKLOG = 100_000  # webhooks journalled and not yet recorded (CARDCARE_INGRESS_BACKLOG)
 STALLED_SECONDS = 5.0  # a backlog that has not moved for this long: /healthz says recording is stalled
+TICK_SECONDS = 1.0  # how often the journal is looked after (segments moved on from, recorded ones deleted)
 BUSY = Receipt(503, {"error": "busy: too many webhooks not yet recorded, retry later"})
 UNWRITABLE = Receipt(503, {"error": "the webhook could not be kept, retry later"})
 ACCEPTED = {"status": "received"}
@@ -67,13 +68,16 @@ class Ingress:
     """
 
     def __init__(self, receiver: WebhookReceiver, journal: Journal, max_backlog: int = MAX_BACKLOG,
-                 recorder: Optional[List[str]] = RECORDER) -> None:
+                 recorder: Optional[List[str]] = RECORDER, tick_seconds: float = TICK_SECONDS) -> None:
         self.receiver, self.journal, self.max_backlog = receiver, journal, max_backlog
         self.recorder_command = recorder
         self.recorder: Optional[subprocess.Popen] = None
+        self.tick_seconds = tick_seconds
         self._arriving: List[Tuple[float, bytes, asyncio.Future]] = []
         self._flusher: Optional[asyncio.Task] = None
         self._watcher: Optional[asyncio.Task] = None
+        self._keeper: Optional[asyncio.Task] = None
+        self._maintain = False
         self._backlog, self._backlog_at = 0, 0.0
         self._moved_at, self._last_backlog = time.monotonic(), 0
         self._full_logged = 0.0
@@ -86,10 +90,13 @@ class Ingress:
         if self.recorder_command:
             self._start_recorder()
             self._watcher = asyncio.ensure_future(self._watch_recorder())
+        self._keeper = asyncio.ensure_future(self._keep_journal())
 
     async def stop(self) -> None:
         """Answer what is being written; the recorder finishes the backlog (for a few seconds) and stops."""
         self._stopping = True
+        if self._keeper is not None:
+            self._keeper.cancel()
         if self._flusher is not None:
             await asyncio.gather(self._flusher, return_exceptions=True)
         if self._watcher is not None:
@@ -134,7 +141,14 @@ class Ingress:
 
     async def _flush(self) -> None:
         await asyncio.sleep(0)  # (let the requests already read join this flush)
-        while self._arriving:
+        while self._arriving or self._maintain:
+            if self._maintain:  # (here, so that no append runs meanwhile; off the loop: file create, unlinks)
+                self._maintain = False
+                try:
+                    await asyncio.to_thread(self.journal.maintain)
+                except Exception:  # (the flusher must go on: answers wait on it)
+                    logger.exception("journal: looking after its segments failed (tried again in a second)")
+                continue
             batch, self._arriving = self._arriving, []
             try:
                 self.journal.append([(arrived, body) for arrived, body, _ in batch])
@@ -155,6 +169,21 @@ class Ingress:
             self._full_logged = now
             logger.error("journal: %d webhooks wait to be recorded: new ones are answered 503 until the channel "
                          "database takes them", self._backlog)
+
+    async def _keep_journal(self) -> None:
+        """Every tick: when the journal has segments to move on from or to delete (what customers
+        typed stays on disk only until it is recorded), have the flusher do it between appends."""
+        while not self._stopping:
+            await asyncio.sleep(self.tick_seconds)
+            try:
+                due = self.journal.maintenance_due()
+            except OSError:
+                logger.exception("journal: its note could not be read")
+                continue
+            if due and not self._stopping:
+                self._maintain = True
+                if self._flusher is None or self._flusher.done():
+                    self._flusher = asyncio.ensure_future(self._flush())
 
     # -- the recorder ---------------------------------------------------------------------------
 

@@ -13,8 +13,14 @@ never goes back).
 On disk, in one directory (CARDCARE_INGRESS_JOURNAL, default var/ingress-journal):
 - segments `<sequence>.wal`, each a run of records: length (4 bytes), CRC-32 of the payload
   (4 bytes), payload = arrival time (8-byte float) + the webhook's body. The writer starts a
-  new segment at each start and every SEGMENT_BYTES and never writes an older one again;
-  the reader deletes a segment once it has recorded past it.
+  new segment at each start, every SEGMENT_BYTES and once the segment's first record is
+  RETAIN_SECONDS old, and never writes an older one again. A segment is deleted as soon as
+  all of it is recorded (by the reader once it records past it, by the writer's `maintain()`
+  otherwise, and by a clean stop). A webhook's body is what the customer typed, card number
+  and CVV included (the signature is over the raw body, so nothing can be hidden before it is
+  journalled; the channel hides them when it records the message): so it stays on disk only
+  until it is recorded, plus at most RETAIN_SECONDS and the ingress's next tick, unless the
+  channel database is away. Files are the owner's only (0600 in a 0700 directory).
 - `recorded`: where recording has reached (sequence and offset), replaced atomically by the
   reader. It may lag behind (a crash between the two): then some webhooks are recorded twice,
   harmlessly.
@@ -29,6 +35,7 @@ import fcntl
 import logging
 import os
 import struct
+import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +45,7 @@ logger = logging.getLogger(__name__)
 HEADER = struct.Struct(">II")  # payload length, CRC-32 of the payload
 ARRIVAL = struct.Struct(">d")
 SEGMENT_BYTES = 8 * 1024 * 1024
+RETAIN_SECONDS = 5.0  # a segment takes records for at most this long after its first one
 SUFFIX = ".wal"
 Position = Tuple[int, int]  # (segment sequence, offset just past a record)
 
@@ -66,6 +74,10 @@ def segments(directory: Path) -> List[int]:
 
 def segment_path(directory: Path, sequence: int) -> Path:
     return directory / f"{sequence:012d}{SUFFIX}"
+
+
+def _owner_only(path: str, flags: int) -> int:
+    return os.open(path, flags, 0o600)
 
 
 def read_note(directory: Path) -> Position:
@@ -100,20 +112,27 @@ def parse(data: bytes, start: int, sequence: int, base: int = 0) -> "tuple[List[
 class Journal:
     """The writer (the ingress): append, force to disk, and count what is not yet recorded."""
 
-    def __init__(self, directory: os.PathLike, segment_bytes: int = SEGMENT_BYTES) -> None:
+    def __init__(self, directory: os.PathLike, segment_bytes: int = SEGMENT_BYTES,
+                 retain_seconds: float = RETAIN_SECONDS) -> None:
         self.directory = Path(directory)
-        self.segment_bytes = segment_bytes
+        self.segment_bytes, self.retain_seconds = segment_bytes, retain_seconds
         self._lock: Optional[BinaryIO] = None
         self._file: Optional[BinaryIO] = None
         self._sequence = 0
         self._size = 0
+        self._first_at: Optional[float] = None  # (monotonic) when the current segment took its first record
+        self._done: List[Position] = []  # segments no longer written (sequence, size), not yet deleted
         self._unrecorded: Deque[Position] = collections.deque()  # positions appended, not yet recorded
 
     def open(self) -> int:
         """Take the journal, cut off a torn tail, start a fresh segment; returns how many
         webhooks journalled before wait to be recorded."""
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self._lock = open(self.directory / "lock", "ab")
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            os.chmod(self.directory, 0o700)  # (webhooks hold what customers typed)
+        except OSError:
+            logger.warning("journal: %s could not be made owner-only", self.directory)
+        self._lock = open(self.directory / "lock", "ab", opener=_owner_only)
         try:
             fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -135,6 +154,7 @@ class Journal:
                 with open(path, "r+b") as f:
                     f.truncate(end)
                     os.fsync(f.fileno())
+        self._done = [(sequence, os.path.getsize(segment_path(self.directory, sequence))) for sequence in found]
         self._sequence = max(found, default=note[0])
         self._start_segment()
         return len(self._unrecorded)
@@ -162,9 +182,39 @@ class Journal:
             raise
         self._size = offset
         self._unrecorded.extend(positions)
+        if self._first_at is None:
+            self._first_at = time.monotonic()
         if self._size >= self.segment_bytes:
             self._start_segment()
         return positions
+
+    def maintenance_due(self) -> bool:
+        """Whether `maintain()` has something to do: the current segment's first record is
+        `retain_seconds` old, or a segment no longer written is recorded whole."""
+        if self._first_at is not None and time.monotonic() - self._first_at >= self.retain_seconds:
+            return True
+        return bool(self._done) and (not self._done[0][1] or self._done[0] <= read_note(self.directory))
+
+    def maintain(self) -> int:
+        """Move on from a segment whose first record is `retain_seconds` old, and delete the
+        segments recorded whole; returns how many were deleted. (Only with no append running.)"""
+        if self._first_at is not None and time.monotonic() - self._first_at >= self.retain_seconds:
+            self._start_segment()
+        return self._delete_recorded()
+
+    def _delete_recorded(self) -> int:
+        note, kept, deleted = read_note(self.directory), [], 0
+        for sequence, size in self._done:
+            if not size or (sequence, size) <= note:  # empty, or every record of it is in the database
+                try:
+                    segment_path(self.directory, sequence).unlink()
+                    deleted += 1
+                except FileNotFoundError:
+                    pass  # (the reader deleted it)
+            else:
+                kept.append((sequence, size))
+        self._done = kept
+        return deleted
 
     def unrecorded(self) -> int:
         """How many acknowledged webhooks the recorder has not yet noted as recorded."""
@@ -182,6 +232,7 @@ class Journal:
         except (OSError, ValueError):
             pass
         self._file = None
+        self._done.append((self._sequence, self._size))
         try:
             with open(path, "r+b") as f:
                 f.truncate(self._size)
@@ -197,8 +248,10 @@ class Journal:
         if self._file is not None:
             self._file.close()
             self._file = None
+            self._done.append((self._sequence, self._size))
         self._sequence += 1
-        self._file = open(segment_path(self.directory, self._sequence), "ab")
+        self._first_at = None
+        self._file = open(segment_path(self.directory, self._sequence), "ab", opener=_owner_only)
         self._size = 0
         directory = os.open(self.directory, os.O_RDONLY)
         try:
@@ -207,10 +260,16 @@ class Journal:
             os.close(directory)
 
     def close(self) -> None:
+        """Stop writing; the segments recorded whole, the last one included, are deleted."""
         if self._file is not None:
             self._file.close()
             self._file = None
+            self._done.append((self._sequence, self._size))
         if self._lock is not None:
+            try:
+                self._delete_recorded()
+            except OSError:
+                logger.exception("journal: recorded segments could not be deleted")
             self._lock.close()  # (closing releases the flock)
             self._lock = None
 

@@ -100,8 +100,9 @@ class JournalRecorder:
         place = self.reader.directory / "set-aside"
         name = place / f"{entry.position[0]:012d}-{entry.position[1]:012d}.json"
         try:
-            place.mkdir(exist_ok=True)
-            name.write_bytes(entry.body)
+            place.mkdir(mode=0o700, exist_ok=True)
+            with open(name, "wb", opener=lambda path, flags: os.open(path, flags, 0o600)) as f:
+                f.write(entry.body)  # (what a customer typed: the owner's only)
         except OSError:
             logger.exception("journal: the webhook at %s could not be set aside", entry.position)
         # only the type: the error may quote the customer's number or words

@@ -294,3 +294,33 @@ def test_a_webhook_that_cannot_be_recorded_is_set_aside_and_holds_back_nothing(r
     assert recorded(receiver.store) == [("wamid.0", "m0"), ("wamid.2", "m2")]
     [aside] = (tmp_path / "journal" / "set-aside").iterdir()
     assert b"poison" in aside.read_bytes()  # kept for the operator, not lost
+
+
+def test_a_card_number_typed_by_a_customer_is_gone_from_the_journal_seconds_after_it_is_recorded(receiver, tmp_path):
+    """The journal keeps webhooks as they came (signed bytes: a card number cannot be hidden
+    before it is journalled); the ingress's tick moves on from a segment and deletes it once
+    the recorder has recorded it, and the channel stores the number hidden."""
+    import time
+
+    ingress = Ingress(receiver, Journal(tmp_path / "journal", retain_seconds=0.1), recorder=None, tick_seconds=0.05)
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(ingress.start())
+    take = ingress.take(*signed(text("wamid.card", "block 4111 1111 1111 1111 cvv 123")))
+    assert loop.run_until_complete(take).status == 200
+    on_disk = lambda: [p for p in (tmp_path / "journal").rglob("*") if p.is_file() and b"4111 1111" in p.read_bytes()]
+    assert on_disk()
+    loop.run_until_complete(asyncio.sleep(0.3))
+    assert on_disk()  # (not yet recorded: kept, whatever its age)
+    recorder_of(receiver, tmp_path / "journal").drain()
+    deadline = time.monotonic() + 5
+    while on_disk() and time.monotonic() < deadline:
+        loop.run_until_complete(asyncio.sleep(0.05))
+    assert on_disk() == []
+    [(mid, stored)] = recorded(receiver.store)
+    assert mid == "wamid.card" and "4111 1111 1111 1111" not in stored and "1111" in stored
+    take = ingress.take(*signed(text("wamid.next", "and then")))  # the ingress goes on in a new segment
+    assert loop.run_until_complete(take).status == 200
+    recorder_of(receiver, tmp_path / "journal").drain()
+    assert [m for m, _ in recorded(receiver.store)] == ["wamid.card", "wamid.next"]
+    loop.run_until_complete(ingress.stop())
+    loop.close()

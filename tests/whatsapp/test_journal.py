@@ -138,3 +138,61 @@ def test_a_body_larger_than_one_read_is_read_whole(tmp_path):
     assert bodies(reader.read(limit=1)) == [big]
     assert bodies(reader.read(limit=1)) == [b"small"]
     writer.close()
+
+
+CARD = b"my card 4111 1111 1111 1111 cvv 123"
+
+
+def holding(directory, needle: bytes):
+    """The files under `directory` whose bytes contain `needle`."""
+    return [p.name for p in directory.rglob("*") if p.is_file() and needle in p.read_bytes()]
+
+
+def test_what_customers_typed_leaves_the_disk_once_recorded_and_the_segment_has_moved_on(tmp_path):
+    """A webhook's body holds what the customer typed, a card number and CVV included: it stays
+    only until it is recorded, and a segment takes records for at most retain_seconds."""
+    writer = Journal(tmp_path, retain_seconds=0)
+    writer.open()
+    reader = JournalReader(tmp_path)
+    writer.append([(1.0, CARD)])
+    assert writer.maintenance_due()  # (its first record is retain_seconds old)
+    assert writer.maintain() == 0  # moved on, but nothing is recorded yet: kept
+    assert holding(tmp_path, b"4111 1111 1111 1111") != []
+    assert not writer.maintenance_due()
+
+    [entry] = reader.read()
+    reader.recorded(entry.position)
+    assert writer.maintenance_due()
+    assert writer.maintain() == 1
+    assert holding(tmp_path, b"4111") == []
+
+    writer.append([(2.0, b"after")])  # the reader goes on in the next segment
+    assert bodies(read_all(reader)) == [b"after"]
+    writer.close()
+
+
+def test_a_segment_not_yet_old_is_kept_and_a_clean_stop_deletes_what_is_recorded(tmp_path):
+    writer = Journal(tmp_path, retain_seconds=3600)
+    writer.open()
+    writer.append([(1.0, CARD), (2.0, b"second")])
+    assert not writer.maintenance_due() and writer.maintain() == 0
+    reader = JournalReader(tmp_path)
+    read = reader.read()
+    reader.recorded(read[0].position)  # one of two recorded
+    writer.close()
+    assert holding(tmp_path, b"second") != []  # not recorded: kept for the next start
+    writer = Journal(tmp_path, retain_seconds=3600)
+    assert writer.open() == 1
+    reader = JournalReader(tmp_path)
+    reader.recorded(read_all(reader)[-1].position)
+    writer.close()
+    assert holding(tmp_path, b"4111") == [] and list(tmp_path.glob("*.wal")) == []
+
+
+def test_the_journal_is_the_owners_only(tmp_path):
+    writer = Journal(tmp_path / "journal")
+    writer.open()
+    writer.append([(1.0, CARD)])
+    assert (tmp_path / "journal").stat().st_mode & 0o777 == 0o700
+    assert all(p.stat().st_mode & 0o077 == 0 for p in (tmp_path / "journal").glob("*.wal"))
+    writer.close()
