@@ -27,11 +27,15 @@ The calls are blocking, as stock's: redis-py's asyncio client costs about three 
 per call (0.42 against 0.16 ms per lock), and two short round trips hold the loop less than
 stock's seven. `python -m bench.lock_bench` compares it with stock.
 
-Tickets expire as Rasa's do (`TICKET_LOCK_LIFETIME`, default 60 s; time is Redis's own clock,
-so instances whose clocks differ agree), so a lock held by a killed instance is freed after
-that; a ticket that expired while waiting raises `LockError`, as stock does, and so does a
-Redis that cannot be reached (the turn fails and is tried again; nothing is half-written).
-Rasa's semantics are kept: first come, first served per conversation.
+A ticket lives `ticket_heartbeat` seconds (default 10) and is renewed while its instance is
+alive: by the holder every third of that while its turn runs, by a waiter at each look. So a
+lock held by a killed instance is freed within 10 s (stock keeps it for Rasa's whole lock
+lifetime, `TICKET_LOCK_LIFETIME`, 60 s by default: a killed worker's customers waited a
+minute), while a slow turn keeps its lock. As stock, no ticket outlives the lock lifetime
+counted from its issue; time is Redis's own clock, so instances whose clocks differ agree. A
+ticket that expired while waiting raises `LockError`, as stock does, and so does a Redis that
+cannot be reached (the turn fails and is tried again; nothing is half-written). Rasa's
+semantics are kept: first come, first served per conversation.
 """
 from __future__ import annotations
 
@@ -48,6 +52,7 @@ from rasa.core.lock_store import (DEFAULT_REDIS_LOCK_STORE_KEY_PREFIX, DEFAULT_S
 logger = logging.getLogger(__name__)
 
 FIRST_WAIT_S = 0.005
+HEARTBEAT_S = 10.0  # a ticket not renewed for this long is dropped (its instance is gone)
 
 # KEYS: tickets (hash number -> expiry in ms), counter. ARGV: lifetime in ms.
 # Returns {ticket, 1 if it is served now else 0}.
@@ -65,26 +70,51 @@ for i = 1, #flat, 2 do
   end
 end
 """
-ISSUE = _PRUNE + """
+_EXTEND = """
+local function extend(ms)
+  for _, key in ipairs(KEYS) do
+    if redis.call('PTTL', key) < ms then
+      redis.call('PEXPIRE', key, ms)
+    end
+  end
+end
+"""
+ISSUE = _PRUNE + _EXTEND + """
 local ticket = redis.call('INCR', KEYS[2])
 local lifetime = tonumber(ARGV[1])
 redis.call('HSET', KEYS[1], ticket, now + lifetime)
-redis.call('PEXPIRE', KEYS[1], lifetime + 1000)
-redis.call('PEXPIRE', KEYS[2], lifetime + 1000)
+extend(lifetime + 1000)
 if lowest == nil then
   return {ticket, 1}
 end
 return {ticket, 0}
 """
-# KEYS as ISSUE. ARGV: ticket. Returns 1 if served now, 0 if still waiting, -1 if it expired.
-ACQUIRE = _PRUNE + """
+# KEYS as ISSUE. ARGV: ticket, ms to renew it for (0: not renewed). Returns 1 if served now,
+# 0 if still waiting, -1 if it expired.
+ACQUIRE = _PRUNE + _EXTEND + """
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
   return -1
+end
+local renew = tonumber(ARGV[2])
+if renew > 0 then
+  redis.call('HSET', KEYS[1], ARGV[1], now + renew)
+  extend(renew + 1000)
 end
 if lowest == tonumber(ARGV[1]) then
   return 1
 end
 return 0
+"""
+# KEYS as ISSUE. ARGV: ticket, ms to renew it for. Returns 1, or 0 if it had expired.
+RENEW = _EXTEND + """
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
+  return 0
+end
+local now_t = redis.call('TIME')
+local now = tonumber(now_t[1]) * 1000 + math.floor(tonumber(now_t[2]) / 1000)
+redis.call('HSET', KEYS[1], ARGV[1], now + tonumber(ARGV[2]))
+extend(tonumber(ARGV[2]) + 1000)
+return 1
 """
 # KEYS as ISSUE. ARGV: ticket. Returns how many tickets are left.
 RELEASE = """
@@ -103,7 +133,8 @@ class AtomicRedisLockStore(LockStore):
     def __init__(self, endpoint_config: Any = None, host: Text = "localhost", port: int = 6379, db: int = 1,
                  username: Optional[Text] = None, password: Optional[Text] = None, use_ssl: bool = False,
                  key_prefix: Optional[Text] = None,
-                 socket_timeout: float = DEFAULT_SOCKET_TIMEOUT_IN_SECONDS, **kwargs: Any) -> None:
+                 socket_timeout: float = DEFAULT_SOCKET_TIMEOUT_IN_SECONDS,
+                 ticket_heartbeat: float = HEARTBEAT_S, **kwargs: Any) -> None:
         if endpoint_config is not None:  # as Rasa builds a custom store: from endpoints.yml's section
             options = dict(endpoint_config.kwargs)
             host = endpoint_config.url or host
@@ -114,7 +145,10 @@ class AtomicRedisLockStore(LockStore):
             use_ssl = options.pop("use_ssl", use_ssl)
             key_prefix = options.pop("key_prefix", key_prefix)
             socket_timeout = options.pop("socket_timeout", socket_timeout)
+            ticket_heartbeat = options.pop("ticket_heartbeat", ticket_heartbeat)
         import redis
+
+        self.heartbeat = float(ticket_heartbeat)
 
         self.red = redis.Redis(host=host, port=int(port), db=int(db), username=username, password=password,
                                ssl=bool(use_ssl), socket_timeout=float(socket_timeout),
@@ -127,6 +161,7 @@ class AtomicRedisLockStore(LockStore):
                 logger.warning("lock store: key_prefix must be alphanumeric; using %r", self.key_prefix)
         self._issue = self.red.register_script(ISSUE)
         self._acquire = self.red.register_script(ACQUIRE)
+        self._renew = self.red.register_script(RENEW)
         self._release = self.red.register_script(RELEASE)
         super().__init__()
 
@@ -137,28 +172,53 @@ class AtomicRedisLockStore(LockStore):
     async def lock(self, conversation_id: Text, lock_lifetime: float = LOCK_LIFETIME,
                    wait_time_in_seconds: float = 1) -> AsyncGenerator[TicketLock, None]:
         keys = self._keys(conversation_id)
+        deadline = time.monotonic() + lock_lifetime  # (no ticket outlives the lock lifetime, as stock)
         try:
-            ticket, served = (int(v) for v in self._issue(keys=keys, args=[max(1, int(lock_lifetime * 1000))]))
+            ticket, served = (int(v) for v in self._issue(keys=keys, args=[max(1, self._lifetime_ms(deadline))]))
         except Exception as error:  # Redis away or refusing: as stock, a LockError (the turn fails)
             raise LockError(f"Error while acquiring a conversation lock: {type(error).__name__}") from error
+        keeper: Optional[asyncio.Task] = None
         try:
-            wait = FIRST_WAIT_S
+            wait, longest = FIRST_WAIT_S, max(min(wait_time_in_seconds, self.heartbeat / 3), FIRST_WAIT_S)
             while not served:
                 await asyncio.sleep(wait)
-                wait = min(wait * 2, max(wait_time_in_seconds, FIRST_WAIT_S))
-                state = int(self._acquire(keys=keys, args=[ticket]))
+                wait = min(wait * 2, longest)
+                state = int(self._acquire(keys=keys, args=[ticket, max(0, self._lifetime_ms(deadline))]))
                 if state < 0:
                     raise LockError("Could not acquire a conversation lock: its ticket expired while waiting")
                 served = state == 1
+            keeper = asyncio.ensure_future(self._keep(keys, ticket, deadline))
             lock = TicketLock(conversation_id)
             lock.tickets.append(Ticket(ticket, time.time() + lock_lifetime))
             yield lock
         finally:
+            if keeper is not None:
+                keeper.cancel()
             try:
                 self._release(keys=keys, args=[ticket])
             except Exception as error:  # the ticket expires by itself after its lifetime
                 logger.warning("lock store: could not release a conversation lock (%s); it expires in %.0f s",
                                type(error).__name__, lock_lifetime)
+
+    def _lifetime_ms(self, deadline: float) -> int:
+        """How long a ticket lives from now: a heartbeat, but not past its deadline (<= 0: it is past)."""
+        left = deadline - time.monotonic()
+        return int(min(self.heartbeat, left) * 1000) if left > 0 else 0
+
+    async def _keep(self, keys: "list[str]", ticket: int, deadline: float) -> None:
+        """Renew a held ticket every third of a heartbeat while its turn runs (cancelled at release)."""
+        while True:
+            await asyncio.sleep(self.heartbeat / 3)
+            lifetime = self._lifetime_ms(deadline)
+            if lifetime <= 0:
+                return  # the lock lifetime is over: it expires, as stock's would
+            try:
+                if not int(self._renew(keys=keys, args=[ticket, lifetime])):
+                    logger.warning("lock store: a conversation lock expired while its turn still ran "
+                                   "(Redis out of reach for longer than %.0f s?)", self.heartbeat)
+                    return
+            except Exception as error:
+                logger.warning("lock store: could not renew a conversation lock (%s)", type(error).__name__)
 
     # Rasa's per-step interface, for code that calls it directly (nothing in Rasa 3.6's serving
     # path does: it only enters `lock()`): not kept in this store.

@@ -178,3 +178,62 @@ def test_why_not_stock_two_workers_issuing_at_once_both_get_ticket_one(prefix):
     assert not workers[0].get_lock("919800000009").is_locked(tickets[0])
     assert not workers[1].get_lock("919800000009").is_locked(tickets[1])
     workers[0].delete_lock("919800000009")
+
+
+def test_a_killed_instances_lock_is_freed_within_a_heartbeat_not_the_whole_lock_lifetime(prefix):
+    """A worker killed mid-turn renews nothing and releases nothing: the next turn of that
+    conversation goes on once its ticket's heartbeat lapses, not after Rasa's 60 s lifetime."""
+    dead_loop = asyncio.new_event_loop()
+    killed = store(prefix, ticket_heartbeat=0.4)
+    held = killed.lock("919800000010", lock_lifetime=60)
+    dead_loop.run_until_complete(held.__aenter__())  # then its loop never runs again, as if killed
+
+    async def run():
+        started = time.perf_counter()
+        async with store(prefix, ticket_heartbeat=0.4).lock("919800000010", wait_time_in_seconds=0.05):
+            return time.perf_counter() - started
+
+    waited = asyncio.run(run())
+    assert 0.2 < waited < 2.0
+    dead_loop.close()
+
+
+def test_a_turn_longer_than_the_heartbeat_keeps_its_lock_until_it_ends(prefix):
+    async def run():
+        workers = [store(prefix, ticket_heartbeat=0.3), store(prefix, ticket_heartbeat=0.3)]
+        events = []
+
+        async def slow_turn():
+            async with workers[0].lock("919800000011"):
+                events.append("slow in")
+                await asyncio.sleep(1.2)  # four heartbeats
+                events.append("slow out")
+
+        async def next_turn():
+            await asyncio.sleep(0.05)
+            async with workers[1].lock("919800000011", wait_time_in_seconds=0.05):
+                events.append("next in")
+
+        await asyncio.gather(slow_turn(), next_turn())
+        assert events == ["slow in", "slow out", "next in"]
+        assert keys_left(workers[0], "919800000011") == []
+
+    asyncio.run(run())
+
+
+def test_no_ticket_outlives_the_lock_lifetime_even_while_renewed(prefix):
+    async def run():
+        lock_store = store(prefix, ticket_heartbeat=0.3)
+        async with lock_store.lock("919800000012", lock_lifetime=0.5):
+            await asyncio.sleep(1.0)  # renewed up to 0.5 s after its issue, then left to expire
+            started = time.perf_counter()
+            async with store(prefix).lock("919800000012", wait_time_in_seconds=0.05):
+                assert time.perf_counter() - started < 1.0
+
+    asyncio.run(run())
+
+
+def test_the_heartbeat_is_read_from_endpoints_yml(prefix):
+    endpoint = EndpointConfig(url="127.0.0.1", type="components.lock_store.AtomicRedisLockStore", port=6379,
+                              db=REDIS_DB, key_prefix=prefix, ticket_heartbeat=4)
+    assert LockStore.create(endpoint).heartbeat == 4.0
