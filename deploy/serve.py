@@ -97,6 +97,8 @@ def production_env(base: Mapping[str, str]) -> Dict[str, str]:
     # Sanic's access log would write statement links (bearer tokens) and ids; nginx keeps a redacted one
     env.setdefault("SANIC_ACCESS_LOG", "False")
     env.setdefault("ACTION_SERVER_URL", f"http://127.0.0.1:{conf['ACTION_PORT']}/webhook")
+    env.setdefault("REDIS_DB", "1")  # (the locks' Redis database and key prefix: endpoints.production.yml)
+    env.setdefault("REDIS_KEY_PREFIX", "cardcare")
     # the bot fetches a statement itself and uploads it to WhatsApp: the link need not be public
     env.setdefault("CARDCARE_FILES_BASE_URL", f"http://127.0.0.1:{conf['RASA_PORT']}/webhooks/files/statements")
     env.setdefault("PYTHONPATH", str(ROOT))
