@@ -21,8 +21,9 @@ from cardsystem.views import CardView, CustomerView
 def card_figures(card: CardView) -> Dict[Text, Text]:
     """The placeholders every balance-like response may use."""
     due = date_or_dash(card.due_date)
-    if card.due_date is not None and card.minimum_due_paise > 0 and card.due_date < card_system().today():
-        due += " (past due)"
+    if card.due_date is not None and card.due_date < card_system().today():
+        # a date gone by must not read as one to come ("is due on 23 Nov" on 3 Dec)
+        due += " (past due)" if card.minimum_due_paise > 0 else " (date passed; the minimum is paid)"
     return {
         "card_label": card_label(card),
         # a card paid beyond its dues is in credit: never "-₹500"

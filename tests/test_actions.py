@@ -1,6 +1,7 @@
 """Every custom action against a seeded temporary card system, as the action server runs them."""
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import re
@@ -432,3 +433,16 @@ async def test_a_card_named_after_which_card_answers_already_paid(system, domain
     texts = rendered(messages, domain)
     _no_placeholders(texts)
     assert "6392" in texts[0] and ("I can see your payment" in texts[0] or "can't see a payment" in texts[0])
+
+
+def test_a_due_date_gone_by_never_reads_as_one_to_come(system):
+    from actions.balance import card_figures
+
+    card = system.cards_of(system.find_customer(ONE_CARD).id)[0]
+    today = system.today()
+    gone = dataclasses.replace(card, due_date=today - dt.timedelta(days=10), minimum_due_paise=150000)
+    assert card_figures(gone)["due_date"].endswith("(past due)")
+    paid = dataclasses.replace(gone, minimum_due_paise=0, outstanding_paise=900000)
+    assert card_figures(paid)["due_date"].endswith("(date passed; the minimum is paid)")
+    coming = dataclasses.replace(paid, due_date=today + dt.timedelta(days=5))
+    assert card_figures(coming)["due_date"] == coming.due_date.strftime("%d %b %Y")
