@@ -59,10 +59,11 @@ class ActionGreet(Action):
 
 
 def consecutive_fallbacks(tracker: Tracker) -> int:
-    """How many of the latest user messages in a row were not understood."""
+    """How many of the latest user messages in a row were not understood (a blank one, which
+    says nothing, neither counts nor ends the run)."""
     count = 0
     for event in reversed(tracker.events):
-        if event.get("event") != "user":
+        if event.get("event") != "user" or not (event.get("text") or "").strip():
             continue
         intent = ((event.get("parse_data") or {}).get("intent") or {}).get("name")
         if intent != "nlu_fallback":
@@ -82,7 +83,7 @@ class ActionFallback(Action):
         if len(text) > MAX_MESSAGE_CHARS:
             dispatcher.utter_message(response="utter_too_long", limit=f"{MAX_MESSAGE_CHARS:,}")
             return []
-        if consecutive_fallbacks(tracker) >= 2:  # no bot loop: a person takes over
+        if text.strip() and consecutive_fallbacks(tracker) >= 2:  # no bot loop: a person takes over
             dispatcher.utter_message(response="utter_handoff_after_misses")
             return await hand_off(dispatcher, tracker, "not_understood")
         else:

@@ -353,6 +353,13 @@ async def test_fallback_rephrase_then_a_person(system, domain):
     second = make_tracker(ONE_CARD, "nlu_fallback", text="zzz", history=[miss])
     _, messages = await run_action(ActionFallback(), second, domain)
     assert [m["response"] for m in messages] == ["utter_handoff_after_misses", "utter_callback_booked"]
+    blank = {"event": "user", "text": " ", "parse_data": {"intent": {"name": "nlu_fallback"}}}
+    empty_twice = make_tracker(ONE_CARD, "nlu_fallback", text="  ", history=[blank])
+    _, messages = await run_action(ActionFallback(), empty_twice, domain)
+    assert [m["response"] for m in messages] == ["utter_rephrase"]  # blank messages book no callback
+    after_blanks = make_tracker(ONE_CARD, "nlu_fallback", text="qwerty", history=[blank, blank])
+    _, messages = await run_action(ActionFallback(), after_blanks, domain)
+    assert [m["response"] for m in messages] == ["utter_rephrase"]  # the first real miss
     huge = make_tracker(ONE_CARD, "nlu_fallback", text="x" * 5000)
     _, messages = await run_action(ActionFallback(), huge, domain)
     assert messages[0]["response"] == "utter_too_long"
