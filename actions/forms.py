@@ -21,7 +21,11 @@ from cardsystem.views import CardView, CustomerView
 # the rules for interruptions take over: a new request is never taken as an answer.
 ANSWER_INTENTS = {"inform", "affirm", "deny", "nlu_fallback", "share_media", "rate"}
 DECLINED_SLOT = "declined_request"
-AFFIRMATIVE = re.compile(r"\b(?:i'?m sure|i am sure|sure|confirm(?:ed)?|go ahead|do it|haan|han|ha|yes|yeah|yep|ok)\b", re.I)
+# The request itself, asked to confirm, with a yes in it ("ya pls block it fast", "haan block karo")
+AFFIRMATIVE = re.compile(r"\b(?:i'?m sure|i am sure|sure|confirm(?:ed)?|go ahead|do it|haan|han|ha|haanji|ji|yes|yeah|yep|"
+                         r"yup|ya|yah|ok|okay|okk|pls|plz|please|asap|right now|now|fast|quickly|jaldi|kar do|kardo|"
+                         r"karo|kar dijiye)\b", re.I)
+NEGATIVE = re.compile(r"\b(?:no|not|don'?t|dont|do not|never|wait|mat|nahi|nahin|na|mt)\b", re.I)
 REPROMPTS = 2  # a question is asked again at most twice; then choices and a person are offered
 MISSES_SLOT = "form_misses"
 GAVE_UP = "gave_up"
@@ -178,7 +182,8 @@ class CardFormValidation(FormValidationAction):
             return {}
         intent = latest_intent(tracker)
         text = tracker.latest_message.get("text") or ""
-        if intent == "affirm" or (intent == self.form_intent and AFFIRMATIVE.search(text) and not text.startswith("/")):
+        if intent == "affirm" or (intent == self.form_intent and AFFIRMATIVE.search(text) and not NEGATIVE.search(text)
+                                   and not text.startswith("/")):
             return {slot: True}
         if intent == "deny":
             return {slot: False}

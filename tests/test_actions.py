@@ -453,3 +453,16 @@ def test_a_due_date_gone_by_never_reads_as_one_to_come(system):
     assert card_figures(paid)["due_date"].endswith("(date passed; the minimum is paid)")
     coming = dataclasses.replace(paid, due_date=today + dt.timedelta(days=5))
     assert card_figures(coming)["due_date"] == coming.due_date.strftime("%d %b %Y")
+
+
+@pytest.mark.parametrize("said, meant", [("ya pls block it fast", True), ("haan block karo", True),
+                                         ("block it right now", True), ("ok block kar do", True),
+                                         ("no don't block it", None), ("block mat karo", None),
+                                         ("block my card", None)])
+async def test_the_request_again_with_a_yes_in_it_confirms_a_block(system, domain, said, meant):
+    """Asked "block card 4821?", the customer repeats the request: with a yes in it, that is a yes;
+    with a no in it, or with neither, the question stands (a block cannot be undone here)."""
+    tracker = make_tracker(ONE_CARD, "block_card", text=said,
+                           slots={"card_last4": "4821", "block_reason": "stolen", "requested_slot": "block_confirm"},
+                           active_loop="block_card_form")
+    assert ValidateBlockCardForm().yes_no(tracker, "block_confirm").get("block_confirm") is meant
