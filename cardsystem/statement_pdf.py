@@ -1,6 +1,7 @@
 """E-statements as password-protected PDFs (AES-128), built with fpdf2."""
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 from typing import Iterable
@@ -10,6 +11,9 @@ from fpdf.enums import EncryptionMethod
 
 from cardsystem.formatting import format_date, format_inr, format_month
 from cardsystem.views import CardView, CustomerView, StatementView, TransactionView
+
+# fpdf2's font subsetting logs about a hundred INFO lines per PDF: only its warnings
+logging.getLogger("fontTools").setLevel(logging.WARNING)
 
 PASSWORD_RULE = (
     "the first four letters of your name in CAPITALS followed by your date and month of "

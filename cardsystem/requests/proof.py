@@ -35,6 +35,9 @@ from pyhanko_certvalidator.registry import SimpleCertificateStore
 from cardsystem.config import PROJECT_ROOT
 from cardsystem.formatting import format_datetime, redact_card_numbers
 
+# fpdf2's font subsetting logs about a hundred INFO lines per PDF: only its warnings
+logging.getLogger("fontTools").setLevel(logging.WARNING)
+
 BANK_NAME = "CardCare Bank"
 TITLE = "Service request resolved"
 DEV_COMMON_NAME = "CardCare Bank (development signing key \u2014 not trusted)"
