@@ -56,9 +56,11 @@ HEARTBEAT_S = 10.0  # a ticket not renewed for this long is dropped (its instanc
 
 # KEYS: tickets (hash number -> expiry in ms), counter. ARGV: lifetime in ms.
 # Returns {ticket, 1 if it is served now else 0}.
-_PRUNE = """
+_NOW = """
 local now_t = redis.call('TIME')
 local now = tonumber(now_t[1]) * 1000 + math.floor(tonumber(now_t[2]) / 1000)
+"""
+_PRUNE = _NOW + """
 local lowest = nil
 local flat = redis.call('HGETALL', KEYS[1])
 for i = 1, #flat, 2 do
@@ -106,12 +108,10 @@ end
 return 0
 """
 # KEYS as ISSUE. ARGV: ticket, ms to renew it for. Returns 1, or 0 if it had expired.
-RENEW = _EXTEND + """
+RENEW = _NOW + _EXTEND + """
 if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 then
   return 0
 end
-local now_t = redis.call('TIME')
-local now = tonumber(now_t[1]) * 1000 + math.floor(tonumber(now_t[2]) / 1000)
 redis.call('HSET', KEYS[1], ARGV[1], now + tonumber(ARGV[2]))
 extend(tonumber(ARGV[2]) + 1000)
 return 1

@@ -135,9 +135,13 @@ class Ingress:
             return BUSY
         answer = asyncio.get_running_loop().create_future()
         self._arriving.append((time.time(), body, answer))
+        self._kick_flusher()
+        return await answer
+
+    def _kick_flusher(self) -> None:
+        """Start the flusher unless it runs (it takes what arrived and the journal's upkeep)."""
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.ensure_future(self._flush())
-        return await answer
 
     async def _flush(self) -> None:
         await asyncio.sleep(0)  # (let the requests already read join this flush)
@@ -182,8 +186,7 @@ class Ingress:
                 continue
             if due and not self._stopping:
                 self._maintain = True
-                if self._flusher is None or self._flusher.done():
-                    self._flusher = asyncio.ensure_future(self._flush())
+                self._kick_flusher()
 
     # -- the recorder ---------------------------------------------------------------------------
 

@@ -76,7 +76,8 @@ def segment_path(directory: Path, sequence: int) -> Path:
     return directory / f"{sequence:012d}{SUFFIX}"
 
 
-def _owner_only(path: str, flags: int) -> int:
+def owner_only(path: str, flags: int) -> int:
+    """An `opener` for files only their owner may read (what customers typed)."""
     return os.open(path, flags, 0o600)
 
 
@@ -132,7 +133,7 @@ class Journal:
             os.chmod(self.directory, 0o700)  # (webhooks hold what customers typed)
         except OSError:
             logger.warning("journal: %s could not be made owner-only", self.directory)
-        self._lock = open(self.directory / "lock", "ab", opener=_owner_only)
+        self._lock = open(self.directory / "lock", "ab", opener=owner_only)
         try:
             fcntl.flock(self._lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -191,16 +192,20 @@ class Journal:
     def maintenance_due(self) -> bool:
         """Whether `maintain()` has something to do: the current segment's first record is
         `retain_seconds` old, or a segment no longer written is recorded whole."""
-        if self._first_at is not None and time.monotonic() - self._first_at >= self.retain_seconds:
+        if self._aged():
             return True
         return bool(self._done) and (not self._done[0][1] or self._done[0] <= read_note(self.directory))
 
     def maintain(self) -> int:
         """Move on from a segment whose first record is `retain_seconds` old, and delete the
         segments recorded whole; returns how many were deleted. (Only with no append running.)"""
-        if self._first_at is not None and time.monotonic() - self._first_at >= self.retain_seconds:
+        if self._aged():
             self._start_segment()
         return self._delete_recorded()
+
+    def _aged(self) -> bool:
+        """Whether the current segment's first record is `retain_seconds` old."""
+        return self._first_at is not None and time.monotonic() - self._first_at >= self.retain_seconds
 
     def _delete_recorded(self) -> int:
         note, kept, deleted = read_note(self.directory), [], 0
@@ -251,7 +256,7 @@ class Journal:
             self._done.append((self._sequence, self._size))
         self._sequence += 1
         self._first_at = None
-        self._file = open(segment_path(self.directory, self._sequence), "ab", opener=_owner_only)
+        self._file = open(segment_path(self.directory, self._sequence), "ab", opener=owner_only)
         self._size = 0
         directory = os.open(self.directory, os.O_RDONLY)
         try:

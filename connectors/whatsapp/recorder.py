@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 from typing import Callable, List, Optional
 
-from connectors.whatsapp.journal import Entry, JournalReader
+from connectors.whatsapp.journal import Entry, JournalReader, owner_only
 from connectors.whatsapp.outage import Outage
 from connectors.whatsapp.webhook import DATABASE_DOWN, WebhookReceiver
 
@@ -101,7 +101,7 @@ class JournalRecorder:
         name = place / f"{entry.position[0]:012d}-{entry.position[1]:012d}.json"
         try:
             place.mkdir(mode=0o700, exist_ok=True)
-            with open(name, "wb", opener=lambda path, flags: os.open(path, flags, 0o600)) as f:
+            with open(name, "wb", opener=owner_only) as f:
                 f.write(entry.body)  # (what a customer typed: the owner's only)
         except OSError:
             logger.exception("journal: the webhook at %s could not be set aside", entry.position)
