@@ -11,9 +11,11 @@ measured on one clock:
   acknowledgement time is the POST's; the reply time is the first reply's arrival at the stand-in.
 * `RestTarget` sends the same message to Rasa's REST channel (stock Rasa): the reply is the
   HTTP answer.
-* `closed_loop` (N customers, each writes when the previous reply came), `open_loop` (messages
-  at a fixed Poisson rate, whatever the replies do; latency counted from the scheduled moment,
-  so a stalled server is charged for the wait) and `conversation` (one customer, many turns).
+* `closed_loop` (N customers, each writes when the previous reply came; they start evenly over
+  the first second), `burst` (N customers' messages posted in the same instant), `open_loop`
+  (messages at a fixed Poisson rate, whatever the replies do; latency counted from the scheduled
+  moment, so a stalled server is charged for the wait) and `conversation` (one customer, many
+  turns).
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ SCRIPT = (
     "what is the interest rate", "mera bill kab due hai", "thanks",
 )
 REPLY_TIMEOUT = 60.0
+RAMP_SECONDS = 1.0  # a closed loop's customers start evenly over this many seconds
 IDLE_SECONDS = 20.0  # a kept-alive webhook connection idle longer is not reused (aiohttp's server closes at 75 s)
 
 
@@ -321,14 +324,18 @@ async def _one(target, block: Block, sender: str, text: str, since: float) -> Op
     return latency
 
 
-async def closed_loop(target, senders: Sequence[str], seconds: float, name: str, offset: int = 0) -> Block:
-    """len(senders) customers, each writing again as soon as the previous reply came."""
+async def closed_loop(target, senders: Sequence[str], seconds: float, name: str, offset: int = 0,
+                      ramp: float = RAMP_SECONDS) -> Block:
+    """len(senders) customers, each writing again as soon as the previous reply came. They
+    start `ramp` seconds apart in all, evenly (customers do not write in the same millisecond;
+    that case is burst()'s); every message from the first one on is measured."""
     block = Block(name, f"{len(senders)} users")
     deadline = time.perf_counter() + seconds
     finished: List[float] = []
 
     async def customer(index: int, sender: str) -> None:
         turn = offset + index
+        await asyncio.sleep(ramp * index / len(senders))
         while time.perf_counter() < deadline:
             started = time.perf_counter()
             if await _one(target, block, sender, SCRIPT[turn % len(SCRIPT)], started) is not None:
@@ -341,6 +348,17 @@ async def closed_loop(target, senders: Sequence[str], seconds: float, name: str,
     in_time = sum(1 for moment in finished if moment <= deadline)
     block.answered, extra = in_time, block.answered - in_time  # throughput counts what was answered in time
     block.sent -= extra  # (the last replies, after the deadline, are checked for loss but not counted)
+    block.duplicated = target.duplicates()
+    return block
+
+
+async def burst(target, senders: Sequence[str], name: str, text: str = "what is my balance") -> Block:
+    """One message from each sender, all posted in the same instant (as a synchronized start, or
+    Meta redelivering a backlog, would): their acknowledgements and replies."""
+    block = Block(name, f"{len(senders)} at once")
+    started = time.perf_counter()
+    await asyncio.gather(*(_one(target, block, sender, text, started) for sender in senders))
+    block.seconds = time.perf_counter() - started
     block.duplicated = target.duplicates()
     return block
 

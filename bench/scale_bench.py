@@ -19,7 +19,10 @@ from the same run, so ratios are fair even on a busy box):
 3. cardcare again with one worker, for one worker against two.
 
 For each: start-up (process start to the first answered message), closed loops of 1, 10, 30
-and 60 customers (each writes when the previous reply came), an open-loop sweep of 5 to 40
+and 60 customers (each writes when the previous reply came; they start evenly over the first
+second, and every message from the first is measured), for WhatsApp a burst (one message from
+each of 60 customers posted in the same instant, mostly on new connections: what a synchronized
+start or Meta redelivering a backlog looks like to the ingress), an open-loop sweep of 5 to 40
 messages/s (Poisson; latency from the scheduled moment; a rate is not tried once the previous
 one left messages unanswered or p95 above 10 s), and one customer's 200-turn conversation.
 CPU per message is read from /proc (utime + stime of every server process and its children,
@@ -43,7 +46,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from bench.loadgen import (Block, GraphStandIn, RestTarget, WhatsAppTarget, closed_loop, conversation, open_loop,
+from bench.loadgen import (Block, GraphStandIn, RestTarget, WhatsAppTarget, burst, closed_loop, conversation, open_loop,
                            percentile)
 from cardsystem.config import SANDBOX_DEFAULTS
 from cardsystem.seed import FIRST_GENERATED_PHONE
@@ -228,6 +231,12 @@ async def exercise(stack: Stack, target, seconds: float, rates, users, turns: in
         print(f"  [{label}] {count} users: {closed[-1]['messages_per_s']} msg/s, p95 {closed[-1]['reply_p95_ms']} ms",
               file=sys.stderr, flush=True)
     result["closed"] = closed
+    if target.kind == "whatsapp":  # (stock's REST answers with the reply: no acknowledgement to measure)
+        block = await measured(stack, burst(target, phones(0, users[-1]), f"burst {users[-1]}"))
+        result["burst"] = block.summary()
+        print(f"  [{label}] {users[-1]} at once: ack p50 {result['burst']['ack_p50_ms']} ms, max "
+              f"{result['burst']['ack_max_ms']} ms, lost {block.lost}", file=sys.stderr, flush=True)
+        await asyncio.sleep(2)
     sweep = []
     for number, rate in enumerate(rates):
         block = await measured(stack, open_loop(target, phones(100, 250), rate, seconds, f"open {rate}", seed=number))
@@ -406,6 +415,11 @@ def print_report(report: Dict[str, object]) -> None:
                   f"{turns.get('200')} ms (200th / 5th = {ratio})")
         if s.get("status_ack_p99_ms") is not None:
             print(f"status webhooks: ack p99 {round(s['status_ack_p99_ms'], 1)} ms")
+        if s.get("burst"):
+            b = s["burst"]
+            print(f"burst ({b['offered']}, the same instant, mostly new connections): ack p50 {b['ack_p50_ms']} ms, "
+                  f"max {b['ack_max_ms']} ms; reply p50 {b['reply_p50_ms']} ms, p99 {b['reply_p99_ms']} ms; "
+                  f"lost {b['lost']}, duplicated {b['duplicated']}")
     if report.get("ratios"):
         print("\nratios, same run:")
         for name, value in report["ratios"].items():
@@ -487,7 +501,7 @@ def main(argv=None) -> int:
     print_report(report)
     print(f"\ndetails: {out / 'scale_bench.json'}; plots: " + ", ".join(str(out / p) for p in report["plots"]))
     lost = sum(b["lost"] + b["duplicated"] for s in report["systems"] if s and s["system"].startswith("cardcare")
-               for b in s["closed"] + s["open"])
+               for b in s["closed"] + s["open"] + ([s["burst"]] if s.get("burst") else []))
     return 1 if lost else 0
 
 

@@ -1,8 +1,10 @@
-"""bench.loadgen.WebhookPoster: the load generator posts webhooks as Meta does, each request
-in one write on kept-alive connections, and a connection the server closed is replaced."""
+"""bench.loadgen: the load generator posts webhooks as Meta does, each request in one write on
+kept-alive connections, and a connection the server closed is replaced; a closed loop's
+customers start over its ramp, a burst's all at once, and every message is counted."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 from aiohttp import web
 
@@ -69,3 +71,49 @@ def test_both_targets_close_cleanly():
         await graph.stop()
 
     asyncio.run(go())
+
+
+class FakeTarget:
+    """Answers every message 10 ms after it is sent; notes when each was sent."""
+
+    kind = "whatsapp"
+
+    def __init__(self) -> None:
+        self.sent = []
+
+    async def send(self, sender, text):
+        self.sent.append((sender, time.perf_counter()))
+        reply = asyncio.get_running_loop().create_future()
+        asyncio.get_running_loop().call_later(0.01, lambda: reply.set_result(time.perf_counter()))
+        return 1.0, reply
+
+    def duplicates(self):
+        return 0
+
+
+def test_closed_loop_customers_start_over_the_ramp_and_each_is_measured():
+    from bench.loadgen import closed_loop
+
+    target = FakeTarget()
+    senders = [f"91{n}" for n in range(10)]
+    started = time.perf_counter()
+    block = asyncio.run(closed_loop(target, senders, 1.0, "closed 10", ramp=0.5))
+    first = {}
+    for sender, moment in target.sent:
+        first.setdefault(sender, moment - started)
+    assert first["910"] < 0.05 and 0.4 <= first["919"] < 0.55  # customer i starts i/10 of the ramp in
+    assert sorted(first.values()) == [first[s] for s in senders]
+    assert block.answered > 20 and block.lost == 0
+    assert len(block.ack_ms) == len(target.sent)  # the ramp's messages are measured too
+
+
+def test_a_burst_posts_every_customer_at_once_and_counts_every_answer():
+    from bench.loadgen import burst
+
+    target = FakeTarget()
+    block = asyncio.run(burst(target, [f"91{n}" for n in range(20)], "burst 20"))
+    moments = [moment for _, moment in target.sent]
+    assert len(moments) == 20 and max(moments) - min(moments) < 0.05
+    summary = block.summary()
+    assert (summary["offered"], summary["sent"], summary["answered"], summary["lost"]) == ("20 at once", 20, 20, 0)
+    assert summary["ack_max_ms"] == 1.0 and summary["reply_p50_ms"] >= 10

@@ -24,6 +24,10 @@ def test_the_whatsapp_path_under_load_answers_every_message_once(tmp_path):
         assert block["answered"] > 0 and block["lost"] == 0 and block["duplicated"] == 0, block
         assert block["cpu_ms_per_message"] > 0 and block["ack_p99_ms"] is not None
         assert set(block["cpu_s"]) >= {"ingress", "worker1", "worker2", "actions", "postgres+redis"}
+    burst = ours["burst"]  # ten customers' messages posted in the same instant
+    assert (burst["offered"], burst["sent"], burst["answered"], burst["lost"], burst["duplicated"]) == \
+        ("10 at once", 10, 10, 0, 0), burst
+    assert burst["ack_max_ms"] is not None
     assert len(ours["conversation_ms"]) == 12 and ours["startup_s"] > 0
     assert sorted(p.name for p in tmp_path.glob("*.png")) == \
         ["scale_closed_loop.png", "scale_conversation.png", "scale_open_loop.png"]
