@@ -75,6 +75,7 @@ TURN_RETRY_MAX = dt.timedelta(seconds=30)
 # customers instead of racing the others for every message. Another worker's customer whose
 # message has waited this long (that worker may be down or behind) is answered by whoever sees it.
 AFFINITY_GRACE = dt.timedelta(seconds=5)
+TAKEOVER_LOG_SECONDS = 30.0  # a worker taking over others' customers says so at most this often
 MAX_CONCURRENT_TURNS = 4  # turns are CPU-bound: more at once only slows the webhook's acknowledgements
 
 
@@ -340,6 +341,8 @@ class WhatsAppInput(InputChannel):
         self._retrier: Optional[asyncio.Task] = None
         self._app: Any = None  # the Sanic app: its ctx.agent is Rasa's (None in tests without Rasa)
         self.give_up_after = GIVE_UP_AFTER
+        self._taken_over: Dict[Text, int] = {}  # other workers' customers taken over since the last log line
+        self._takeover_logged: Optional[float] = None
         # With an ingress (connectors.whatsapp.ingress) webhooks are recorded by another process:
         # on PostgreSQL it wakes the workers (connectors.whatsapp.wakeup), on SQLite new messages
         # are found by looking, every INGRESS_POLL_SECONDS.
@@ -530,7 +533,29 @@ class WhatsAppInput(InputChannel):
         if all(self.mine(sender) for sender in senders):
             return senders
         waiting = set(await asyncio.to_thread(self.store.senders_waiting, AFFINITY_GRACE))
+        taken = [sender for sender in senders if not self.mine(sender) and sender in waiting]
+        if taken:
+            self._note_takeover(taken)
         return [sender for sender in senders if self.mine(sender) or sender in waiting]
+
+    def _note_takeover(self, senders: List[Text]) -> None:
+        """Tell operators that this worker answers customers of another worker's share (which may
+        be down or behind): at once the first time, then at most every TAKEOVER_LOG_SECONDS."""
+        for sender in senders:
+            self._taken_over.setdefault(sender, customer_share(sender, self.slot[1]))
+        now = time.monotonic()
+        if self._takeover_logged is not None and now - self._takeover_logged < TAKEOVER_LOG_SECONDS:
+            return
+        self._takeover_logged = now
+        shares = sorted(set(self._taken_over.values()))
+        logger.warning(
+            "worker %d/%d is answering %d customer%s of worker%s %s, whose messages waited %g s or more (is it down "
+            "or behind?): %s", self.slot[0] + 1, self.slot[1], len(self._taken_over),
+            "s" if len(self._taken_over) > 1 else "", "s" if len(shares) > 1 else "",
+            ", ".join(f"{share + 1}/{self.slot[1]}" for share in shares),
+            AFFINITY_GRACE.total_seconds(), ", ".join(mask_phone(s) for s in list(self._taken_over)[:5]) +
+            (", ..." if len(self._taken_over) > 5 else ""))
+        self._taken_over.clear()
 
     def _start_listening(self, on_new_message: Callable[[UserMessage], Awaitable[Any]]) -> None:
         from connectors.whatsapp.wakeup import InboundListener, can_listen

@@ -232,8 +232,9 @@ async def test_each_worker_answers_its_own_share_of_the_customers(workers, pg_ur
 
 
 @pytest.mark.asyncio
-async def test_another_workers_customer_is_answered_once_they_have_waited(workers, pg_url, monkeypatch):
-    """Their worker is down (or far behind): whoever sees them waiting past AFFINITY_GRACE answers."""
+async def test_another_workers_customer_is_answered_once_they_have_waited(workers, pg_url, monkeypatch, caplog):
+    """Their worker is down (or far behind): whoever sees them waiting past AFFINITY_GRACE answers,
+    and says so in its log (the number masked)."""
     monkeypatch.setattr(channel_module, "DUE_SECONDS", 0.2)
     monkeypatch.setattr(channel_module, "AFFINITY_GRACE", dt.timedelta(seconds=1.5))
     start_worker, graph, turns = workers
@@ -246,3 +247,6 @@ async def test_another_workers_customer_is_answered_once_they_have_waited(worker
     replies = await until_answered(graph, 1, 10)
     assert [r["text"]["body"] for r in replies] == ["echo hello"] and turns == [("second", "hello", customer)]
     assert time.monotonic() - sent >= 1.5  # not before: its own worker would have answered by then
+    [line] = [r.getMessage() for r in caplog.records if "is answering" in r.getMessage()]
+    assert line.startswith("worker 2/2 is answering 1 customer of worker 1/2, whose messages waited 1.5 s or more")
+    assert customer[:2] + "******" + customer[-4:] in line and customer not in line
