@@ -231,7 +231,7 @@ async def exercise(stack: Stack, target, seconds: float, rates, users, turns: in
         print(f"  [{label}] {count} users: {closed[-1]['messages_per_s']} msg/s, p95 {closed[-1]['reply_p95_ms']} ms",
               file=sys.stderr, flush=True)
     result["closed"] = closed
-    if target.kind == "whatsapp":  # (stock's REST answers with the reply: no acknowledgement to measure)
+    if target.kind == "whatsapp" and users:  # (stock's REST answers with the reply: no acknowledgement to measure)
         block = await measured(stack, burst(target, phones(0, users[-1]), f"burst {users[-1]}"))
         result["burst"] = block.summary()
         print(f"  [{label}] {users[-1]} at once: ack p50 {result['burst']['ack_p50_ms']} ms, max "
