@@ -16,7 +16,13 @@ strikes a few seconds in:
   actions_down  the action server is killed (SIGKILL) and kept down for 10 s, then started
                 again (a SIGTERM would let it serve its kept-alive connections for up to 15 s
                 of graceful shutdown first, and the outage could miss the burst);
-  graph_outage  the Graph API answers HTTP 503 to every send for 20 s.
+  graph_outage  the Graph API answers HTTP 503 to every send for 20 s;
+  postgres_crash  (--store postgres only; asked for by name, never by default: it restarts the
+                PostgreSQL server at 127.0.0.1, every database on it) one of PostgreSQL's server
+                processes serving the channel database is killed with SIGKILL mid-burst, with
+                customers in flight: PostgreSQL then resets the whole server and recovers from its
+                write-ahead log (restart_after_crash), as after a crash of its own. Every connection
+                of every process breaks; commits not yet on disk are lost.
 Every reply carries its key ("<inbound message id>:<reply index>") as biz_opaque_callback_data,
 so each reply the sandbox accepted is traced to the message it answers. Printed per fault:
   sent        messages answered (at least one reply accepted by the Graph API)
@@ -47,7 +53,8 @@ from sqlalchemy import create_engine, text
 from cardsystem.seed import FIRST_GENERATED_PHONE
 from tests.servers import MODEL, Servers, postgres_stores, start_sandbox
 
-FAULTS = ("rasa_kill", "actions_down", "graph_outage")
+FAULTS = ("rasa_kill", "actions_down", "graph_outage")  # the default set (tests/test_faults.py runs these)
+ASKED_ONLY = ("postgres_crash",)
 STORES = ("sqlite", "postgres")
 SCRIPT = ("what's my balance", "when is my bill due", "how many reward points do I have", "what is the minimum due",
           "how much credit limit do I have left", "hi", "show my recent transactions", "what's my available limit",
@@ -139,6 +146,35 @@ def _in_flight(channel_db: str, worker_pid: Optional[int] = None) -> int:
         engine.dispose()
 
 
+def _crash_postgres(channel_db: str) -> None:
+    """SIGKILL one PostgreSQL backend of the channel database: the server resets every session and
+    recovers from its log, as after a crash of its own; back when it answers again."""
+    engine = create_engine(channel_db)
+    try:
+        with engine.connect() as connection:
+            victim = connection.execute(text(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
+                "AND backend_type = 'client backend' ORDER BY pid LIMIT 1")).scalar()
+    finally:
+        engine.dispose()
+    if victim is None:
+        raise RuntimeError("no PostgreSQL session of the channel database to kill")
+    os.kill(int(victim), signal.SIGKILL)  # (the benchmark runs as the database's own user, or as root)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        engine = create_engine(channel_db)
+        try:
+            with engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+                return
+        except Exception:
+            continue
+        finally:
+            engine.dispose()
+    raise RuntimeError("PostgreSQL did not come back within 60 s of the crash")
+
+
 def analyse(fault: str, sent: Dict[str, List[str]], accepted: List[dict], seconds: float) -> Outcome:
     """Trace each accepted reply to the message it answers, by its callback key."""
     order = {mid: (number, i) for number, mids in sent.items() for i, mid in enumerate(mids)}
@@ -210,6 +246,8 @@ def _run_fault(fault: str, servers: Servers, customers: int, messages: int, work
             servers.start_actions()
         elif fault == "graph_outage":
             requests.post(f"{sandbox_url}/_sandbox/fail", json={"outage_seconds": GRAPH_OUTAGE_SECONDS}, timeout=10)
+        elif fault == "postgres_crash":
+            _crash_postgres(servers.env["CARDCARE_CHANNEL_DB_URL"])
         burst.join()
         if errors:
             raise RuntimeError(f"the sandbox refused messages: {errors[:3]}")
@@ -254,8 +292,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
     outcomes = []
     for fault in args.faults.split(","):
-        if fault not in FAULTS:
-            parser.error(f"unknown fault {fault!r}; choose from {', '.join(FAULTS)}")
+        if fault not in FAULTS + ASKED_ONLY:
+            parser.error(f"unknown fault {fault!r}; choose from {', '.join(FAULTS + ASKED_ONLY)}")
+        if fault == "postgres_crash" and args.store != "postgres":
+            parser.error("postgres_crash needs --store postgres")
         with tempfile.TemporaryDirectory(prefix=f"faults-{fault}-") as tmp:
             outcome = run_fault(fault, args.customers, args.messages, Path(tmp), store=args.store,
                                 workers=args.workers)

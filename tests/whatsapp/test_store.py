@@ -159,3 +159,38 @@ def test_choices_sent_are_kept_in_one_transaction(url):
     store.save_choices(sender, {"1": "/x"}, ["/x"])
     store.save_choices(sender, {}, ["/y"])                       # buttons without a menu: the old menu goes
     assert store.take_menu(sender) == {}
+
+
+def test_only_a_workers_bookkeeping_commits_without_waiting_for_the_disk(url):
+    """On PostgreSQL a worker's bookkeeping (leases, turns started and answered, replies settled,
+    menus) commits asynchronously; what the recorder records, and the "sending" mark a reply gets
+    before it leaves, wait for the disk (and so put the bookkeeping before them on disk too). On
+    SQLite every commit is as before."""
+    from sqlalchemy import event, text
+
+    store, sender = ChannelStore(url), "919800000001"
+    statements = []
+    event.listen(store.engine, "before_cursor_execute", lambda _c, _cur, statement, *_: statements.append(statement))
+
+    def relaxed(call) -> bool:
+        statements.clear()
+        call()
+        return any("synchronous_commit TO OFF" in s for s in statements)
+
+    postgres = url.startswith("postgresql")
+    assert not relaxed(lambda: store.record_webhooks([inbound("wamid.1")], []))
+    assert relaxed(lambda: store.take(sender, "a")) == postgres
+    assert relaxed(lambda: store.begin_turn("wamid.1")) == postgres
+    assert relaxed(lambda: store.finish_turn("wamid.1", sender, "to", [{"type": "text", "text": {"body": "r"}}])) \
+        == postgres
+    [reply] = store.queued_replies(sender)
+    assert not relaxed(lambda: store.reply_sending(reply.id))
+    assert relaxed(lambda: store.reply_sent(reply.id, sender, reply.body, "wamid.out", 1)) == postgres
+    assert relaxed(lambda: store.save_choices(sender, {"1": "/a"}, ["/a"])) == postgres
+    assert relaxed(lambda: store.release_if_done(sender, "a")) == postgres
+    assert relaxed(lambda: store.acquire(sender, "a")) == postgres
+    assert not relaxed(lambda: store.turn_failed("wamid.1", "x", dt.timedelta(seconds=1)))
+    if postgres:  # the setting lasts one transaction: the next commit waits for the disk again
+        with store.engine.connect() as connection:
+            assert connection.execute(text("SHOW synchronous_commit")).scalar() == "on"
+    assert [s["wamid"] for s in store.sends()] == ["wamid.out"] and store.pending(sender) == []
