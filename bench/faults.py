@@ -155,24 +155,22 @@ def _crash_postgres(channel_db: str) -> None:
             victim = connection.execute(text(
                 "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
                 "AND backend_type = 'client backend' ORDER BY pid LIMIT 1")).scalar()
+        if victim is None:
+            raise RuntimeError("no PostgreSQL session of the channel database to kill")
+        os.kill(int(victim), signal.SIGKILL)  # (the benchmark runs as the database's own user, or as root)
+        engine.dispose()  # (its pooled connection died with the server's reset)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            try:
+                with engine.connect() as connection:
+                    connection.execute(text("SELECT 1"))
+                    return
+            except Exception:
+                continue
+        raise RuntimeError("PostgreSQL did not come back within 60 s of the crash")
     finally:
         engine.dispose()
-    if victim is None:
-        raise RuntimeError("no PostgreSQL session of the channel database to kill")
-    os.kill(int(victim), signal.SIGKILL)  # (the benchmark runs as the database's own user, or as root)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        time.sleep(0.5)
-        engine = create_engine(channel_db)
-        try:
-            with engine.connect() as connection:
-                connection.execute(text("SELECT 1"))
-                return
-        except Exception:
-            continue
-        finally:
-            engine.dispose()
-    raise RuntimeError("PostgreSQL did not come back within 60 s of the crash")
 
 
 def analyse(fault: str, sent: Dict[str, List[str]], accepted: List[dict], seconds: float) -> Outcome:

@@ -341,7 +341,7 @@ class WhatsAppInput(InputChannel):
         self._retrier: Optional[asyncio.Task] = None
         self._app: Any = None  # the Sanic app: its ctx.agent is Rasa's (None in tests without Rasa)
         self.give_up_after = GIVE_UP_AFTER
-        self._taken_over: Dict[Text, int] = {}  # other workers' customers taken over since the last log line
+        self._taken_over: Dict[Text, None] = {}  # other workers' customers taken over since the last log line
         self._takeover_logged: Optional[float] = None
         # With an ingress (connectors.whatsapp.ingress) webhooks are recorded by another process:
         # on PostgreSQL it wakes the workers (connectors.whatsapp.wakeup), on SQLite new messages
@@ -541,13 +541,12 @@ class WhatsAppInput(InputChannel):
     def _note_takeover(self, senders: List[Text]) -> None:
         """Tell operators that this worker answers customers of another worker's share (which may
         be down or behind): at once the first time, then at most every TAKEOVER_LOG_SECONDS."""
-        for sender in senders:
-            self._taken_over.setdefault(sender, customer_share(sender, self.slot[1]))
+        self._taken_over.update(dict.fromkeys(senders))
         now = time.monotonic()
         if self._takeover_logged is not None and now - self._takeover_logged < TAKEOVER_LOG_SECONDS:
             return
         self._takeover_logged = now
-        shares = sorted(set(self._taken_over.values()))
+        shares = sorted({customer_share(sender, self.slot[1]) for sender in self._taken_over})
         logger.warning(
             "worker %d/%d is answering %d customer%s of worker%s %s, whose messages waited %g s or more (is it down "
             "or behind?): %s", self.slot[0] + 1, self.slot[1], len(self._taken_over),

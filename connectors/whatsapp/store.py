@@ -400,23 +400,6 @@ def _was_offered(s: Any, sender: str, payload: str, now: dt.datetime, valid: dt.
     return offered_at is not None and now - offered_at < valid
 
 
-_NO_WAIT_FOR_DISK = sql("SET LOCAL synchronous_commit TO OFF")
-
-
-def _bookkeeping(s: Any) -> None:
-    """This transaction is a worker's own bookkeeping (a lease, a turn started or answered, a
-    reply settled, a menu): on PostgreSQL its commit does not wait for the disk. It survives a
-    crash of any of our processes as any commit does; a crash of PostgreSQL or of its machine
-    may lose it if within the last ~0.6 s (3 x wal_writer_delay), and nothing a customer saw
-    rests on it alone: a reply is marked "sending" by a synchronous commit before it leaves,
-    which puts every earlier commit of this database on disk too (one log, written in order).
-    What such a loss costs is a turn or reply's state as it was a moment before, which is what
-    a retry already handles: a lease taken again, a turn retried, a sent reply settled by its
-    status webhook. (On SQLite, nothing changes.)"""
-    if s.bind.dialect.name == "postgresql":
-        s.execute(_NO_WAIT_FOR_DISK)
-
-
 def _announce(s: Any, senders: List[str]) -> None:
     """On PostgreSQL, tell the listening workers whose messages this transaction records: NOTIFY
     is delivered at commit (never for a rollback), one notification per customer and commit."""
@@ -430,7 +413,16 @@ def default_url() -> str:
 
 
 class ChannelStore:
-    """The WhatsApp channel's shared, durable state."""
+    """The WhatsApp channel's shared, durable state.
+
+    BOOKKEEPING: a worker's own bookkeeping (a lease taken, renewed or given back, a turn
+    started or answered, a reply settled, a menu kept) commits without waiting for the disk
+    (session_scope's wait_for_disk=False). Nothing a customer saw rests on it alone: a reply is
+    marked "sending" by a commit that waits before it leaves, and that puts every earlier
+    commit of this database on disk too. What a crash of PostgreSQL or its machine can cost is
+    the state of a moment before, which a retry already handles: a lease taken again, a turn
+    retried, a sent reply settled by its status webhook. What the ingress's recorder records
+    always waits for the disk."""
 
     def __init__(self, url: Optional[str] = None, schema_now: bool = True) -> None:
         """`schema_now=False` (the ingress): the tables are made by ensure_schema(), later, so
@@ -491,8 +483,7 @@ class ChannelStore:
     def begin_turn(self, message_id: str) -> None:
         """Note that a turn started: if it never finishes (a crash), the retry looks in the
         tracker for what the turn already did instead of running it twice."""
-        with session_scope(self.engine) as s:
-            _bookkeeping(s)
+        with session_scope(self.engine, wait_for_disk=False) as s:
             s.execute(_BEGIN_TURN, {"mid": message_id, "now": utcnow()})
 
     def turn_failed(self, message_id: str, error: str, delay: dt.timedelta) -> None:
@@ -509,8 +500,7 @@ class ChannelStore:
         """A turn's replies into the outbox and the message marked answered, in one transaction:
         after a crash either both happened or neither did. Committing twice adds nothing. (A turn
         without replies is done at once.)"""
-        with session_scope(self.engine) as s:
-            _bookkeeping(s)
+        with session_scope(self.engine, wait_for_disk=False) as s:
             self._commit_turn(s, message_id, recipient, reply_by, bodies, utcnow())
 
     def _commit_turn(self, s: Any, message_id: str, recipient: str, reply_by: str, bodies: List[Dict[str, Any]],
@@ -594,20 +584,17 @@ class ChannelStore:
         """Take (or renew) the customer's lease and read what there is to do for them, in one
         transaction; None while another live instance holds them."""
         now = utcnow()
-        with session_scope(self.engine) as s:
-            _bookkeeping(s)
+        with session_scope(self.engine, wait_for_disk=False) as s:
             return _queue_of(s, sender, now, claim=True) if _take_lease(s, sender, owner, now + ttl, now) else None
 
     def queue(self, sender: str, claim: bool = False) -> SenderQueue:
         """What there is to do for a customer whose lease this instance holds (`claim`: see _queue_of)."""
-        with session_scope(self.engine) as s:
-            _bookkeeping(s)
+        with session_scope(self.engine, wait_for_disk=False) as s:
             return _queue_of(s, sender, utcnow(), claim)
 
     def turn_choice(self, message: PendingMessage) -> TurnChoice:
         """take_menu and was_offered in one transaction, for a message no claiming read covered."""
-        with session_scope(self.engine) as s:
-            _bookkeeping(s)
+        with session_scope(self.engine, wait_for_disk=False) as s:
             return _choice_of(s, message, utcnow())
 
     def finish_turn(self, message_id: str, recipient: str, reply_by: str,
@@ -615,23 +602,20 @@ class ChannelStore:
         """commit_turn, and in the same transaction what is left to do for the customer, claimed
         (the next message started, its menu and button read: see _queue_of)."""
         now = utcnow()
-        with session_scope(self.engine) as s:
-            _bookkeeping(s)
+        with session_scope(self.engine, wait_for_disk=False) as s:
             self._commit_turn(s, message_id, recipient, reply_by, bodies, now)
             return _queue_of(s, recipient, now, claim=True)
 
     def reply_sent(self, reply_id: int, recipient: str, body: Dict[str, Any], wamid: str, attempts: int) -> None:
         """WhatsApp accepted a queued reply: the send recorded (for its statuses) and the reply
         done, in one transaction (record_send + reply_done)."""
-        with session_scope(self.engine) as s:
-            _bookkeeping(s)
+        with session_scope(self.engine, wait_for_disk=False) as s:
             self._record_send(s, recipient, body, "sent", wamid, attempts=attempts)
             self._reply_done(s, reply_id, "sent", wamid)
 
     def release_if_done(self, sender: str, owner: str) -> bool:
         """Give the customer's lease back; True when nothing of theirs waits to be answered."""
-        with session_scope(self.engine) as s:
-            _bookkeeping(s)
+        with session_scope(self.engine, wait_for_disk=False) as s:
             s.execute(_LEASE_GIVE_BACK, {"lease_sender": sender, "lease_owner": owner})
             return s.execute(_ANY_PENDING_OF, {"sender": sender}).first() is None
 
@@ -650,8 +634,7 @@ class ChannelStore:
         """A message with choices went out: its buttons' payloads offered, and (unless `menu` is
         None) its numbered menu kept in place of the last one (an empty one: none), in one transaction."""
         now = utcnow()
-        with session_scope(self.engine) as s:
-            _bookkeeping(s)
+        with session_scope(self.engine, wait_for_disk=False) as s:
             if menu is not None:
                 _save_menu(s, sender, menu, now)
             fresh = list(dict.fromkeys(p[:256] for p in payloads if p))
@@ -779,13 +762,11 @@ class ChannelStore:
     def acquire(self, sender: str, owner: str, ttl: dt.timedelta = LEASE_TTL) -> bool:
         """Take (or renew) the sender's lease; False while another live instance holds it."""
         now = utcnow()
-        with session_scope(self.engine) as s:
-            _bookkeeping(s)
+        with session_scope(self.engine, wait_for_disk=False) as s:
             return _take_lease(s, sender, owner, now + ttl, now)
 
     def release(self, sender: str, owner: str) -> None:
-        with session_scope(self.engine) as s:
-            _bookkeeping(s)
+        with session_scope(self.engine, wait_for_disk=False) as s:
             s.execute(delete(SenderLease).where(SenderLease.sender == sender, SenderLease.owner == owner))
 
     def senders_waiting(self, older_than: dt.timedelta) -> List[str]:

@@ -264,9 +264,9 @@ async def test_a_turn_costs_the_channel_store_five_transactions(world, monkeypat
                              "reply_sent", "reply_done", "release_if_done", "save_choices", "save_menu", "save_offered"}
     real = store_module.session_scope
 
-    def counted(engine):
+    def counted(engine, **options):
         opened.append(sys._getframe(1).f_code.co_name)
-        return real(engine)
+        return real(engine, **options)
 
     monkeypatch.setattr(store_module, "session_scope", counted)
     graph, start = world
