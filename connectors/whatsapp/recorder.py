@@ -6,9 +6,12 @@ A process of its own, so that parsing webhooks and talking to the database never
 ingress's answers (in one process they share the interpreter's lock: acknowledgement p99 was
 33 ms at 30 customers with the recorder as a thread, on a 2-core box busy with the turns). It
 takes the journalled webhooks in order, up to MAX_BATCH per transaction, and notes in the
-journal how far it got; a database that is down gets the same batch again every RETRY_SECONDS
-(logged once, then once a minute, then when it works again), so nothing is skipped or
-reordered. A webhook that fails for another reason, even alone, is set aside in the journal's
+journal how far it got: at most every NOTE_SECONDS, and NOTE_SECONDS after the last note once
+it has caught up (a note that lags only means a few webhooks recorded again, harmlessly, after
+a crash; each note is a file replaced: noting every batch had cost a third of the recorder's
+CPU, and a file-system metadata change per batch for the ingress's fdatasyncs to commit). A
+database that is down gets the same batch again every RETRY_SECONDS (logged once, then once a
+minute, then when it works again), so nothing is skipped or reordered. A webhook that fails for another reason, even alone, is set aside in the journal's
 directory (`set-aside/`) for the operator and logged, so that it cannot hold back the others.
 
 The ingress wakes it with a byte on its standard input after each append; it also looks every
@@ -28,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Callable, List, Optional
 
-from connectors.whatsapp.journal import Entry, JournalReader, owner_only
+from connectors.whatsapp.journal import Entry, JournalReader, Position, owner_only
 from connectors.whatsapp.outage import Outage
 from connectors.whatsapp.webhook import DATABASE_DOWN, WebhookReceiver
 
@@ -37,13 +40,17 @@ MAX_BATCH = 200
 RETRY_SECONDS = 1.0
 LOOK_SECONDS = 1.0
 DRAIN_SECONDS = 5.0
+NOTE_SECONDS = 0.25  # while busy, how often the journal's note of what is recorded is brought up to date
 
 
 class JournalRecorder:
     def __init__(self, receiver: WebhookReceiver, reader: JournalReader, max_batch: int = MAX_BATCH,
-                 retry_seconds: float = RETRY_SECONDS, sleep: Callable[[float], None] = time.sleep) -> None:
+                 retry_seconds: float = RETRY_SECONDS, sleep: Callable[[float], None] = time.sleep,
+                 note_seconds: float = NOTE_SECONDS) -> None:
         self.receiver, self.reader, self.max_batch = receiver, reader, max_batch
-        self.retry_seconds, self.sleep = retry_seconds, sleep
+        self.retry_seconds, self.sleep, self.note_seconds = retry_seconds, sleep, note_seconds
+        self._reached: Optional[Position] = None  # recorded, not yet noted in the journal
+        self._noted_at = float("-inf")
         self.outage = Outage("recording journalled webhooks in the channel database", logger)
         self.batch: List[Entry] = []  # read, not yet recorded
         self.recorded = 0
@@ -62,19 +69,39 @@ class JournalRecorder:
             self.sleep(self.retry_seconds)
             return False
         self.outage.worked()
-        try:
-            self.reader.recorded(self.batch[-1].position)
-        except OSError:  # the note lags: these few are recorded again after a restart (harmlessly)
-            logger.exception("journal: could not note what is recorded")
+        self._reached = self.batch[-1].position
         self.recorded += len(self.batch)
         self.batch = []
+        if time.monotonic() - self._noted_at >= self.note_seconds:
+            self.note()
         return True
+
+    @property
+    def unnoted(self) -> bool:
+        return self._reached is not None
+
+    def note_due_in(self) -> float:
+        """Seconds until the note may be brought up to date again (0: now)."""
+        return max(0.0, self._noted_at + self.note_seconds - time.monotonic())
+
+    def note(self) -> None:
+        """Note in the journal how far recording has reached (if it moved since the last note)."""
+        if self._reached is None:
+            return
+        self._noted_at = time.monotonic()
+        try:
+            self.reader.recorded(self._reached)
+        except OSError:  # the note lags: these few are recorded again after a restart (harmlessly)
+            logger.exception("journal: could not note what is recorded")
+            return
+        self._reached = None
 
     def drain(self, seconds: float = DRAIN_SECONDS) -> int:
         """Record all that is journalled, for at most `seconds`; returns how many were recorded."""
         deadline, before = time.monotonic() + seconds, self.recorded
         while time.monotonic() < deadline and (self.step() or (self.batch and not self.outage.ongoing)):
             pass
+        self.note()
         return self.recorded - before
 
     def _record(self, batch: List[Entry]) -> None:
@@ -120,15 +147,20 @@ def follow(recorder: JournalRecorder, wake_fd: int, look_seconds: float = LOOK_S
         while recorder.step():
             pass
         if recorder.batch and recorder.outage.ongoing:
-            ready = select.select([wake_fd], [], [], 0)[0]  # (step already paused)
+            recorder.note()  # (what was recorded before the database went away)
+            timeout = 0.0  # (step already paused)
+        elif recorder.unnoted:  # caught up: note it unless more comes meanwhile
+            timeout = recorder.note_due_in()
         else:
-            ready = select.select([wake_fd], [], [], look_seconds)[0]
-        if ready:
+            timeout = look_seconds
+        if select.select([wake_fd], [], [], timeout)[0]:
             try:
                 if not os.read(wake_fd, 65536):
                     break
             except OSError:
                 break
+        elif recorder.unnoted and not recorder.note_due_in():
+            recorder.note()
     drained = recorder.drain()
     if recorder.batch or recorder.reader.read(1):
         logger.warning("journal: stopping with webhooks not yet recorded: the next start records them")

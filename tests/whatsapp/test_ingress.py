@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import threading
+import time
 
 import pytest
 from sqlalchemy import select
@@ -19,7 +22,7 @@ from cardsystem.db import dispose_engine, session_scope
 from connectors.whatsapp import ingress as ingress_module
 from connectors.whatsapp.ingress import Ingress
 from connectors.whatsapp.journal import Journal, JournalReader
-from connectors.whatsapp.recorder import JournalRecorder
+from connectors.whatsapp.recorder import JournalRecorder, follow
 from connectors.whatsapp.signature import sign
 from connectors.whatsapp.store import ChannelStore, InboundRecord, OutboxRecord
 from connectors.whatsapp.webhook import WebhookReceiver
@@ -250,7 +253,6 @@ def test_a_full_backlog_is_answered_503_so_that_meta_redelivers(receiver, tmp_pa
     receipts = take_all(ingress, *(signed(text(f"wamid.{n}", "hi")) for n in range(5)))
     assert [r.status for r in receipts] == [200, 200, 200, 503, 503]
     recorder_of(receiver, tmp_path / "journal").drain()
-    import time
 
     time.sleep(0.06)  # (the ingress reads the recorder's note at most every 50 ms)
     assert take_all(ingress, signed(text("wamid.3", "hi")))[0].status == 200  # room again
@@ -258,7 +260,6 @@ def test_a_full_backlog_is_answered_503_so_that_meta_redelivers(receiver, tmp_pa
 
 
 def test_a_journal_that_cannot_be_written_answers_503_and_keeps_going(receiver, tmp_path, monkeypatch):
-    import os
 
     ingress = started(receiver, tmp_path / "journal")
     real = os.fdatasync
@@ -300,7 +301,6 @@ def test_a_card_number_typed_by_a_customer_is_gone_from_the_journal_seconds_afte
     """The journal keeps webhooks as they came (signed bytes: a card number cannot be hidden
     before it is journalled); the ingress's tick moves on from a segment and deletes it once
     the recorder has recorded it, and the channel stores the number hidden."""
-    import time
 
     ingress = Ingress(receiver, Journal(tmp_path / "journal", retain_seconds=0.1), recorder=None, tick_seconds=0.05)
     loop = asyncio.new_event_loop()
@@ -324,3 +324,52 @@ def test_a_card_number_typed_by_a_customer_is_gone_from_the_journal_seconds_afte
     assert [m for m, _ in recorded(receiver.store)] == ["wamid.card", "wamid.next"]
     loop.run_until_complete(ingress.stop())
     loop.close()
+
+
+def test_the_recorder_notes_how_far_it_got_at_most_every_note_seconds_and_once_it_caught_up(receiver, tmp_path):
+    """Each note replaces a file: while batches follow one another it is brought up to date at
+    most every note_seconds; draining ends with it up to date (a lagging note only means a few
+    webhooks recorded again after a crash)."""
+    ingress = started(receiver, tmp_path / "journal")
+    take_all(ingress, *(signed(text(f"wamid.{n}", f"message {n}")) for n in range(30)))
+    recorder = recorder_of(receiver, tmp_path / "journal", max_batch=1, note_seconds=60)
+    notes = []
+    real = recorder.reader.recorded
+    recorder.reader.recorded = lambda position: notes.append(position) or real(position)
+    while recorder.step():
+        pass
+    assert recorder.recorded == 30 and len(notes) == 1  # the first batch's; then not again within 60 s
+    assert ingress.health()["backlog"] == 29 and recorder.unnoted
+    assert recorder.drain() == 0 and len(notes) == 2 and not recorder.unnoted
+    assert ingress.health()["backlog"] == 0
+    assert recorded(receiver.store) == [(f"wamid.{n}", f"message {n}") for n in range(30)]
+    stopped(ingress)
+
+
+def test_a_following_recorder_notes_what_it_recorded_soon_after_catching_up(receiver, tmp_path):
+    ingress = started(receiver, tmp_path / "journal")
+    recorder = recorder_of(receiver, tmp_path / "journal", note_seconds=0.3)
+    notes = []
+    real = recorder.reader.recorded
+    recorder.reader.recorded = lambda position: notes.append((time.monotonic(), position)) or real(position)
+    wake_read, wake_write = os.pipe()
+    follower = threading.Thread(target=follow, args=(recorder, wake_read, 5.0), daemon=True)
+    follower.start()
+    try:
+        for n in range(5):  # one after another, each waking the recorder, within a note's interval
+            take_all(ingress, signed(text(f"wamid.{n}", f"message {n}")))
+            os.write(wake_write, b".")
+            time.sleep(0.03)
+        deadline = time.monotonic() + 5
+        while ingress.health()["backlog"] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert ingress.health()["backlog"] == 0  # noted within a note's interval (not the 5 s look)
+        assert recorded(receiver.store) == [(f"wamid.{n}", f"message {n}") for n in range(5)]
+        assert 1 <= len(notes) <= 3  # not once per webhook
+        assert all(b - a >= 0.29 for (a, _), (b, _) in zip(notes, notes[1:]))
+    finally:
+        os.close(wake_write)
+        follower.join(10)
+        os.close(wake_read)
+    assert not follower.is_alive()
+    stopped(ingress)
