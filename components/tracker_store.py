@@ -30,6 +30,7 @@ import logging
 from typing import Any, Dict, Iterator, List, Optional, Text
 
 import sqlalchemy as sa
+import ujson  # (Rasa's and Sanic's own dependency)
 
 from cardsystem.db import get_engine
 from rasa.core.tracker_store import SQLTrackerStore
@@ -38,6 +39,16 @@ from rasa.shared.core.events import ActionExecuted, SessionStarted, UserUttered
 from rasa.shared.core.trackers import DialogueStateTracker
 
 logger = logging.getLogger(__name__)
+
+
+def decode(data: Text) -> Dict[Text, Any]:
+    """An event as json.loads reads it, 1.4x as fast (a tracker read decodes 100-200 events: a
+    tenth of a worker's CPU in py-spy); json.loads for anything ujson refuses (an integer past 64 bits)."""
+    try:
+        return ujson.loads(data)
+    except ValueError:
+        return json.loads(data)
+
 DEFAULT_KEEP_TURNS = 20
 # what a row of the state read is (never an event's type name: those are the opening's rows)
 _RESET, _SLOT, _LOOP, _INTERRUPTED = "(reset)", "(slot)", "(loop)", "(interrupted)"
@@ -121,7 +132,7 @@ class RecentTurnsSQLTrackerStore(SQLTrackerStore):
         q = self._statements(start is not None)
         at = {"sid": sender_id, "start": start} if start is not None else {"sid": sender_id}
         if cut is None:  # a short session: all of it, as the stock store reads it
-            return [json.loads(data) for data in session.execute(q["all"], at).scalars()]
+            return [decode(data) for data in session.execute(q["all"], at).scalars()]
         found: Dict[Text, List[int]] = {_RESET: [], _SLOT: [], _LOOP: [], _INTERRUPTED: []}
         opening = []
         for row_id, tag, action_name in session.execute(q["kept"], {**at, "cut": cut}):
@@ -140,7 +151,7 @@ class RecentTurnsSQLTrackerStore(SQLTrackerStore):
             kept.add(row_id)
             if type_name == ActionExecuted.type_name and action_name == "action_listen":
                 break
-        return [json.loads(data) for _, data in session.execute(q["events"], {**at, "cut": cut, "ids": sorted(kept)})]
+        return [decode(data) for _, data in session.execute(q["events"], {**at, "cut": cut, "ids": sorted(kept)})]
 
     async def save(self, tracker: DialogueStateTracker) -> None:
         """As the stock store saves (the events the turn added, one row each), in one statement."""

@@ -8,6 +8,8 @@ same table.
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 import random
 from pathlib import Path
 
@@ -20,7 +22,7 @@ from rasa.shared.core.events import (ActionExecuted, ActiveLoop, BotUttered, Loo
                                      SessionStarted, SlotSet, UserUttered)
 from rasa.shared.core.trackers import DialogueStateTracker
 
-from components.tracker_store import RecentTurnsSQLTrackerStore
+from components.tracker_store import RecentTurnsSQLTrackerStore, decode
 
 ROOT = Path(__file__).resolve().parent.parent
 DOMAIN = Domain.load(str(ROOT / "domain.yml"))
@@ -193,3 +195,32 @@ def test_a_read_takes_three_round_trips_however_long_the_session(where):
     tracker = run(recent.retrieve("c1"))
     assert len(statements) == 3
     assert tracker.get_slot(SLOTS[0]) == "value 19" and tracker.active_loop_name == FORM
+
+
+@pytest.mark.parametrize("data", [
+    '{"event": "user", "timestamp": 1764780000.123456, "text": "₹5,000 \\u2028 \\"quoted\\"", '
+    '"parse_data": {"intent": {"name": "ask_balance", "confidence": 0.9712345678901234}, "entities": []}}',
+    '{"event": "slot", "timestamp": 1.5e9, "name": "amount", "value": 12345678901234567890123}',  # past 64 bits
+    '{"event": "action", "confidence": NaN, "name": "a", "policy": null, "x": "\\ud800", "y": [1e400, -0.0, 1E2]}',
+])
+def test_events_are_decoded_as_json_decodes_them(data):
+    def same(a, b):
+        if isinstance(a, float) and isinstance(b, float):
+            return (math.isnan(a) and math.isnan(b)) or (a == b and math.copysign(1, a) == math.copysign(1, b))
+        if isinstance(a, dict) and isinstance(b, dict):
+            return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+        if isinstance(a, list) and isinstance(b, list):
+            return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+        return type(a) is type(b) and a == b
+
+    assert same(decode(data), json.loads(data))
+
+
+def test_stored_events_read_back_equal_to_the_stock_stores(where):
+    stock, ours = stores(where, keep_turns=50)
+    rng = random.Random(5)
+    start(ours, "919800000042")
+    for number in range(6):
+        turn(ours, "919800000042", number, rng, extra=[SlotSet(SLOTS[0], f"₹{number},00,000 \u2028 ok")])
+    assert [e.as_dict() for e in run(ours.retrieve("919800000042")).events] == \
+        [e.as_dict() for e in run(stock.retrieve("919800000042")).events]
