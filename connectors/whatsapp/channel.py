@@ -528,11 +528,12 @@ class WhatsAppInput(InputChannel):
         return self.slot is None or customer_share(sender, self.slot[1]) == self.slot[0]
 
     async def _ours_or_kept_waiting(self, senders: List[Text]) -> List[Text]:
-        """Of these customers, this worker's share, and the others' whose message has waited
-        AFFINITY_GRACE (their worker may be down)."""
+        """Of these customers, this worker's share, and the others' whose message or reply has
+        waited AFFINITY_GRACE (their worker may be down: also after committing a turn, before
+        sending its replies)."""
         if all(self.mine(sender) for sender in senders):
             return senders
-        waiting = set(await asyncio.to_thread(self.store.senders_waiting, AFFINITY_GRACE))
+        waiting = set(await asyncio.to_thread(self.store.senders_kept_waiting, AFFINITY_GRACE, SENDING_GRACE))
         taken = [sender for sender in senders if not self.mine(sender) and sender in waiting]
         if taken:
             self._note_takeover(taken)

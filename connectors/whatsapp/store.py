@@ -786,6 +786,20 @@ class ChannelStore:
                              .distinct()).scalars()
             return list(rows)
 
+    def senders_kept_waiting(self, older_than: dt.timedelta, stale_sending: dt.timedelta,
+                             now: Optional[dt.datetime] = None) -> List[str]:
+        """Customers kept waiting for `older_than`: a message unanswered, or a reply due and not
+        sent (one left "sending" counts after `stale_sending`). Their worker may be down: one that
+        died after committing a turn leaves its message answered and its replies queued."""
+        now = now or utcnow()
+        with session_scope(self.engine) as s:
+            messages = s.execute(select(InboundRecord.sender).where(
+                InboundRecord.state == "pending", InboundRecord.received_at < now - older_than).distinct()).scalars()
+            replies = s.execute(select(OutboxRecord.recipient).where(or_(
+                (OutboxRecord.state == "queued") & (OutboxRecord.next_attempt_at < now - older_than),
+                (OutboxRecord.state == "sending") & (OutboxRecord.updated_at < now - stale_sending))).distinct()).scalars()
+            return list(dict.fromkeys(list(messages) + list(replies)))
+
     # -- numbered menus -----------------------------------------------------------------------
 
     def save_menu(self, sender: str, options: Dict[str, str]) -> None:

@@ -250,3 +250,30 @@ async def test_another_workers_customer_is_answered_once_they_have_waited(worker
     [line] = [r.getMessage() for r in caplog.records if "is answering" in r.getMessage()]
     assert line.startswith("worker 2/2 is answering 1 customer of worker 1/2, whose messages waited 1.5 s or more")
     assert customer[:2] + "******" + customer[-4:] in line and customer not in line
+
+
+@pytest.mark.asyncio
+async def test_replies_a_dead_worker_committed_but_never_sent_are_sent_by_another(workers, pg_url, monkeypatch):
+    """Their worker died after committing the turn (message answered, replies queued) and before
+    sending: once its lease lapses and the replies have waited AFFINITY_GRACE, whoever sees them
+    sends them, once, without running the turn again (a stranger's kill -9 found them waiting
+    for the dead worker's restart instead)."""
+    monkeypatch.setattr(channel_module, "DUE_SECONDS", 0.2)
+    monkeypatch.setattr(channel_module, "INGRESS_POLL_SECONDS", 0.2)
+    monkeypatch.setattr(channel_module, "AFFINITY_GRACE", dt.timedelta(seconds=1.5))
+    start_worker, graph, turns = workers
+    store = ChannelStore(pg_url)
+    second = await start_worker("second", "1/2")
+    customer = next(f"91980000{n:04d}" for n in range(20) if not second.mine(f"91980000{n:04d}"))
+    assert store.acquire(customer, "first-worker", dt.timedelta(seconds=1))  # the first worker holds them ...
+    ingress = WebhookReceiver(store, [SECRET], PHONE_ID, "verify-me")
+    assert [r.status for r in await asyncio.to_thread(ingress.receive_many, [webhook("wamid.z", "hello", customer)])] \
+        == [200]
+    store.commit_turn("wamid.z", customer, "to", [{"type": "text", "text": {"body": "answer 1"}},
+                                                   {"type": "text", "text": {"body": "answer 2"}}])
+    started = time.monotonic()  # ... answered the message, and died before sending a reply
+    replies = await until_answered(graph, 2, 10)
+    assert [r["text"]["body"] for r in replies] == ["answer 1", "answer 2"] and {r["to"] for r in replies} == {customer}
+    assert time.monotonic() - started >= 1.0 and turns == []  # (not before: its worker would have sent them)
+    await asyncio.sleep(0.5)
+    assert len(graph.sent()) == 2 and store.pending() == []
