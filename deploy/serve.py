@@ -239,14 +239,20 @@ def wait_until_up(url: str, process: subprocess.Popen, timeout: float) -> bool:
 
 
 def stop(processes: Dict[str, subprocess.Popen]) -> None:
-    for process in processes.values():
-        if process.poll() is None:
-            process.terminate()
-    for process in processes.values():
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
+    """SIGTERM, and 20 s before SIGKILL: the Rasa workers first, then the rest, so that a turn
+    being answered is ended by its worker (its message kept for the next start) instead of
+    failing against an action server already gone (a stranger stopping with 15 messages in
+    flight saw 12 turns fail so, each counted as a failed attempt)."""
+    workers = [name for name in processes if name.startswith("rasa")]
+    for group in (workers, [name for name in processes if name not in workers]):
+        for name in group:
+            if processes[name].poll() is None:
+                processes[name].terminate()
+        for name in group:
+            try:
+                processes[name].wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                processes[name].kill()
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -489,3 +489,32 @@ def test_make_serve_refuses_a_port_another_process_holds():
         assert f"port {taken}, for Rasa worker 2 (RASA_PORT+1), is in use by another process: stop it or choose " \
                "another port" in found
     assert not [line for line in ports_in_use(conf, nginx=True) if f"port {taken}," in line]  # free again
+
+
+def test_stopping_ends_the_workers_before_the_action_server_they_call():
+    """SIGTERM to each, workers first and waited for, then the rest (ingress, action server,
+    nginx): a turn being answered ends with its worker, not against a vanished action server."""
+    from deploy.serve import stop
+
+    events = []
+
+    class Process:
+        def __init__(self, name):
+            self.name, self.running = name, True
+
+        def poll(self):
+            return None if self.running else 0
+
+        def terminate(self):
+            events.append(("terminate", self.name))
+
+        def wait(self, timeout):
+            events.append(("exited", self.name))
+            self.running = False
+
+        def kill(self):  # pragma: no cover (they all exit in time)
+            events.append(("kill", self.name))
+
+    stop({name: Process(name) for name in ("ingress", "actions", "nginx", "rasa", "rasa2")})
+    assert events[:4] == [("terminate", "rasa"), ("terminate", "rasa2"), ("exited", "rasa"), ("exited", "rasa2")]
+    assert sorted(events[4:]) == sorted([(e, n) for e in ("terminate", "exited") for n in ("ingress", "actions", "nginx")])
