@@ -49,6 +49,7 @@ def decode(data: Text) -> Dict[Text, Any]:
     except ValueError:
         return json.loads(data)
 
+
 DEFAULT_KEEP_TURNS = 20
 # what a row of the state read is (never an event's type name: those are the opening's rows)
 _RESET, _SLOT, _LOOP, _INTERRUPTED = "(reset)", "(slot)", "(loop)", "(interrupted)"

@@ -20,7 +20,8 @@ On disk, in one directory (CARDCARE_INGRESS_JOURNAL, default var/ingress-journal
   and CVV included (the signature is over the raw body, so nothing can be hidden before it is
   journalled; the channel hides them when it records the message): so it stays on disk only
   until it is recorded, plus at most RETAIN_SECONDS, the recorder's note (recorder.NOTE_SECONDS)
-  and the ingress's next tick, unless the channel database is away. Files are the owner's only (0600 in a 0700 directory).
+  and the ingress's next tick, unless the channel database is away. Files are the owner's only
+  (0600 in a 0700 directory).
 - `recorded`: where recording has reached (sequence and offset), replaced atomically by the
   reader. It may lag behind (a crash between the two): then some webhooks are recorded twice,
   harmlessly.

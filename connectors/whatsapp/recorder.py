@@ -11,8 +11,9 @@ it has caught up (a note that lags only means a few webhooks recorded again, har
 a crash; each note is a file replaced: noting every batch had cost a third of the recorder's
 CPU, and a file-system metadata change per batch for the ingress's fdatasyncs to commit). A
 database that is down gets the same batch again every RETRY_SECONDS (logged once, then once a
-minute, then when it works again), so nothing is skipped or reordered. A webhook that fails for another reason, even alone, is set aside in the journal's
-directory (`set-aside/`) for the operator and logged, so that it cannot hold back the others.
+minute, then when it works again), so nothing is skipped or reordered. A webhook that fails for
+another reason, even alone, is set aside in the journal's directory (`set-aside/`) for the
+operator and logged, so that it cannot hold back the others.
 
 The ingress wakes it with a byte on its standard input after each append; it also looks every
 second. The end of its input (the ingress stopped or died) makes it finish the backlog for up to
@@ -72,7 +73,7 @@ class JournalRecorder:
         self._reached = self.batch[-1].position
         self.recorded += len(self.batch)
         self.batch = []
-        if time.monotonic() - self._noted_at >= self.note_seconds:
+        if not self.note_due_in():
             self.note()
         return True
 

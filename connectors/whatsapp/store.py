@@ -417,6 +417,20 @@ def _announce(s: Any, senders: List[str]) -> None:
                   {"channel": INBOUND_CHANNEL, "senders": list(dict.fromkeys(senders))})
 
 
+def _unanswered_since(s: Any, before: dt.datetime) -> List[str]:
+    """Customers with a message received before `before` and not answered yet."""
+    return list(s.execute(select(InboundRecord.sender).where(InboundRecord.state == "pending",
+                                                             InboundRecord.received_at < before).distinct()).scalars())
+
+
+def _replies_due(s: Any, queued_due_by: dt.datetime, sending_before: dt.datetime) -> List[str]:
+    """Customers with a queued reply due by `queued_due_by`, or one left "sending" since before
+    `sending_before` (a crash mid-send whose status never came)."""
+    return list(s.execute(select(OutboxRecord.recipient).where(or_(
+        (OutboxRecord.state == "queued") & (OutboxRecord.next_attempt_at <= queued_due_by),
+        (OutboxRecord.state == "sending") & (OutboxRecord.updated_at < sending_before))).distinct()).scalars())
+
+
 def default_url() -> str:
     return os.environ.get("CARDCARE_CHANNEL_DB_URL") or f"sqlite:///{PROJECT_ROOT / 'var' / 'channel.db'}"
 
@@ -577,15 +591,13 @@ class ChannelStore:
         `new_messages`, any unanswered message: another process recorded it)."""
         now = now or utcnow()
         with session_scope(self.engine) as s:
-            replies = s.execute(select(OutboxRecord.recipient).where(or_(
-                (OutboxRecord.state == "queued") & (OutboxRecord.next_attempt_at <= now),
-                (OutboxRecord.state == "sending") & (OutboxRecord.updated_at < now - stale_sending))).distinct()).scalars()
+            replies = _replies_due(s, now, now - stale_sending)
             due = InboundRecord.next_attempt_at <= now
             if new_messages:
                 due = or_(due, InboundRecord.next_attempt_at.is_(None))
             retries = s.execute(select(InboundRecord.sender).where(InboundRecord.state == "pending", due)
                                 .distinct()).scalars()
-            return list(dict.fromkeys(list(replies) + list(retries)))
+            return list(dict.fromkeys(replies + list(retries)))
 
     # -- one customer's turn, in as few transactions as it takes ------------------------------
 
@@ -781,10 +793,7 @@ class ChannelStore:
     def senders_waiting(self, older_than: dt.timedelta) -> List[str]:
         """Senders with a message unanswered for a while (an instance died holding it, say)."""
         with session_scope(self.engine) as s:
-            rows = s.execute(select(InboundRecord.sender).where(InboundRecord.state == "pending",
-                                                                InboundRecord.received_at < utcnow() - older_than)
-                             .distinct()).scalars()
-            return list(rows)
+            return _unanswered_since(s, utcnow() - older_than)
 
     def senders_kept_waiting(self, older_than: dt.timedelta, stale_sending: dt.timedelta,
                              now: Optional[dt.datetime] = None) -> List[str]:
@@ -793,12 +802,8 @@ class ChannelStore:
         died after committing a turn leaves its message answered and its replies queued."""
         now = now or utcnow()
         with session_scope(self.engine) as s:
-            messages = s.execute(select(InboundRecord.sender).where(
-                InboundRecord.state == "pending", InboundRecord.received_at < now - older_than).distinct()).scalars()
-            replies = s.execute(select(OutboxRecord.recipient).where(or_(
-                (OutboxRecord.state == "queued") & (OutboxRecord.next_attempt_at < now - older_than),
-                (OutboxRecord.state == "sending") & (OutboxRecord.updated_at < now - stale_sending))).distinct()).scalars()
-            return list(dict.fromkeys(list(messages) + list(replies)))
+            return list(dict.fromkeys(_unanswered_since(s, now - older_than) +
+                                      _replies_due(s, now - older_than, now - stale_sending)))
 
     # -- numbered menus -----------------------------------------------------------------------
 

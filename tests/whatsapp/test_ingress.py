@@ -253,14 +253,12 @@ def test_a_full_backlog_is_answered_503_so_that_meta_redelivers(receiver, tmp_pa
     receipts = take_all(ingress, *(signed(text(f"wamid.{n}", "hi")) for n in range(5)))
     assert [r.status for r in receipts] == [200, 200, 200, 503, 503]
     recorder_of(receiver, tmp_path / "journal").drain()
-
     time.sleep(0.06)  # (the ingress reads the recorder's note at most every 50 ms)
     assert take_all(ingress, signed(text("wamid.3", "hi")))[0].status == 200  # room again
     stopped(ingress)
 
 
 def test_a_journal_that_cannot_be_written_answers_503_and_keeps_going(receiver, tmp_path, monkeypatch):
-
     ingress = started(receiver, tmp_path / "journal")
     real = os.fdatasync
     failures = {"left": 1}
@@ -301,7 +299,6 @@ def test_a_card_number_typed_by_a_customer_is_gone_from_the_journal_seconds_afte
     """The journal keeps webhooks as they came (signed bytes: a card number cannot be hidden
     before it is journalled); the ingress's tick moves on from a segment and deletes it once
     the recorder has recorded it, and the channel stores the number hidden."""
-
     ingress = Ingress(receiver, Journal(tmp_path / "journal", retain_seconds=0.1), recorder=None, tick_seconds=0.05)
     loop = asyncio.new_event_loop()
     loop.run_until_complete(ingress.start())
