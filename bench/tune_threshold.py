@@ -16,11 +16,11 @@ import numpy as np
 from rasa.shared.nlu.training_data.loading import load_data
 from scipy import sparse
 from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import StratifiedKFold
 
 from components.minilm import shared_encoder
-from components.sentence_classifier import EMBEDDING_CACHE, EmbeddingCache, SentenceIntentClassifier, normalise
+from components.sentence_classifier import (EMBEDDING_CACHE, EmbeddingCache, SentenceIntentClassifier, fit_logistic_regression,
+                                             normalise)
 
 ROOT = Path(__file__).resolve().parent.parent
 THRESHOLDS = (0.0, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.5)
@@ -39,11 +39,13 @@ def main() -> int:
     for number, (train, test) in enumerate(folds.split(texts, labels), 1):
         chars = TfidfVectorizer(analyzer="char_wb", ngram_range=tuple(config["char_ngrams"]), sublinear_tf=True)
         words = TfidfVectorizer(ngram_range=tuple(config["word_ngrams"]), sublinear_tf=True, token_pattern=r"(?u)\b\w+\b")
-        fit = lambda idx, f: sparse.hstack([sparse.csr_matrix(embeddings[idx]),  # noqa: E731
-                                            f[0]([texts[i] for i in idx]), f[1]([texts[i] for i in idx])]).tocsr()
-        x_train = fit(train, (chars.fit_transform, words.fit_transform))
-        x_test = fit(test, (chars.transform, words.transform))
-        model = LogisticRegression(C=config["C"], max_iter=3000).fit(x_train, labels[train])
+        ngrams = lambda idx, f: sparse.hstack([f[0]([texts[i] for i in idx]),  # noqa: E731
+                                               f[1]([texts[i] for i in idx])]).tocsr()
+        weight = float(config["embedding_weight"])
+        model = fit_logistic_regression(embeddings[train] * weight, ngrams(train, (chars.fit_transform, words.fit_transform)),
+                                        labels[train], C=config["C"])
+        x_test = sparse.hstack([sparse.csr_matrix(embeddings[test] * weight),
+                                ngrams(test, (chars.transform, words.transform))]).tocsr()
         probs = model.predict_proba(x_test)
         confidence[test] = probs.max(1)
         predicted[test] = model.classes_[probs.argmax(1)]

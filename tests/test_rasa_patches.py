@@ -45,6 +45,34 @@ def test_event_classes_are_found_by_name_as_before():
         Event.resolve_by_type("no such event")
 
 
+def test_rules_are_matched_by_index_wherever_the_pipeline_loads():
+    """`rasa train` loads the classifier's module, not the channel: the rule matching comes
+    with it (RulePolicy's training checks every story against the rules by prediction)."""
+    import subprocess
+    import sys
+    check = ("from rasa.core.policies.rule_policy import RulePolicy as R; stock = R._get_possible_keys; "
+             "import components.sentence_classifier; from connectors.whatsapp import rasa_patches as p; "
+             "assert stock is p.STOCK['get_possible_keys'] and R._get_possible_keys is p._get_possible_keys; "
+             "assert R._is_rule_applicable is p._is_rule_applicable and R._rule_key_to_state is p._rule_key_to_state; "
+             "from rasa.core.actions.action import RemoteAction as A; "
+             "assert A._validate_action_result is p.STOCK['validate_action_result']; print('ok')")
+    done = subprocess.run([sys.executable, "-c", check], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_rule_matching_leaves_a_replaced_method_alone(monkeypatch):
+    from rasa.core.policies.rule_policy import RulePolicy
+
+    def spy(self, lookup, states):
+        return set()
+
+    monkeypatch.setattr(RulePolicy, "_is_rule_applicable", rasa_patches.STOCK["is_rule_applicable"])
+    monkeypatch.setattr(RulePolicy, "_get_possible_keys", spy)
+    rasa_patches.apply_rule_matching()
+    assert RulePolicy._is_rule_applicable is rasa_patches._is_rule_applicable
+    assert RulePolicy._get_possible_keys is spy
+
+
 @pytest.mark.model
 def test_the_patched_policies_decide_every_customer_turn_as_rasa_does(tmp_path, monkeypatch):
     from rasa.core.agent import Agent

@@ -108,3 +108,39 @@ def test_form_rules_are_generated_from_their_tables():
     from tools.form_rules import main
 
     assert main(["--check"]) == 0, "run `python -m tools.form_rules`"
+
+
+def _intent_problem():
+    rng = np.random.default_rng(7)
+    texts = [f"{verb} my {thing} {extra}" for verb in ("show", "block", "pay", "check", "what is")
+             for thing in ("balance", "card", "bill", "points", "statement") for extra in ("", "pls", "now", "today")]
+    labels = [t.split()[-2] if t.split()[-1] in ("pls", "now", "today") else t.split()[-1] for t in texts]
+    dense = rng.standard_normal((len(texts), 16)) / 4 + np.array([hash(l) % 7 for l in labels])[:, None] / 10
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    ngrams = TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 4), sublinear_tf=True).fit_transform(texts)
+    return dense, ngrams, np.array(labels)
+
+
+def test_fast_logistic_regression_is_sklearns():
+    """The intent classifier's fit is sklearn's multinomial LogisticRegression, only faster."""
+    from scipy import sparse
+    from sklearn.linear_model import LogisticRegression
+    from components.sentence_classifier import fit_logistic_regression
+    dense, ngrams, labels = _intent_problem()
+    ours = fit_logistic_regression(dense, ngrams, labels, C=10.0)
+    features = sparse.hstack([sparse.csr_matrix(dense), ngrams]).tocsr()
+    theirs = LogisticRegression(C=10.0, max_iter=3000).fit(features, labels)
+    assert list(ours.classes_) == list(theirs.classes_) and len(ours.classes_) == 5
+    assert ours.coef_.shape == theirs.coef_.shape and ours.intercept_.shape == theirs.intercept_.shape
+    assert np.abs(ours.predict_proba(features) - theirs.predict_proba(features)).max() < 1e-4
+    assert np.abs(ours.coef_ - theirs.coef_).max() < 1e-2 * np.abs(theirs.coef_).max()
+    assert (ours.predict(features) == labels).mean() == (theirs.predict(features) == labels).mean() > 0.9
+
+
+def test_fast_logistic_regression_refuses_what_cannot_be_fitted():
+    from components.sentence_classifier import fit_logistic_regression
+    dense, ngrams, labels = _intent_problem()
+    with pytest.raises(ValueError, match="at least 2 intents"):
+        fit_logistic_regression(dense, ngrams, ["balance"] * len(labels), C=10.0)
+    with pytest.raises(ValueError, match="n-gram rows"):
+        fit_logistic_regression(dense[:-1], ngrams, labels[:-1], C=10.0)
