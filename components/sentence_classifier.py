@@ -354,5 +354,6 @@ class SentenceIntentClassifier(GraphComponent, IntentClassifier):
             logger.warning("SentenceIntentClassifier: no trained model in '%s'.", resource.name)
             model = None
         component = cls(config, model_storage, resource, execution_context, model)
-        shared_encoder()  # load the encoder now, not on the first customer's message
+        if model is not None:  # the encoder loaded and its graph traced now, not on the first customer's
+            shared_encoder().encode_one(["hello"])  # message: 2-3 s, past the other workers' 5 s grace in a burst
         return component

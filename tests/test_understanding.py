@@ -144,3 +144,27 @@ def test_fast_logistic_regression_refuses_what_cannot_be_fitted():
         fit_logistic_regression(dense, ngrams, ["balance"] * len(labels), C=10.0)
     with pytest.raises(ValueError, match="n-gram rows"):
         fit_logistic_regression(dense[:-1], ngrams, labels[:-1], C=10.0)
+
+
+def test_a_loaded_classifier_has_its_encoder_traced_before_the_first_message(tmp_path, monkeypatch):
+    """Tracing the encoder's graph takes 2-3 s: at load, not on the first customer's message."""
+    import contextlib
+    import joblib
+    from components import minilm
+    from components.sentence_classifier import SentenceIntentClassifier
+
+    joblib.dump({"stored": "model"}, tmp_path / "sentence_classifier.joblib")
+
+    class Storage:
+        @contextlib.contextmanager
+        def read_from(self, resource):
+            yield tmp_path
+
+    monkeypatch.setattr(minilm, "_shared", None)
+    component = SentenceIntentClassifier.load({}, Storage(), None, None)
+    assert component.model == {"stored": "model"}
+    assert minilm._shared is not None and minilm._shared._compiled is not None
+    monkeypatch.setattr(minilm, "_shared", None)
+    (tmp_path / "sentence_classifier.joblib").unlink()
+    assert SentenceIntentClassifier.load({}, Storage(), type("R", (), {"name": "x"})(), None).model is None
+    assert minilm._shared is None  # nothing to serve: no 90 MB encoder
