@@ -170,11 +170,14 @@ class RecentTurnsSQLTrackerStore(SQLTrackerStore):
             session.commit()
 
     def _additional_events(self, session: Any, tracker: DialogueStateTracker) -> Iterator:
-        """What the turn added: the events after those this store read (stock counting for a
-        tracker it did not read, e.g. one made by `rasa interactive` or a test)."""
+        """What the turn added: the events after those this store read or saved (stock counting
+        for a tracker it did not read: a new conversation's first save, `rasa interactive`, a test;
+        its next saves then append without counting again: a new customer's first turn saved
+        twice, and counted twice, a tenth of a worker's CPU in a run of mostly new customers)."""
         stored = getattr(tracker, _STORED, None)
         if stored is None or stored > len(tracker.events):
-            yield from super()._additional_events(session, tracker)
+            yield from list(super()._additional_events(session, tracker))
+            setattr(tracker, _STORED, len(tracker.events))
             return
         setattr(tracker, _STORED, len(tracker.events))  # (saved twice, written once)
         yield from list(tracker.events)[stored:]

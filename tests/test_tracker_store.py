@@ -123,10 +123,44 @@ def test_a_tracker_it_did_not_read_is_saved_as_the_stock_store_saves_it(where):
                       UserUttered("hi", {"name": INTENTS[0], "confidence": 1.0}), ActionExecuted("action_listen")):
             tracker.update(event)
         run(store.save(tracker))
+    def written(sender):
+        return [{k: v for k, v in e.as_dict().items() if k != "timestamp"}
+                for e in run(stock.retrieve_full_tracker(sender)).events]
+
+    assert written("recent") == written("stock") and len(written("stock")) == 5
+    kept = tracker  # the recent store's, as it saved it
+    for store, tracker in ((stock, run(stock.retrieve_full_tracker("stock"))), (recent, kept)):
         tracker.update(BotUttered("more"))
         run(store.save(tracker))
+    # then only what was added (the stock store, counting the events of the session, which leaves
+    # out the `action_session_start` before SessionStarted, writes the last stored event again)
     assert [e.as_dict()["event"] for e in run(stock.retrieve_full_tracker("recent")).events] == \
-        [e.as_dict()["event"] for e in run(stock.retrieve_full_tracker("stock")).events]
+        ["action", "session_started", "action", "user", "action", "bot"]
+    assert [e.as_dict()["event"] for e in run(stock.retrieve_full_tracker("stock")).events] == \
+        ["action", "session_started", "action", "user", "action", "action", "bot"]
+
+
+def test_a_new_conversation_is_counted_once_then_appended_to(where):
+    """Rasa saves a new customer's tracker when it creates it, then again after the turn:
+    only the first save counts what is stored."""
+    stock, recent = stores(where)
+    statements = []
+    sa.event.listen(recent.engine, "before_cursor_execute", lambda *args: statements.append(args[2]))
+    tracker = DialogueStateTracker("new", DOMAIN.slots)
+    tracker.update(ActionExecuted("action_listen"))
+    run(recent.save(tracker))
+    counted = [s for s in statements if "count(" in s.lower()]
+    assert len(counted) == 1
+    statements.clear()
+    for event in (ActionExecuted("action_session_start"), SessionStarted(), ActionExecuted("action_listen"),
+                  UserUttered("hi", {"name": INTENTS[0], "confidence": 1.0}), ActionExecuted("utter_greet"),
+                  BotUttered("hello"), ActionExecuted("action_listen")):
+        tracker.update(event)
+    run(recent.save(tracker))
+    run(recent.save(tracker))  # (Rasa may save twice: written once)
+    assert not [s for s in statements if "count(" in s.lower()]
+    assert [e.as_dict()["event"] for e in run(stock.retrieve_full_tracker("new")).events] == \
+        [e.as_dict()["event"] for e in tracker.events]
 
 
 def test_a_restart_before_the_window_forgets_the_slots_set_before_it(where):
