@@ -238,12 +238,13 @@ def wait_until_up(url: str, process: subprocess.Popen, timeout: float) -> bool:
     return False
 
 
-def stop(processes: Dict[str, subprocess.Popen]) -> None:
+def stop(processes: Dict[str, subprocess.Popen]) -> List[str]:
     """SIGTERM, and 20 s before SIGKILL: the Rasa workers first, then the rest, so that a turn
     being answered is ended by its worker (its message kept for the next start) instead of
     failing against an action server already gone (a stranger stopping with 15 messages in
-    flight saw 12 turns fail so, each counted as a failed attempt)."""
+    flight saw 12 turns fail so, each counted as a failed attempt). Returns those killed."""
     workers = [name for name in processes if name.startswith("rasa")]
+    killed = []
     for group in (workers, [name for name in processes if name not in workers]):
         for name in group:
             if processes[name].poll() is None:
@@ -253,6 +254,17 @@ def stop(processes: Dict[str, subprocess.Popen]) -> None:
                 processes[name].wait(timeout=20)
             except subprocess.TimeoutExpired:
                 processes[name].kill()
+                processes[name].wait()
+                killed.append(name)
+    return killed
+
+
+def stopped_line(processes: Dict[str, subprocess.Popen], killed: List[str]) -> str:
+    """What the operator reads last: everything is down, and what had to be killed."""
+    line = f"make serve: stopped ({', '.join(processes)})"
+    if killed:
+        line += f"; {', '.join(killed)} did not end within 20 s of SIGTERM and {'were' if len(killed) > 1 else 'was'} killed"
+    return line + ". Messages recorded and not yet answered are answered at the next start."
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -362,7 +374,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
-        stop(processes)
+        if processes:
+            killed = stop(processes)
+            print(stopped_line(processes, killed), file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -515,6 +515,37 @@ def test_stopping_ends_the_workers_before_the_action_server_they_call():
         def kill(self):  # pragma: no cover (they all exit in time)
             events.append(("kill", self.name))
 
-    stop({name: Process(name) for name in ("ingress", "actions", "nginx", "rasa", "rasa2")})
+    assert stop({name: Process(name) for name in ("ingress", "actions", "nginx", "rasa", "rasa2")}) == []
     assert events[:4] == [("terminate", "rasa"), ("terminate", "rasa2"), ("exited", "rasa"), ("exited", "rasa2")]
     assert sorted(events[4:]) == sorted([(e, n) for e in ("terminate", "exited") for n in ("ingress", "actions", "nginx")])
+
+
+def test_stopping_kills_what_ignores_sigterm_and_says_so():
+    from deploy.serve import stop, stopped_line
+
+    class Process:
+        def __init__(self, name, stubborn):
+            self.name, self.stubborn, self.running, self.signals = name, stubborn, True, []
+
+        def poll(self):
+            return None if self.running else 0
+
+        def terminate(self):
+            self.signals.append("TERM")
+
+        def wait(self, timeout=None):
+            if self.stubborn and "KILL" not in self.signals:
+                raise subprocess.TimeoutExpired("rasa", timeout)
+            self.running = False
+
+        def kill(self):
+            self.signals.append("KILL")
+
+    processes = {"rasa": Process("rasa", True), "actions": Process("actions", False)}
+    killed = stop(processes)
+    assert killed == ["rasa"] and processes["rasa"].signals == ["TERM", "KILL"]
+    assert processes["actions"].signals == ["TERM"] and not any(p.running for p in processes.values())
+    line = stopped_line(processes, killed)
+    assert line.startswith("make serve: stopped (rasa, actions); rasa did not end within 20 s") and "was killed" in line
+    assert stopped_line(processes, []) == ("make serve: stopped (rasa, actions). Messages recorded and not yet "
+                                           "answered are answered at the next start.")
