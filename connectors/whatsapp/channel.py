@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import json
 import datetime as dt
 import logging
 import os
@@ -23,6 +24,7 @@ import zlib
 from typing import Any, Awaitable, Callable, Dict, List, Optional, Set, Text, Tuple
 
 import aiohttp
+import ujson  # (Rasa's and Sanic's own dependency)
 
 from sanic import Blueprint, response
 from sanic.request import Request
@@ -103,6 +105,18 @@ class _KeptSession:
         return False
 
 
+def action_request_body(value: Any) -> str:
+    """`json.dumps` of an action call's body, 2.8x as fast: the body is the whole tracker as read
+    (108 KB with 200 events: 1.6 ms of a worker's CPU per action call, 0.57 ms with ujson). The
+    same JSON values, in UTF-8 rather than \\u escapes; json.dumps for what ujson refuses (an
+    integer past 64 bits, a lone surrogate, a type it does not know), which raises as before where
+    json.dumps cannot either."""
+    try:
+        return ujson.dumps(value, ensure_ascii=False, escape_forward_slashes=False)
+    except (TypeError, ValueError, OverflowError):
+        return json.dumps(value)
+
+
 class GuardedActionEndpoint(EndpointConfig):
     """Rasa's action endpoint, except that inside a WhatsApp turn a failed call aborts the turn.
     A 400 is an answer (a form's validation rejected the input), never a failure.
@@ -123,7 +137,7 @@ class GuardedActionEndpoint(EndpointConfig):
                 if self.basic_auth else None
             # idle connections are dropped before the action server's own keep-alive (Sanic: 5 s) ends
             connector = aiohttp.TCPConnector(limit=32, keepalive_timeout=3.0)
-            client = aiohttp.ClientSession(connector=connector, auth=auth,
+            client = aiohttp.ClientSession(connector=connector, auth=auth, json_serialize=action_request_body,
                                            timeout=aiohttp.ClientTimeout(total=DEFAULT_REQUEST_TIMEOUT))
             self._clients[id(loop)] = client
         return client

@@ -131,3 +131,62 @@ def test_secrets_typed_by_mistake_are_hidden_before_anyone_stores_them():
     assert card.metadata()["whatsapp"]["hidden"] == ["card number"]
     assert "482913" not in photo.attachment["caption"] and photo.hidden == ("OTP",)
     assert plain.text == "statement for 12/11 please" and plain.hidden == ()
+
+
+def test_an_action_calls_body_is_the_json_rasa_would_send():
+    import math
+
+    import pytest
+
+    from connectors.whatsapp.channel import action_request_body
+
+    tracker = {"sender_id": "919800000001", "events": [
+        {"event": "user", "text": "मेरा बैलेंस क्या है? 😀 a/b \"quoted\" \\ \n\t", "timestamp": 1796328123.1965463,
+         "parse_data": {"intent": {"name": "ask_balance", "confidence": 0.9123456789012345},
+                        "entities": [], "intent_ranking": [{"name": "x", "confidence": 1e-12}]}},
+        {"event": "slot", "name": "amount", "value": 4500.5}, {"event": "slot", "name": "n", "value": -(2 ** 63)},
+        {"event": "slot", "name": "none", "value": None}, {"event": "slot", "name": "flag", "value": True}],
+        "latest_message": {"text": ""}, "tuple": (1, 2)}
+    for value in (tracker, {"big": 2 ** 70}, {"surrogate": "\ud83d"}, {"nan": math.nan}, [], "plain", {1: "int key"}):
+        body = action_request_body(value)
+        expected = json.dumps(value)
+        if isinstance(value, dict) and "nan" in value:
+            assert math.isnan(json.loads(body)["nan"]) and "NaN" in expected  # (as json.dumps writes it)
+        else:
+            assert json.loads(body) == json.loads(expected)
+    with pytest.raises(TypeError):
+        action_request_body({"a set": {1, 2}})  # as json.dumps raises
+
+
+def test_action_calls_go_out_with_that_body():
+    import asyncio
+
+    from aiohttp import web
+
+    from connectors.whatsapp.channel import GuardedActionEndpoint
+
+    async def scenario():
+        received = []
+
+        async def webhook(request):
+            received.append(await request.text())
+            return web.json_response({"events": [], "responses": []})
+
+        app = web.Application()
+        app.router.add_post("/webhook", webhook)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        endpoint = GuardedActionEndpoint(f"http://127.0.0.1:{port}/webhook")
+        try:
+            answer = await endpoint.request(json={"next_action": "action_x", "text": "₹ 4,500 / café"}, method="post")
+        finally:
+            await GuardedActionEndpoint.close_clients()
+            await runner.cleanup()
+        assert answer == {"events": [], "responses": []}
+        assert json.loads(received[0]) == {"next_action": "action_x", "text": "₹ 4,500 / café"}
+        assert "₹ 4,500 / café" in received[0]  # UTF-8, not escaped
+
+    asyncio.run(scenario())
