@@ -250,7 +250,12 @@ def running_whatsapp_bot(workdir: Path, extra_env: Optional[Dict[str, str]] = No
     rasa_port = free_port()
     sandbox, sandbox_url = start_sandbox(workdir, f"http://127.0.0.1:{rasa_port}/webhooks/whatsapp/webhook")
     try:
-        env = {"WHATSAPP_API_BASE": sandbox_url, **(extra_env or {})}
+        # The desk worker (in the action server) sends what the bank writes first every few minutes,
+        # whatever the day's date makes due: statement notices, payment reminders, delay notices.
+        # Here they go only where a test sends them (`python -m cardsystem.reminders run`, as cron
+        # would), never into the middle of another conversation: a date on which Ananya's statement
+        # notice and Rohan's reminder were due failed "nothing changed" and "one menu" once.
+        env = {"WHATSAPP_API_BASE": sandbox_url, "CARDCARE_DESK_WORKER": "0", **(extra_env or {})}
         with running_bot(workdir, rasa_port=rasa_port, extra_env=env) as bot:
             subprocess.run([sys.executable, "-m", "cardsystem.agents", "demo"], cwd=ROOT, env=bot.env, check=True,
                            capture_output=True)
