@@ -15,7 +15,7 @@ from actions.requests import (
     ValidateReplaceCardForm,
 )
 from cardsystem.service import REFERENCE_RE
-from tests.conftest import ONE_CARD, STRANGER, TWO_CARDS, make_tracker, rendered, run_action, slots_of
+from tests.conftest import BLOCKED, ONE_CARD, STRANGER, TWO_CARDS, make_tracker, rendered, run_action, slots_of
 
 pytestmark = pytest.mark.asyncio
 PHOTO = {"media_id": "998877", "mime_type": "image/jpeg", "filename": None, "caption": "electricity bill",
@@ -155,3 +155,63 @@ async def test_a_customer_without_an_active_card_is_told_not_crashed(system, dom
     _, messages = await run_action(ActionRequestClosure(), make_tracker(
         ONE_CARD, "affirm", slots={"card_last4": "4821", "close_confirm": True}), domain)
     assert messages[0]["response"] == "utter_no_active_card_for_request"
+
+
+def _faq(sender, topic):
+    tracker = make_tracker(sender, "faq", text="when will my new card come")
+    if topic:
+        tracker.latest_message["response_selector"] = {"all_retrieval_intents": ["faq"], "faq": {
+            "response": {"intent_response_key": topic, "utter_action": f"utter_{topic}", "confidence": 0.9},
+            "ranking": []}}
+    return tracker
+
+
+async def test_asking_when_the_new_card_comes_shows_ones_own_replacement(system, domain):
+    from actions.faq import ActionAnswerFaq
+
+    priya = system.find_customer(BLOCKED)
+    hers = [r for r in system.service_requests(priya.id, None, False, 10) if r.kind in ("block_card", "card_replacement")]
+    assert hers
+    events, messages = await run_action(ActionAnswerFaq(), _faq(BLOCKED, "faq/replacement_card"), domain)
+    assert events == [] and [m["response"] for m in messages] == ["utter_request_status", "utter_faq/replacement_card"]
+    status = rendered(messages, domain)[0]
+    assert hers[0].reference in status and "7305" in status
+    # no replacement under way, or not a customer: the general answer alone
+    for sender in (ONE_CARD, STRANGER):
+        _, messages = await run_action(ActionAnswerFaq(), _faq(sender, "faq/replacement_card"), domain)
+        assert [m["response"] for m in messages] == ["utter_faq/replacement_card"]
+    # another topic: its answer, whoever asks
+    _, messages = await run_action(ActionAnswerFaq(), _faq(BLOCKED, "faq/fees"), domain)
+    assert [m["response"] for m in messages] == ["utter_faq/fees"] and rendered(messages, domain)[0]
+    # no topic chosen (Rasa's utter_faq would say nothing): asked to rephrase
+    _, messages = await run_action(ActionAnswerFaq(), _faq(BLOCKED, None), domain)
+    assert [m["response"] for m in messages] == ["utter_rephrase"]
+    # a replacement asked for in this chat shows up at once
+    _, messages = await run_action(ActionRequestReplacement(), make_tracker(
+        TWO_CARDS, "affirm", slots={"card_last4": "1117", "replace_confirm": True}), domain)
+    reference = REFERENCE_RE.search(rendered(messages, domain)[0]).group(0)
+    _, messages = await run_action(ActionAnswerFaq(), _faq(TWO_CARDS, "faq/replacement_card"), domain)
+    assert reference in rendered(messages, domain)[0] and messages[-1]["response"] == "utter_faq/replacement_card"
+
+
+async def test_a_replacement_delivered_long_ago_is_not_brought_up(system, domain, monkeypatch):
+    import dataclasses
+
+    from actions import faq
+
+    now = system.now()
+    priya = system.find_customer(BLOCKED)
+    seeded = system.service_requests(priya.id, "block_card", False, 3)[0]
+    long_done = dataclasses.replace(seeded, status="resolved", created_at=now - dt.timedelta(days=45))
+    lately_done = dataclasses.replace(seeded, status="resolved", created_at=now - dt.timedelta(days=5))
+    still_open = dataclasses.replace(seeded, status="in_progress", created_at=now - dt.timedelta(days=90))
+
+    class System:
+        def now(self):
+            return now
+
+        def service_requests(self, customer_id, kind, open_only, limit):
+            return {"block_card": [lately_done, long_done], "card_replacement": [still_open]}[kind]
+
+    monkeypatch.setattr(faq, "card_system", System)
+    assert faq.replacements_under_way(priya.id) == [lately_done, still_open]

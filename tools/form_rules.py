@@ -33,7 +33,7 @@ FORMS: Dict[str, Tuple[str, str]] = {
 }
 # Answered, then the form asks its question again.
 ANSWER_AND_RESUME: Dict[str, str] = {
-    "faq": "utter_faq",
+    "faq": "action_answer_faq",
     "bot_challenge": "utter_iamabot",
     "help": "utter_help",
     "greet": "action_greet",
