@@ -38,10 +38,11 @@ def faq_topic(tracker: Tracker) -> Optional[Text]:
 def replacements_under_way(customer_id: int) -> List[ServiceRequestView]:
     """The customer's replacement cards still to arrive: requests open, or done (dispatched) lately."""
     system = card_system()
+    since = system.now() - RECENT
     found = []
     for kind in REPLACEMENT_KINDS:
         for request in system.service_requests(customer_id, kind, False, 3):
-            if request.status in OPEN_STATUSES or system.now() - request.created_at <= RECENT:
+            if request.status in OPEN_STATUSES or request.created_at >= since:
                 found.append(request)
     return sorted(found, key=lambda r: r.created_at, reverse=True)[:2]
 

@@ -176,8 +176,8 @@ class RecentTurnsSQLTrackerStore(SQLTrackerStore):
         twice, and counted twice, a tenth of a worker's CPU in a run of mostly new customers)."""
         stored = getattr(tracker, _STORED, None)
         if stored is None or stored > len(tracker.events):
-            yield from list(super()._additional_events(session, tracker))
-            setattr(tracker, _STORED, len(tracker.events))
-            return
+            added = list(super()._additional_events(session, tracker))
+        else:
+            added = list(tracker.events)[stored:]
         setattr(tracker, _STORED, len(tracker.events))  # (saved twice, written once)
-        yield from list(tracker.events)[stored:]
+        yield from added

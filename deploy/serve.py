@@ -238,11 +238,15 @@ def wait_until_up(url: str, process: subprocess.Popen, timeout: float) -> bool:
     return False
 
 
+STOP_GRACE_SECONDS = 20  # from SIGTERM to SIGKILL
+
+
 def stop(processes: Dict[str, subprocess.Popen]) -> List[str]:
-    """SIGTERM, and 20 s before SIGKILL: the Rasa workers first, then the rest, so that a turn
-    being answered is ended by its worker (its message kept for the next start) instead of
-    failing against an action server already gone (a stranger stopping with 15 messages in
-    flight saw 12 turns fail so, each counted as a failed attempt). Returns those killed."""
+    """SIGTERM, and STOP_GRACE_SECONDS before SIGKILL: the Rasa workers first, then the rest, so
+    that a turn being answered is ended by its worker (its message kept for the next start)
+    instead of failing against an action server already gone (a stranger stopping with 15
+    messages in flight saw 12 turns fail so, each counted as a failed attempt). Returns those
+    killed."""
     workers = [name for name in processes if name.startswith("rasa")]
     killed = []
     for group in (workers, [name for name in processes if name not in workers]):
@@ -251,7 +255,7 @@ def stop(processes: Dict[str, subprocess.Popen]) -> List[str]:
                 processes[name].terminate()
         for name in group:
             try:
-                processes[name].wait(timeout=20)
+                processes[name].wait(timeout=STOP_GRACE_SECONDS)
             except subprocess.TimeoutExpired:
                 processes[name].kill()
                 processes[name].wait()
@@ -263,7 +267,7 @@ def stopped_line(processes: Dict[str, subprocess.Popen], killed: List[str]) -> s
     """What the operator reads last: everything is down, and what had to be killed."""
     line = f"make serve: stopped ({', '.join(processes)})"
     if killed:
-        line += f"; {', '.join(killed)} did not end within 20 s of SIGTERM and {'were' if len(killed) > 1 else 'was'} killed"
+        line += f"; {', '.join(killed)} did not end within {STOP_GRACE_SECONDS} s of SIGTERM and {'were' if len(killed) > 1 else 'was'} killed"
     return line + ". Messages recorded and not yet answered are answered at the next start."
 
 

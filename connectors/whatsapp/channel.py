@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import json
 import datetime as dt
+import json
 import logging
 import os
 import re
